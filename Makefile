@@ -1,0 +1,41 @@
+# preview-env developer entry points. Everything installs what it needs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: test demo toolchain testbed-up testbed-down lint venv clean
+
+## make test: set up the venv and the toolchain, then run every test on the real test bed.
+test: $(STAMP) toolchain
+	$(BIN)/pytest
+
+## make demo: a preview environment on the local test bed (filled in with the CLI issue).
+demo: $(STAMP) toolchain
+	$(BIN)/python -m testbed up
+	@echo "demo: the preview-env CLI lands with the next issue; the test bed is up (make testbed-down)."
+
+venv: $(STAMP)
+$(STAMP):
+	rm -f $(VENV)/.installed-*
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+toolchain:
+	bash scripts/toolchain/build.sh
+
+testbed-up: $(STAMP) toolchain
+	$(BIN)/python -m testbed up --state .testbed
+
+testbed-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m testbed down --state .testbed; else rm -rf .testbed; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean: testbed-down
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The Pulumi program for one preview environment and its pure core."""

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Build the test bed toolchain from Go modules into a per-version cache.
+#
+#   scripts/toolchain/build.sh [component ...]     (default: all)
+#
+# Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kine, kwok, crds,
+# actionlint. Each one is skipped when its outputs already exist. Prints one line per step
+# with the time it took. Only the Go module proxy is needed.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+CACHE="${PREVIEW_ENV_CACHE:-$HOME/.cache/preview-env-testbed}"
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
+mkdir -p "$CACHE"
+
+log() { printf '[toolchain] %s\n' "$*" >&2; }
+
+# step NAME OUTPUT -- CMD...: run CMD unless OUTPUT exists; report the time taken.
+step() {
+  local name="$1" output="$2"; shift 3
+  if [[ -e "$output" ]]; then log "$name: cached ($output)"; return 0; fi
+  local start=$SECONDS
+  log "$name: building..."
+  local tmp; tmp="$(mktemp -d "$CACHE/.build-XXXXXX")"
+  if ! ( cd "$tmp" && "$@" ) >"$tmp.log" 2>&1; then
+    log "$name: FAILED after $((SECONDS - start))s; last lines of $tmp.log:"
+    tail -n 40 "$tmp.log" >&2
+    return 1
+  fi
+  rm -rf "$tmp" "$tmp.log"
+  log "$name: built in $((SECONDS - start))s"
+}
+
+gomod_file() {  # print the path of a module's go.mod in the module cache
+  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])'
+}
+gomod_dir() {
+  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+# ---------------------------------------------------------------- pulumi CLI
+build_pulumi() {
+  local out="$CACHE/pulumi-$PULUMI_VERSION/bin"
+  mkdir -p "$out"
+  go mod init preview-env/pulumi-cli >/dev/null 2>&1
+  # pkg/v3's own replace directives are ignored when it is a dependency: copy the
+  # non-local ones (the clipboard fork) into the wrapper.
+  local pkgmod; pkgmod="$(gomod_file github.com/pulumi/pulumi/pkg/v3 "$PULUMI_VERSION")"
+  python3 - "$pkgmod" >>go.mod <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+lines = []
+for block in re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M):
+    lines += block.strip().splitlines()
+lines += re.findall(r"^replace\s+([^(].*)$", text, re.M)
+for line in lines:
+    line = line.split("//")[0].strip()
+    if line and "=>" in line and not line.split("=>")[1].strip().startswith("."):
+        print("replace " + line)
+PY
+  go mod edit -require="github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" \
+              -require="github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION"
+  go get "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi@$PULUMI_VERSION"
+  go build -trimpath -tags osusergo,grpcnotrace \
+    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
+    -o "$out/pulumi.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+  mv "$out/pulumi.tmp" "$out/pulumi"
+}
+
+# --------------------------------------------------- pulumi-language-python
+build_pulumi_language_python() {
+  local out="$CACHE/pulumi-$PULUMI_VERSION/bin"
+  mkdir -p "$out"
+  local mod=github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3
+  go mod init preview-env/pulumi-language-python >/dev/null 2>&1
+  go mod edit -require="github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" \
+              -require="github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION"
+  # The language host module is tagged sdk/python/cmd/pulumi-language-python/vX (or not at
+  # all): take the tag of our version, else the newest pseudo-version.
+  go get "$mod@$PULUMI_VERSION" || go get "$mod@latest"
+  local sdkmod; sdkmod="$(gomod_file "$mod" "$(go list -m -f '{{.Version}}' "$mod")")"
+  python3 - "$sdkmod" >>go.mod <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+for line in re.findall(r"^\s*(\S+(?: \S+)? => [^.\s]\S* \S+)\s*$", text, re.M):
+    print("replace " + line)
+PY
+  go get "github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" "$mod"
+  go build -trimpath \
+    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
+    -o "$out/pulumi-language-python" "$mod"
+  # The exec shim ships in the sdk/v3 module zip under python/cmd/.
+  local sdkdir; sdkdir="$(gomod_dir github.com/pulumi/pulumi/sdk/v3 "$PULUMI_VERSION")"
+  install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$out/pulumi-language-python-exec"
+}
+
+# ------------------------------------------------- pulumi-resource-kubernetes
+build_pulumi_kubernetes() {
+  local out="$CACHE/pulumi-kubernetes-$PULUMI_KUBERNETES_VERSION/bin"
+  mkdir -p "$out"
+  local mod=github.com/pulumi/pulumi-kubernetes/provider/v4
+  local dir; dir="$(gomod_dir "$mod" "$PULUMI_KUBERNETES_MODULE_VERSION")"
+  local modfile; modfile="$(gomod_file "$mod" "$PULUMI_KUBERNETES_MODULE_VERSION")"
+  # main.go embeds a generated schema-embed.json that is not in the module zip: build a
+  # wrapper main that embeds the committed schema.json (version set) and calls Serve.
+  go mod init preview-env/pulumi-resource-kubernetes >/dev/null 2>&1
+  python3 - "$modfile" >>go.mod <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+lines = []
+for block in re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M):
+    lines += block.strip().splitlines()
+lines += re.findall(r"^replace\s+([^(].*)$", text, re.M)
+for line in lines:
+    line = line.split("//")[0].strip()
+    if line and "=>" in line and not line.split("=>")[1].strip().startswith("."):
+        print("replace " + line)
+PY
+  python3 - "$dir/cmd/pulumi-resource-kubernetes/schema.json" "$PULUMI_KUBERNETES_VERSION" <<'PY'
+import json, sys
+schema = json.load(open(sys.argv[1]))
+schema["version"] = sys.argv[2]
+json.dump(schema, open("schema-embed.json", "w"))
+PY
+  sed -e 's/^package main/package main/' "$dir/cmd/pulumi-resource-kubernetes/main.go" > main.go
+  chmod -R u+w . 
+  go mod edit -require="$mod@$PULUMI_KUBERNETES_MODULE_VERSION"
+  go mod tidy
+  go build -trimpath \
+    -ldflags "-s -w -X $mod/pkg/version.Version=$PULUMI_KUBERNETES_VERSION" \
+    -o "$out/pulumi-resource-kubernetes" .
+}
+
+# ------------------------------------------------------- Kubernetes binaries
+build_kubernetes() {
+  local out="$CACHE/kubernetes-$KUBERNETES_VERSION/bin"
+  mkdir -p "$out"
+  local staging="v0${KUBERNETES_VERSION#v1}"
+  go mod init preview-env/kubernetes >/dev/null 2>&1
+  go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+  # Kubernetes requires its staging modules at v0.0.0 with local replaces; point each at
+  # its published version (list derived from the release's go.mod).
+  local kmod; kmod="$(gomod_file k8s.io/kubernetes "$KUBERNETES_VERSION")"
+  local m
+  for m in $(sed -n 's#^\s*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$kmod"); do
+    go mod edit -replace="$m=$m@$staging"
+  done
+  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n' > tools.go
+  go mod tidy
+  local major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
+  local minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
+  local ld="-s -w"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
+  go build -trimpath -ldflags "$ld" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+build_kine() {
+  GOBIN="$CACHE/kine-$KINE_VERSION/bin" go install "github.com/k3s-io/kine@$KINE_VERSION"
+}
+
+build_kwok() {
+  local out="$CACHE/kwok-$KWOK_VERSION"
+  GOBIN="$out/bin" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  local dir; dir="$(gomod_dir sigs.k8s.io/kwok "$KWOK_VERSION")"
+  mkdir -p "$out/stages"
+  cp -r "$dir/kustomize/stage/." "$out/stages/"
+  chmod -R u+w "$out/stages"
+}
+
+build_crds() {
+  local out="$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION"
+  local gw; gw="$(gomod_dir sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION")"
+  local ar; ar="$(gomod_dir github.com/argoproj/argo-rollouts "$ARGO_ROLLOUTS_VERSION")"
+  mkdir -p "$out.tmp"
+  cp "$gw"/config/crd/standard/*.yaml "$out.tmp/"
+  cp "$ar/manifests/crds/rollout-crd.yaml" "$out.tmp/argo-rollouts-rollout-crd.yaml"
+  chmod -R u+w "$out.tmp"
+  rm -f "$out.tmp/kustomization.yaml"
+  mv "$out.tmp" "$out"
+}
+
+build_actionlint() {
+  GOBIN="$CACHE/actionlint-$ACTIONLINT_VERSION/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+}
+
+ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes pulumi-language-python actionlint)
+components=("$@"); [[ ${#components[@]} -eq 0 ]] && components=("${ALL[@]}")
+total=$SECONDS
+for c in "${components[@]}"; do
+  case "$c" in
+    pulumi) step pulumi "$CACHE/pulumi-$PULUMI_VERSION/bin/pulumi" -- build_pulumi ;;
+    pulumi-language-python) step pulumi-language-python "$CACHE/pulumi-$PULUMI_VERSION/bin/pulumi-language-python" -- build_pulumi_language_python ;;
+    pulumi-kubernetes) step pulumi-kubernetes "$CACHE/pulumi-kubernetes-$PULUMI_KUBERNETES_VERSION/bin/pulumi-resource-kubernetes" -- build_pulumi_kubernetes ;;
+    kubernetes) step kubernetes "$CACHE/kubernetes-$KUBERNETES_VERSION/bin/kubectl" -- build_kubernetes ;;
+    kine) step kine "$CACHE/kine-$KINE_VERSION/bin/kine" -- build_kine ;;
+    kwok) step kwok "$CACHE/kwok-$KWOK_VERSION/stages" -- build_kwok ;;
+    crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION" -- build_crds ;;
+    actionlint) step actionlint "$CACHE/actionlint-$ACTIONLINT_VERSION/bin/actionlint" -- build_actionlint ;;
+    *) log "unknown component: $c (known: ${ALL[*]})"; exit 2 ;;
+  esac
+done
+log "toolchain ready in $((SECONDS - total))s under $CACHE"

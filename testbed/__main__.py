@@ -1,0 +1,47 @@
+"""`python -m testbed up|down|status [--state DIR]`: the test bed for a shell (make testbed-up)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from testbed.cluster import Testbed, TestbedError
+from testbed.toolchain import ToolchainMissing, ensure, locate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--state", type=Path, default=Path(".testbed"))
+    args = parser.parse_args(argv)
+    if args.command == "down":
+        Testbed(args.state, locate(), detached=True).stop()
+        print(f"test bed stopped; {args.state} removed", file=sys.stderr)
+        return 0
+    try:
+        toolchain = ensure()
+    except ToolchainMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bed = Testbed(args.state, toolchain, detached=True)
+    bed.stop()  # a previous bed in the same directory
+    started = time.monotonic()
+    try:
+        bed.start()
+    except TestbedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        bed.stop(keep_state=True)
+        return 1
+    print(
+        f"test bed up in {time.monotonic() - started:.1f}s at {bed.server}\n"
+        f"  source {args.state}/env   # KUBECONFIG, PATH, PULUMI_* for this bed\n"
+        f"  make testbed-down         # stop it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

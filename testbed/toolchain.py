@@ -1,0 +1,106 @@
+"""Where the built test bed binaries live, and building them when they are missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO / "scripts" / "toolchain" / "build.sh"
+VERSIONS_FILE = REPO / "scripts" / "toolchain" / "versions.env"
+
+
+class ToolchainMissing(RuntimeError):
+    """A binary of the test bed is not built and building it was not allowed or failed."""
+
+
+def versions() -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            result[name] = value
+    return result
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "preview-env-testbed"
+    return Path(os.environ.get("PREVIEW_ENV_CACHE", default))
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Absolute paths of every binary and data directory the test bed uses."""
+
+    pulumi_bin: Path  # directory holding pulumi, pulumi-language-python(-exec)
+    kubernetes_provider: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kine: Path
+    kwok: Path
+    kwok_stages: Path
+    crds: Path
+    pulumi_version: str
+    kubernetes_provider_version: str
+    kubernetes_version: str
+
+    @property
+    def pulumi(self) -> Path:
+        return self.pulumi_bin / "pulumi"
+
+    @property
+    def path_dirs(self) -> list[Path]:
+        """Directories to put on PATH: pulumi, the provider, kubectl."""
+        return [self.pulumi_bin, self.kubernetes_provider.parent, self.kubectl.parent]
+
+    def missing(self) -> list[Path]:
+        required = [
+            self.pulumi, self.kubernetes_provider, self.kube_apiserver,
+            self.kube_controller_manager, self.kube_scheduler, self.kubectl, self.kine,
+            self.kwok, self.kwok_stages, self.crds,
+        ]
+        return [p for p in required if not p.exists()]
+
+
+def locate() -> Toolchain:
+    v = versions()
+    cache = cache_dir()
+    kube = cache / f"kubernetes-{v['KUBERNETES_VERSION']}" / "bin"
+    kwok = cache / f"kwok-{v['KWOK_VERSION']}"
+    return Toolchain(
+        pulumi_bin=cache / f"pulumi-{v['PULUMI_VERSION']}" / "bin",
+        kubernetes_provider=cache
+        / f"pulumi-kubernetes-{v['PULUMI_KUBERNETES_VERSION']}"
+        / "bin"
+        / "pulumi-resource-kubernetes",
+        kube_apiserver=kube / "kube-apiserver",
+        kube_controller_manager=kube / "kube-controller-manager",
+        kube_scheduler=kube / "kube-scheduler",
+        kubectl=kube / "kubectl",
+        kine=cache / f"kine-{v['KINE_VERSION']}" / "bin" / "kine",
+        kwok=kwok / "bin" / "kwok",
+        kwok_stages=kwok / "stages",
+        crds=cache / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
+        pulumi_version=v["PULUMI_VERSION"],
+        kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
+        kubernetes_version=v["KUBERNETES_VERSION"],
+    )
+
+
+def ensure(*, build: bool = True) -> Toolchain:
+    """Return the toolchain, building what is missing when `build` is true."""
+    toolchain = locate()
+    if toolchain.missing() and build:
+        subprocess.run(["bash", str(BUILD_SCRIPT)], check=False)
+    missing = toolchain.missing()
+    if missing:
+        listing = ", ".join(str(p) for p in missing)
+        raise ToolchainMissing(
+            f"test bed binaries missing: {listing}; run scripts/toolchain/build.sh"
+        )
+    return toolchain

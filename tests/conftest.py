@@ -1,0 +1,51 @@
+"""Shared fixtures. `testbed` starts the real control plane once per session."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import Testbed, ensure
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_BED: list[Testbed] = []
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """A running loopback cluster plus an offline Pulumi environment in os.environ.
+
+    In CI a missing binary is an error (the toolchain is built by .ci/run first); on a
+    developer machine missing parts are built here. Never skipped.
+    """
+    toolchain = ensure(build=not IN_CI)
+    bed = Testbed(tmp_path_factory.mktemp("testbed"), toolchain)
+    _BED.append(bed)
+    atexit.register(bed.stop, keep_state=True)
+    bed.start()
+    saved = dict(os.environ)
+    os.environ.update(bed.environment())
+    try:
+        yield bed
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        bed.stop(keep_state=True)
+        _BED.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed and _BED:
+        report.sections.append(("test bed logs (last lines)", _BED[0].logs_summary()))
+    return report
+
+
+@pytest.fixture
+def kube_config(testbed: Testbed) -> Path:
+    return testbed.kubeconfig
