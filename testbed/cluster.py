@@ -172,7 +172,10 @@ class Testbed:
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         result = subprocess.run(
             [str(self.toolchain.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input_text, capture_output=True, text=True, check=False,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise TestbedError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -186,9 +189,18 @@ class Testbed:
         tc = self.toolchain
         pki = self._pki = Pki(self.pki_dir)
         serving = pki.issue(
-            "apiserver", "kube-apiserver", server=True,
-            hosts=(LOOPBACK, "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
-                   "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            hosts=(
+                LOOPBACK,
+                "localhost",
+                "10.96.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
         )
         admin = pki.issue("admin", "testbed-admin", groups=("system:masters",))
         sa = pki.service_account_keys()
@@ -196,61 +208,80 @@ class Testbed:
         kine_port = free_port()
         kine_dir = self.state_dir / "kine"
         kine_dir.mkdir()
-        self._spawn("kine", [
-            str(tc.kine), f"--listen-address={LOOPBACK}:{kine_port}",
-            "--metrics-bind-address=0",
-            f"--endpoint=sqlite://{kine_dir}/state.db?_journal=WAL&cache=shared",
-        ])
+        self._spawn(
+            "kine",
+            [
+                str(tc.kine),
+                f"--listen-address={LOOPBACK}:{kine_port}",
+                "--metrics-bind-address=0",
+                f"--endpoint=sqlite://{kine_dir}/state.db?_journal=WAL&cache=shared",
+            ],
+        )
         self._wait("kine", deadline, lambda: _tcp_open(kine_port))
 
         self.apiserver_port = free_port()
-        self._spawn("kube-apiserver", [
-            str(tc.kube_apiserver),
-            f"--etcd-servers=http://{LOOPBACK}:{kine_port}",
-            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
-            f"--secure-port={self.apiserver_port}",
-            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            "--authorization-mode=RBAC",
-            f"--service-account-key-file={sa.cert}",
-            f"--service-account-signing-key-file={sa.key}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-            "--watch-cache=true",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(tc.kube_apiserver),
+                f"--etcd-servers=http://{LOOPBACK}:{kine_port}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--watch-cache=true",
+            ],
+        )
         ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
         ctx.load_cert_chain(str(admin.cert), str(admin.key))
-        self._wait("kube-apiserver", deadline,
-                   lambda: _https_ok(f"{self.server}/readyz", ctx))
+        self._wait("kube-apiserver", deadline, lambda: _https_ok(f"{self.server}/readyz", ctx))
         self.kubeconfig.write_text(
-            kubeconfig_yaml(self.server, pki.ca.cert, "testbed-admin", admin))
+            kubeconfig_yaml(self.server, pki.ca.cert, "testbed-admin", admin)
+        )
 
         kcm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
-        self._spawn("kube-controller-manager", [
-            str(tc.kube_controller_manager),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={kcm_port}",
-            f"--cert-dir={self.state_dir / 'kcm-certs'}",
-            "--leader-elect=false", f"--controllers={CONTROLLERS}",
-            f"--root-ca-file={pki.ca.cert}",
-            f"--service-account-private-key-file={sa.key}",
-            "--concurrent-gc-syncs=5",
-            "--profiling=false",
-        ])
-        self._spawn("kube-scheduler", [
-            str(tc.kube_scheduler),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={sched_port}",
-            f"--cert-dir={self.state_dir / 'scheduler-certs'}",
-            "--leader-elect=false", "--profiling=false",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(tc.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={kcm_port}",
+                f"--cert-dir={self.state_dir / 'kcm-certs'}",
+                "--leader-elect=false",
+                f"--controllers={CONTROLLERS}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--service-account-private-key-file={sa.key}",
+                "--concurrent-gc-syncs=5",
+                "--profiling=false",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(tc.kube_scheduler),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={sched_port}",
+                f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
         stages = [
             tc.kwok_stages / "node" / "fast" / "node-initialize.yaml",
             tc.kwok_stages / "node" / "heartbeat" / "node-heartbeat.yaml",
@@ -258,32 +289,43 @@ class Testbed:
             tc.kwok_stages / "pod" / "fast" / "pod-complete.yaml",
             tc.kwok_stages / "pod" / "fast" / "pod-delete.yaml",
         ]
-        self._spawn("kwok", [
-            str(tc.kwok), f"--kubeconfig={self.kubeconfig}",
-            *[f"--config={s}" for s in stages],
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--server-address={LOOPBACK}:{kwok_port}",
-            "--cidr=10.244.0.1/16",
-            f"--node-ip={LOOPBACK}",
-        ])
+        self._spawn(
+            "kwok",
+            [
+                str(tc.kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                *[f"--config={s}" for s in stages],
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--server-address={LOOPBACK}:{kwok_port}",
+                "--cidr=10.244.0.1/16",
+                f"--node-ip={LOOPBACK}",
+            ],
+        )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        self._wait("kube-controller-manager", deadline,
-                   lambda: _https_ok(f"https://{LOOPBACK}:{kcm_port}/healthz", insecure))
-        self._wait("kube-scheduler", deadline,
-                   lambda: _https_ok(f"https://{LOOPBACK}:{sched_port}/healthz", insecure))
-        self._wait("kwok", deadline,
-                   lambda: _http_ok(f"http://{LOOPBACK}:{kwok_port}/healthz"))
+        self._wait(
+            "kube-controller-manager",
+            deadline,
+            lambda: _https_ok(f"https://{LOOPBACK}:{kcm_port}/healthz", insecure),
+        )
+        self._wait(
+            "kube-scheduler",
+            deadline,
+            lambda: _https_ok(f"https://{LOOPBACK}:{sched_port}/healthz", insecure),
+        )
+        self._wait("kwok", deadline, lambda: _http_ok(f"http://{LOOPBACK}:{kwok_port}/healthz"))
 
         self.kubectl("apply", "-f", "-", input_text=json.dumps(_fake_nodes()))
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tc.crds))
         remaining = max(5, int(deadline - time.monotonic()))
-        self.kubectl("wait", "--for=condition=Ready", "node", *FAKE_NODES,
-                     f"--timeout={remaining}s")
-        self.kubectl("wait", "--for=condition=Established", "crd", "--all",
-                     f"--timeout={remaining}s")
+        self.kubectl(
+            "wait", "--for=condition=Ready", "node", *FAKE_NODES, f"--timeout={remaining}s"
+        )
+        self.kubectl(
+            "wait", "--for=condition=Established", "crd", "--all", f"--timeout={remaining}s"
+        )
         self._wait("default service account", deadline, self._default_sa_exists)
         self._write_env_file()
 
@@ -298,14 +340,19 @@ class Testbed:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.state_dir, start_new_session=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.state_dir,
+                start_new_session=True,
                 preexec_fn=None if self.detached else _die_with_parent,
             )
         proc = Process(name, argv, log, pid=popen.pid, popen=popen)
         self.processes.append(proc)
-        (self.state_dir / "pids.json").write_text(json.dumps(
-            [{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.processes]))
+        (self.state_dir / "pids.json").write_text(
+            json.dumps([{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.processes])
+        )
 
     def _wait(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
         while time.monotonic() < deadline:
@@ -313,15 +360,17 @@ class Testbed:
                 if not proc.alive():
                     raise TestbedError(
                         f"{proc.name} exited while waiting for {name}; log {proc.log}:\n"
-                        f"{proc.log_tail()}")
+                        f"{proc.log_tail()}"
+                    )
             if ready():
                 return
             time.sleep(0.2)
         raise TestbedError(f"{name} not healthy in time; logs:\n{self.logs_summary()}")
 
     def _write_env_file(self) -> None:
-        lines = [f"export {k}={_shell_quote(v)}" for k, v in self.environment().items()
-                 if k != "PATH"]
+        lines = [
+            f"export {k}={_shell_quote(v)}" for k, v in self.environment().items() if k != "PATH"
+        ]
         path = os.pathsep.join(str(p) for p in self.toolchain.path_dirs)
         lines.append(f'export PATH={_shell_quote(path)}:"$PATH"')
         (self.state_dir / "env").write_text("\n".join(lines) + "\n")
@@ -330,20 +379,29 @@ class Testbed:
 def _fake_nodes() -> Mapping[str, object]:
     items = []
     for name in FAKE_NODES:
-        items.append({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake",
-                                "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {"type": "kwok", "kubernetes.io/hostname": name,
-                           "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
-            },
-            "status": {
-                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-            },
-        })
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {
+                        "kwok.x-k8s.io/node": "fake",
+                        "node.alpha.kubernetes.io/ttl": "0",
+                    },
+                    "labels": {
+                        "type": "kwok",
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                    },
+                },
+                "status": {
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                },
+            }
+        )
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 

@@ -60,9 +60,16 @@ class Toolchain:
 
     def missing(self) -> list[Path]:
         required = [
-            self.pulumi, self.kubernetes_provider, self.kube_apiserver,
-            self.kube_controller_manager, self.kube_scheduler, self.kubectl, self.kine,
-            self.kwok, self.kwok_stages, self.crds,
+            self.pulumi,
+            self.kubernetes_provider,
+            self.kube_apiserver,
+            self.kube_controller_manager,
+            self.kube_scheduler,
+            self.kubectl,
+            self.kine,
+            self.kwok,
+            self.kwok_stages,
+            self.crds,
         ]
         return [p for p in required if not p.exists()]
 
@@ -85,7 +92,8 @@ def locate() -> Toolchain:
         kine=cache / f"kine-{v['KINE_VERSION']}" / "bin" / "kine",
         kwok=kwok / "bin" / "kwok",
         kwok_stages=kwok / "stages",
-        crds=cache / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
+        crds=cache
+        / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],

@@ -38,8 +38,7 @@ def _program(namespace: str, kubeconfig: str) -> Callable[[], None]:
         provider = k8s.Provider("testbed", kubeconfig=kubeconfig)
         opts = pulumi.ResourceOptions(provider=provider)
         labels = {"app": "smoke"}
-        ns = k8s.core.v1.Namespace(
-            "ns", metadata={"name": namespace}, opts=opts)
+        ns = k8s.core.v1.Namespace("ns", metadata={"name": namespace}, opts=opts)
         child = pulumi.ResourceOptions(provider=provider, depends_on=[ns])
         k8s.apps.v1.Deployment(
             "web",
@@ -49,10 +48,15 @@ def _program(namespace: str, kubeconfig: str) -> Callable[[], None]:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{
-                        "name": "web", "image": "registry.invalid/web:1",
-                        "ports": [{"containerPort": 8080}],
-                    }]},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "web",
+                                "image": "registry.invalid/web:1",
+                                "ports": [{"containerPort": 8080}],
+                            }
+                        ]
+                    },
                 },
             },
             opts=child,
@@ -63,13 +67,18 @@ def _program(namespace: str, kubeconfig: str) -> Callable[[], None]:
             spec={"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
             opts=child,
         )
+
     return program
 
 
 def test_inline_program_creates_and_destroys_real_objects(testbed: Testbed) -> None:
     namespace = f"smoke-{uuid.uuid4().hex[:6]}"
     api = kconfig.new_client_from_config(config_file=str(testbed.kubeconfig))
-    core, apps, discovery = kclient.CoreV1Api(api), kclient.AppsV1Api(api), kclient.DiscoveryV1Api(api)
+    core, apps, discovery = (
+        kclient.CoreV1Api(api),
+        kclient.AppsV1Api(api),
+        kclient.DiscoveryV1Api(api),
+    )
     stack = auto.create_stack(
         stack_name=namespace,
         project_name="testbed-smoke",
@@ -94,10 +103,14 @@ def test_inline_program_creates_and_destroys_real_objects(testbed: Testbed) -> N
 
         def endpoints_list_both_pods() -> bool:
             slices = discovery.list_namespaced_endpoint_slice(
-                namespace, label_selector="kubernetes.io/service-name=web").items
+                namespace, label_selector="kubernetes.io/service-name=web"
+            ).items
             ready_ips = {
-                addr for s in slices for ep in (s.endpoints or [])
-                if ep.conditions and ep.conditions.ready for addr in ep.addresses
+                addr
+                for s in slices
+                for ep in (s.endpoints or [])
+                if ep.conditions and ep.conditions.ready
+                for addr in ep.addresses
             }
             return ready_ips == {p.status.pod_ip for p in pods}
 
@@ -113,8 +126,7 @@ def test_inline_program_creates_and_destroys_real_objects(testbed: Testbed) -> N
             return False
 
         assert _wait_until(gone), f"namespace {namespace} still present after destroy"
-        assert core.list_pod_for_all_namespaces(
-            label_selector="app=smoke").items == []
+        assert core.list_pod_for_all_namespaces(label_selector="app=smoke").items == []
     finally:
         stack.workspace.remove_stack(namespace, force=True)
     assert namespace not in {s.name for s in stack.workspace.list_stacks()}

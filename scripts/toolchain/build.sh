@@ -118,14 +118,18 @@ for line in lines:
     if line and "=>" in line and not line.split("=>")[1].strip().startswith("."):
         print("replace " + line)
 PY
-  python3 - "$dir/cmd/pulumi-resource-kubernetes/schema.json" "$PULUMI_KUBERNETES_VERSION" <<'PY'
+  # What the upstream go:generate step does: versioned schema, minified terraform mapping.
+  python3 - "$dir/cmd/pulumi-resource-kubernetes" "$PULUMI_KUBERNETES_VERSION" <<'PY'
 import json, sys
-schema = json.load(open(sys.argv[1]))
+src = sys.argv[1]
+schema = json.load(open(f"{src}/schema.json"))
 schema["version"] = sys.argv[2]
-json.dump(schema, open("schema-embed.json", "w"))
+json.dump(schema, open("schema-embed.json", "w"), separators=(",", ":"))
+mapping = json.load(open(f"{src}/terraform-mapping.json"))
+json.dump(mapping, open("terraform-mapping-embed.json", "w"), separators=(",", ":"))
 PY
-  sed -e 's/^package main/package main/' "$dir/cmd/pulumi-resource-kubernetes/main.go" > main.go
-  chmod -R u+w . 
+  cp "$dir/cmd/pulumi-resource-kubernetes/main.go" main.go
+  chmod -R u+w .
   go mod edit -require="$mod@$PULUMI_KUBERNETES_MODULE_VERSION"
   go mod tidy
   go build -trimpath \

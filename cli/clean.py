@@ -1,0 +1,98 @@
+"""`preview-env clean`: destroy an environment (or one target's pods). Idempotent."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.context import handles_errors, out_console, settings
+from cli.output import Format, Progress, print_json
+from cli.stacks import Stacks, resolve_backend
+from cli.start import CachedReader, existing_spec
+from preview_stack import naming
+from preview_stack.cluster import Cluster, ClusterTarget
+from preview_stack.errors import BadInput
+from preview_stack.program import declare
+
+
+@handles_errors
+def clean(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Option("-k", "--key", help="environment key")],
+    target: Annotated[
+        str | None,
+        typer.Option("-t", "--target", help="only this target's pods, e.g. deployment/users"),
+    ] = None,
+    output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
+) -> None:
+    """Destroy an environment and remove its stack. An unknown key is not an error."""
+    problem = naming.key_problem(key)
+    if problem:
+        raise BadInput(f"invalid key: {problem}")
+    opts = settings(ctx)
+    text = output is Format.text
+    progress = Progress(enabled=text, verbose=opts.verbose)
+    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
+    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+
+    removed: list[str] = []
+    if target is not None:
+        spec = existing_spec(cluster, stacks, key)
+        if spec is None:
+            return _report(
+                text,
+                key,
+                cleaned=False,
+                removed=[],
+                message=f"Nothing to clean: no environment {key!r}.",
+            )
+        rest, dropped = spec.without(target)
+        if not dropped:
+            targets = ", ".join(s.display_target for s in spec.services)
+            return _report(
+                text,
+                key,
+                cleaned=False,
+                removed=[],
+                message=f"Nothing to clean: {key!r} has no target {target!r} (targets: {targets}).",
+            )
+        removed = [s.display_target for s in dropped]
+        if rest.services:
+            progress.line(f"Removing {', '.join(removed)} from {key}...")
+            stacks.up(
+                key,
+                lambda: declare(rest, CachedReader(cluster)),
+                on_event=progress.on_event,
+                on_output=progress.on_output,
+            )
+            return _report(
+                text,
+                key,
+                cleaned=True,
+                removed=removed,
+                message=f"Removed {', '.join(removed)} from {key}.",
+            )
+    progress.line(f"Destroying preview environment: {key}")
+    if not stacks.destroy(key, on_event=progress.on_event, on_output=progress.on_output):
+        return _report(
+            text,
+            key,
+            cleaned=False,
+            removed=[],
+            message=f"Nothing to clean: no environment {key!r}.",
+        )
+    return _report(
+        text,
+        key,
+        cleaned=True,
+        removed=removed or ["all"],
+        message=f"Preview environment {key} destroyed and its stack removed.",
+    )
+
+
+def _report(text: bool, key: str, *, cleaned: bool, removed: list[str], message: str) -> None:
+    if text:
+        out_console.print(message)
+    else:
+        print_json({"key": key, "cleaned": cleaned, "removed": removed, "message": message})

@@ -1,0 +1,210 @@
+"""The only module that touches `pulumi.automation`: one stack per environment key.
+
+Maps Pulumi's errors to ours; retries briefly when another update holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pulumi import automation as auto
+
+from preview_stack import naming
+from preview_stack.cluster import ClusterTarget
+from preview_stack.errors import BadInput, Busy, DeployFailed, Unreachable
+from preview_stack.spec import EnvironmentSpec
+
+LOCK_WAIT_SECONDS = 20.0
+EventHandler = Callable[[auto.EngineEvent], None]
+OutputHandler = Callable[[str], None]
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "preview-env"
+
+
+def logged_in_backend() -> str | None:
+    """The backend `pulumi login` chose, from PULUMI_HOME's credentials file."""
+    home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+    try:
+        current = json.loads((home / "credentials.json").read_text()).get("current")
+    except (OSError, ValueError):
+        return None
+    return str(current) if current else None
+
+
+def resolve_backend(flag: str | None) -> str:
+    """--backend, else PULUMI_BACKEND_URL, else the logged-in backend, else a local dir."""
+    url = flag or os.environ.get("PULUMI_BACKEND_URL") or logged_in_backend()
+    if not url:
+        url = f"file://{default_state_dir() / 'backend'}"
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        path = Path(parsed.path or url.removeprefix("file://")).expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(
+                f"backend {url} cannot be created: {exc.strerror}; pass "
+                "--backend file://<writable dir>"
+            ) from None
+        if not os.access(path, os.W_OK):
+            raise BadInput(f"backend {url} is not writable; pass --backend file://<writable dir>")
+    return url
+
+
+class Stacks:
+    """Stacks of the `preview-env` project in one backend, deploying to one cluster."""
+
+    def __init__(self, backend: str, cluster: ClusterTarget, *, verbose: bool = False) -> None:
+        self.backend = backend
+        self.cluster = cluster
+        self.verbose = verbose
+        env = {
+            "PULUMI_BACKEND_URL": backend,
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+        }
+        if (
+            "PULUMI_CONFIG_PASSPHRASE" not in os.environ
+            and "PULUMI_CONFIG_PASSPHRASE_FILE" not in os.environ
+        ):
+            env["PULUMI_CONFIG_PASSPHRASE"] = ""  # we keep no secrets in stack config
+        if cluster.kubeconfig:
+            env["KUBECONFIG"] = cluster.kubeconfig
+        self.env_vars = env
+
+    def _options(self) -> auto.LocalWorkspaceOptions:
+        return auto.LocalWorkspaceOptions(
+            env_vars=self.env_vars,
+            project_settings=auto.ProjectSettings(
+                name=naming.PROJECT,
+                runtime="python",
+                backend=auto.ProjectBackend(url=self.backend),
+            ),
+        )
+
+    def _workspace(self) -> auto.LocalWorkspace:
+        try:
+            options = self._options()
+            return auto.LocalWorkspace(
+                env_vars=options.env_vars, project_settings=options.project_settings
+            )
+        except auto.CommandError as exc:
+            raise Unreachable(
+                f"the Pulumi backend {self.backend} failed: {_last_line(exc)}"
+            ) from None
+
+    def list(self) -> dict[str, bool]:
+        """Every environment key with a stack, mapped to whether an update is running."""
+        try:
+            summaries = self._workspace().list_stacks()
+        except auto.CommandError as exc:
+            raise Unreachable(f"cannot list stacks in {self.backend}: {_last_line(exc)}") from None
+        return {s.name: bool(s.update_in_progress) for s in summaries}
+
+    def _stack(self, key: str, program: Callable[[], None], *, create: bool) -> auto.Stack:
+        try:
+            if create:
+                stack = auto.create_or_select_stack(
+                    stack_name=key,
+                    project_name=naming.PROJECT,
+                    program=program,
+                    opts=self._options(),
+                )
+            else:
+                stack = auto.select_stack(
+                    stack_name=key,
+                    project_name=naming.PROJECT,
+                    program=program,
+                    opts=self._options(),
+                )
+        except auto.StackNotFoundError:
+            raise
+        except auto.CommandError as exc:
+            raise Unreachable(
+                f"the Pulumi backend {self.backend} failed: {_last_line(exc)}"
+            ) from None
+        if self.cluster.context:
+            stack.set_config("kubernetes:context", auto.ConfigValue(self.cluster.context))
+        return stack
+
+    def exists(self, key: str) -> bool:
+        return key in self.list()
+
+    def outputs(self, key: str) -> EnvironmentSpec | None:
+        """The spec a stack last deployed (backend copy), or None."""
+        try:
+            stack = self._stack(key, _noop, create=False)
+        except auto.StackNotFoundError:
+            return None
+        raw: Any = stack.outputs().get("spec")
+        if raw is None:
+            return None
+        return EnvironmentSpec.model_validate(raw.value)
+
+    def up(
+        self,
+        key: str,
+        program: Callable[[], None],
+        *,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+    ) -> None:
+        stack = self._stack(key, program, create=True)
+        self._with_lock_retry(
+            key, lambda: stack.up(on_event=on_event, on_output=on_output, color="never")
+        )
+
+    def destroy(self, key: str, *, on_event: EventHandler, on_output: OutputHandler) -> bool:
+        """Destroy and remove the stack; False when there was none."""
+        try:
+            stack = self._stack(key, _noop, create=False)
+        except auto.StackNotFoundError:
+            return False
+        self._with_lock_retry(
+            key,
+            lambda: stack.destroy(
+                on_event=on_event, on_output=on_output, refresh=True, color="never"
+            ),
+        )
+        stack.workspace.remove_stack(key)
+        return True
+
+    def _with_lock_retry(self, key: str, action: Callable[[], object]) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                action()
+                return
+            except auto.ConcurrentUpdateError:
+                if time.monotonic() > deadline:
+                    raise Busy(
+                        f"environment {key!r} is being updated by someone else (its stack is "
+                        f"locked); retry later, or check `preview-env status -k {key}`"
+                    ) from None
+                time.sleep(2)
+            except auto.CommandError as exc:
+                raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
+
+
+def _noop() -> None:
+    return None
+
+
+def _last_line(exc: auto.CommandError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["unknown error"])[-1]
+
+
+def _summary(exc: auto.CommandError) -> str:
+    text = str(exc)
+    errors = [line.strip() for line in text.splitlines() if "error:" in line]
+    return "; ".join(dict.fromkeys(errors)) if errors else _last_line(exc)

@@ -1,0 +1,298 @@
+"""`preview-env start`: create or add to an environment and wait until its pods are Ready."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from cli.context import err_console, handles_errors, out_console, settings
+from cli.output import Format, Progress, print_json
+from cli.stacks import Stacks, resolve_backend
+from preview_stack import config as mirrord_config
+from preview_stack import naming
+from preview_stack.cluster import Cluster, ClusterTarget
+from preview_stack.derive import TargetWorkload
+from preview_stack.errors import DeployFailed, PreviewError
+from preview_stack.program import declare, manifests_for
+from preview_stack.request import Flags, build_request, resolve_key
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.status import pod_ready, pod_reason
+from preview_stack.ttl import expiry, format_seconds, rfc3339
+
+DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
+
+
+class StartedPod(BaseModel):
+    name: str
+    namespace: str
+    target: str
+    image: str
+    ready: bool
+
+
+class StartResult(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    key: str
+    namespaces: list[str]
+    pods: list[StartedPod]
+    expires_at: str | None = Field(alias="expiresAt")
+
+
+class CachedReader:
+    """The cluster reads of one `start`, done once and reused by the Pulumi program."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._workloads: dict[str, TargetWorkload | None] = {}
+        self._services: dict[str, list[dict[str, Any]]] = {}
+
+    def workload(self, spec: ServiceSpec) -> TargetWorkload | None:
+        if spec.target_id not in self._workloads:
+            self._workloads[spec.target_id] = self.cluster.workload(spec)
+        return self._workloads[spec.target_id]
+
+    def services(self, namespace: str) -> list[dict[str, Any]]:
+        if namespace not in self._services:
+            self._services[namespace] = self.cluster.services(namespace)
+        return self._services[namespace]
+
+
+def git_branch() -> str:
+    branch = os.environ.get("GITHUB_HEAD_REF") or ""
+    if branch:
+        return branch
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--abbrev-ref", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def owner() -> str:
+    explicit = os.environ.get("PREVIEW_ENV_OWNER") or os.environ.get("GITHUB_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def existing_spec(cluster: Cluster, stacks: Stacks, key: str) -> EnvironmentSpec | None:
+    """The environment as last deployed: the cluster record, else the stack's outputs."""
+    for record in cluster.records(key):
+        raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
+        if raw:
+            return EnvironmentSpec.model_validate_json(raw)
+    return stacks.outputs(key)
+
+
+def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
+    by_target = {s.target_label: s for s in env.services}
+    pods = []
+    for pod in cluster.preview_pods(env.key):
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
+        if service is None:
+            continue
+        pods.append(
+            StartedPod(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                target=service.display_target,
+                image=service.image,
+                ready=pod_ready(pod),
+            )
+        )
+    return sorted(pods, key=lambda p: (p.namespace, p.name))
+
+
+def _failure_reason(cluster: Cluster, env: EnvironmentSpec, service: ServiceSpec) -> str:
+    try:
+        pods = [
+            p
+            for p in cluster.preview_pods(env.key)
+            if p["metadata"].get("labels", {}).get(naming.LABEL_TARGET) == service.target_label
+        ]
+    except PreviewError:
+        return "the cluster could not be read"
+    unready = [p for p in pods if not pod_ready(p)]
+    if unready:
+        pod = unready[0]
+        return f"pod {pod['metadata']['name']} not Ready: {pod_reason(pod)}"
+    return "no pod became Ready" if not pods else "pods Ready but the rollout did not complete"
+
+
+@handles_errors
+def start(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "-f",
+            "--config-file",
+            help="mirrord config (JSON, YAML or TOML) "
+            "[default: ./.mirrord/mirrord.json when it exists]",
+        ),
+    ] = None,
+    image: Annotated[str | None, typer.Option("-i", "--image", help="image to run")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "-k",
+            "--key",
+            help="environment key [default: $MIRRORD_KEY, the config's key, else generated]",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "-t",
+            "--target",
+            help="target path, e.g. deployment/users[/container/app]; 'targetless' for none",
+        ),
+    ] = None,
+    target_namespace: Annotated[
+        str | None, typer.Option("-n", "--target-namespace", help="namespace of the target")
+    ] = None,
+    ttl: Annotated[
+        str | None,
+        typer.Option(help="time to live: 90m, 2h, infinite [default: the config's, else 60m]"),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            help="seconds to wait for pods to be Ready [default: creation_timeout_secs, 60]"
+        ),
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="preview pods per target")] = None,
+    keep_on_failure: Annotated[
+        bool,
+        typer.Option(
+            "--keep-on-failure", help="keep what was created when the pods do not become Ready"
+        ),
+    ] = False,
+    output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
+) -> None:
+    """Create a preview environment, or add or replace a target in an existing one."""
+    opts = settings(ctx)
+    text = output is Format.text
+    progress = Progress(enabled=text, verbose=opts.verbose)
+    path = config_file or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+
+    declared = mirrord_config.declared_key(path) if path else None
+    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
+    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    existing_keys: set[str] = set()
+    if not (key or os.environ.get("MIRRORD_KEY") or declared):
+        existing_keys = set(stacks.list())
+    env_key, generated = resolve_key(
+        flag=key, env_var=os.environ.get("MIRRORD_KEY"), config_key=declared, existing=existing_keys
+    )
+    variables = {"key": env_key, "git_branch": git_branch()}
+    parsed = mirrord_config.load(path, variables) if path else mirrord_config.MirrordConfig()
+    for field in mirrord_config.ignored_fields(parsed):
+        err_console.print(f"warning: {field} is ignored by preview environments")
+    flags = Flags(
+        image=image,
+        target=target,
+        namespace=target_namespace,
+        ttl=ttl,
+        timeout=timeout,
+        replicas=replicas,
+    )
+    request = build_request(parsed, flags, default_namespace=cluster.default_namespace())
+    service = request.service
+
+    progress.line(
+        f"Creating preview environment: {env_key}" + (" (generated key)" if generated else "")
+    )
+    reader = CachedReader(cluster)
+    cluster.check_namespace(service.namespace)
+    reader.workload(service)  # target, container and namespace exist
+    previous = existing_spec(cluster, stacks, env_key)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    expires = expiry(now, request.ttl_seconds)
+    base = previous or EnvironmentSpec(
+        key=env_key,
+        owner=owner(),
+        created_at=rfc3339(now),
+        expires_at=None,
+        ttl_seconds=None,
+        services=[],
+    )
+    env = base.with_service(service).model_copy(
+        update={
+            "expires_at": rfc3339(expires) if expires else None,
+            "ttl_seconds": request.ttl_seconds,
+        }
+    )
+    manifests_for(env, reader)  # every bad-input check before anything is created
+
+    progress.line("Deploying pod...")
+    try:
+        stacks.up(
+            env_key,
+            lambda: declare(env, reader),
+            on_event=progress.on_event,
+            on_output=progress.on_output,
+        )
+    except DeployFailed as exc:
+        reason = _failure_reason(cluster, env, service)
+        if keep_on_failure:
+            raise DeployFailed(
+                f"{reason} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
+            ) from None
+        progress.line("Deploy failed; removing what this start created...")
+        if previous is None:
+            stacks.destroy(env_key, on_event=progress.on_event, on_output=progress.on_output)
+        else:
+            stacks.up(
+                env_key,
+                lambda: declare(previous, CachedReader(cluster)),
+                on_event=progress.on_event,
+                on_output=progress.on_output,
+            )
+        raise DeployFailed(f"{reason}; {exc}") from None
+    progress.line("Deploying pod... done.")
+
+    result = StartResult(
+        key=env_key,
+        namespaces=sorted({s.namespace for s in env.services}),
+        pods=_pods_of(cluster, env),
+        expires_at=env.expires_at,
+    )
+    if not text:
+        print_json(result)
+        return
+    out_console.print("Preview environment is live!\n")
+    out_console.print(f"  Environment key:  {env_key}")
+    out_console.print("  Pods:")
+    for pod in result.pods:
+        out_console.print(
+            f"    • {pod.name}   ({pod.namespace}, {pod.target}, {pod.image})", markup=False
+        )
+    if expires is None:
+        out_console.print("  TTL: infinite")
+    else:
+        left = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
+        out_console.print(f"  TTL expires in: {format_seconds(max(left, 0))}")
+    sys.stdout.flush()

@@ -1,0 +1,68 @@
+"""`preview-env status`: every environment in the backend (or one), with live pod state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.context import handles_errors, out_console, settings
+from cli.output import Format, print_json
+from cli.stacks import Stacks, resolve_backend
+from preview_stack.cluster import Cluster, ClusterTarget
+from preview_stack.status import summarize
+
+
+@handles_errors
+def status(
+    ctx: typer.Context,
+    key: Annotated[str | None, typer.Option("-k", "--key", help="only this environment")] = None,
+    output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
+) -> None:
+    """List environments: pods, readiness, TTL remaining and state.
+
+    Costs one `pulumi` process and two API calls whatever the number of environments.
+    """
+    opts = settings(ctx)
+    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
+    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    summaries = summarize(
+        records=cluster.records(key),
+        pods=cluster.preview_pods(key),
+        stacks=stacks.list(),
+        now=dt.datetime.now(dt.UTC),
+        only_key=key,
+    )
+    if output is Format.json:
+        print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])
+        return
+    if not summaries:
+        out_console.print(
+            f"No preview environment with key {key!r}." if key else "No preview environments."
+        )
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "READY"):
+        table.add_column(column)
+    for env in summaries:
+        state = env.state if not env.reason else f"{env.state}: {env.reason}"
+        if not env.pods:
+            table.add_row(
+                env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-"
+            )
+        for index, pod in enumerate(env.pods):
+            ready = "yes" if pod.ready else f"no ({pod.reason})"
+            first = index == 0
+            table.add_row(
+                env.key if first else "",
+                state if first else "",
+                env.ttl if first else "",
+                pod.name,
+                pod.namespace,
+                pod.target,
+                pod.image,
+                ready,
+            )
+    out_console.print(table)

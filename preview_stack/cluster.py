@@ -1,0 +1,186 @@
+"""The only module that talks to the Kubernetes API: target reads and live pod state.
+
+Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors to ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from preview_stack import naming
+from preview_stack.derive import TargetWorkload, pod_template_of
+from preview_stack.errors import NotFound, PreviewError, Unreachable
+from preview_stack.spec import ServiceSpec
+
+_ROLLOUTS = ("argoproj.io", "v1alpha1", "rollouts")
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """Which cluster: a kubeconfig path (None = default rules) and a context."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            raise Unreachable(
+                f"the cluster refused {what} ({exc.status} {exc.reason}); check your "
+                "kubeconfig user and its RBAC rights"
+            ) from None
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise Unreachable(
+            f"cannot reach the cluster for {what}: {type(exc).__name__}; check --kubeconfig "
+            "and --context"
+        ) from None
+
+
+class Cluster:
+    """Reads from one cluster. Everything returns plain JSON dicts."""
+
+    def __init__(self, target: ClusterTarget) -> None:
+        self.target = target
+        try:
+            configuration = kclient.Configuration()
+            kconfig.load_kube_config(
+                config_file=target.kubeconfig,
+                context=target.context,
+                client_configuration=configuration,
+            )
+        except (ConfigException, OSError, TypeError) as exc:
+            raise Unreachable(f"cannot load the kubeconfig: {exc}") from None
+        configuration.retries = 1
+        self.api = kclient.ApiClient(configuration)
+        self.core = kclient.CoreV1Api(self.api)
+        self.apps = kclient.AppsV1Api(self.api)
+        self.custom = kclient.CustomObjectsApi(self.api)
+
+    def default_namespace(self) -> str:
+        try:
+            _, active = kconfig.list_kube_config_contexts(config_file=self.target.kubeconfig)
+        except (ConfigException, OSError):
+            return "default"
+        if self.target.context:
+            contexts, _ = kconfig.list_kube_config_contexts(config_file=self.target.kubeconfig)
+            active = next((c for c in contexts if c["name"] == self.target.context), active)
+        return str((active or {}).get("context", {}).get("namespace") or "default")
+
+    def _json(self, obj: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.api.sanitize_for_serialization(obj)
+        return result
+
+    def check_namespace(self, namespace: str) -> None:
+        with _errors(f"reading namespace {namespace}"):
+            try:
+                self.core.read_namespace(namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                names = sorted(n.metadata.name for n in self.core.list_namespace().items)
+                raise NotFound(
+                    f"namespace {namespace!r} not found (namespaces: {', '.join(names)})"
+                ) from None
+
+    def _read(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        if kind == "deployment":
+            obj = self._json(self.apps.read_namespaced_deployment(name, namespace))
+            obj.setdefault("kind", "Deployment")
+        elif kind == "statefulset":
+            obj = self._json(self.apps.read_namespaced_stateful_set(name, namespace))
+            obj.setdefault("kind", "StatefulSet")
+        elif kind == "pod":
+            obj = self._json(self.core.read_namespaced_pod(name, namespace))
+            obj.setdefault("kind", "Pod")
+        else:
+            obj = dict(
+                self.custom.get_namespaced_custom_object(
+                    *_ROLLOUTS[:2], namespace, _ROLLOUTS[2], name
+                )
+            )
+        return obj
+
+    def _names(self, kind: str, namespace: str) -> list[str]:
+        if kind == "deployment":
+            items = self.apps.list_namespaced_deployment(namespace).items
+        elif kind == "statefulset":
+            items = self.apps.list_namespaced_stateful_set(namespace).items
+        elif kind == "pod":
+            items = self.core.list_namespaced_pod(namespace).items
+        else:
+            listed = self.custom.list_namespaced_custom_object(
+                *_ROLLOUTS[:2], namespace, _ROLLOUTS[2]
+            )
+            return sorted(i["metadata"]["name"] for i in listed.get("items", []))
+        return sorted(i.metadata.name for i in items)
+
+    def workload(self, spec: ServiceSpec) -> TargetWorkload | None:
+        """The target's pod template, or None in targetless mode."""
+        if spec.target is None:
+            return None
+        kind, name, ns = spec.target.kind, spec.target.name, spec.namespace
+        with _errors(f"reading {kind}/{name}"):
+            try:
+                obj = self._read(kind, name, ns)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self.check_namespace(ns)
+                try:
+                    existing = self._names(kind, ns)
+                except ApiException:
+                    existing = []
+                listing = ", ".join(f"{kind}/{n}" for n in existing) or "none"
+                raise NotFound(
+                    f"target {kind}/{name} not found in namespace {ns} "
+                    f"(existing {kind}s: {listing})"
+                ) from None
+            ref = obj.get("spec", {}).get("workloadRef") if kind == "rollout" else None
+            if ref and not obj.get("spec", {}).get("template"):
+                ref_kind = str(ref.get("kind", "Deployment")).lower()
+                inner = self._read(ref_kind, ref["name"], ns)
+                obj = {**obj, "spec": {**obj["spec"], "template": inner["spec"]["template"]}}
+        return pod_template_of(obj)
+
+    def services(self, namespace: str) -> list[dict[str, Any]]:
+        with _errors(f"listing services in {namespace}"):
+            items = self.core.list_namespaced_service(namespace).items
+        return [
+            self._json(s)
+            for s in items
+            if (s.metadata.labels or {}).get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY
+        ]
+
+    def records(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Every environment record ConfigMap (one list call, all namespaces)."""
+        selector = f"{naming.LABEL_COMPONENT}=record,{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        if key:
+            selector += f",{naming.LABEL_KEY}={key}"
+        with _errors("listing environment records"):
+            items = self.core.list_config_map_for_all_namespaces(label_selector=selector).items
+        return [self._json(i) for i in items]
+
+    def preview_pods(self, key: str | None = None) -> list[dict[str, Any]]:
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}"
+        if key:
+            selector += f"={key}"
+        with _errors("listing preview pods"):
+            items = self.core.list_pod_for_all_namespaces(label_selector=selector).items
+        return [self._json(i) for i in items]
+
+
+__all__ = ["Cluster", "ClusterTarget", "PreviewError"]

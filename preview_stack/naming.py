@@ -1,0 +1,94 @@
+"""Every name, label and annotation preview-env writes, and the rules they obey."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PROJECT = "preview-env"
+DOMAIN = "preview-env.dev"
+
+LABEL_KEY = f"{DOMAIN}/key"
+LABEL_TARGET = f"{DOMAIN}/target"  # "<kind>-<name>" or "targetless-<name>", hashed if long
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_COMPONENT = f"{DOMAIN}/component"  # workload | service | record
+MANAGED_BY = PROJECT
+
+ANNOTATION_OWNER = f"{DOMAIN}/owner"
+ANNOTATION_CREATED_AT = f"{DOMAIN}/created-at"
+ANNOTATION_EXPIRES_AT = f"{DOMAIN}/expires-at"
+ANNOTATION_TARGET = f"{DOMAIN}/target"  # the full target path, unhashed
+ANNOTATION_IMAGE = f"{DOMAIN}/image"
+
+ENV_KEY_VAR = "PREVIEW_ENV_KEY"
+RECORD_DATA_KEY = "spec.json"
+
+KEY_MAX = 40
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+NAME_MAX = 63
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` is not a valid environment key, or None when it is."""
+    if not key:
+        return "the key is empty"
+    if len(key) > KEY_MAX:
+        return f"the key {key!r} is {len(key)} characters long (at most {KEY_MAX})"
+    if not _DNS_LABEL.match(key):
+        return (
+            f"the key {key!r} is not a lowercase DNS label "
+            "(use a-z, 0-9 and '-', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _digest(text: str, size: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+def fit(name: str, limit: int = NAME_MAX) -> str:
+    """Shorten `name` to `limit` characters, keeping it unique with a hash suffix."""
+    name = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if len(name) <= limit:
+        return name
+    suffix = _digest(name)
+    return f"{name[: limit - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+def workload_name(workload: str, key: str) -> str:
+    """`users-pr-42`: the preview Deployment of `workload` in environment `key`."""
+    return fit(f"{workload}-{key}", 47)  # leaves room for ReplicaSet and pod suffixes
+
+
+def service_name(service: str, key: str) -> str:
+    return fit(f"{service}-{key}")
+
+
+def record_name(key: str) -> str:
+    return fit(f"preview-env-{key}")
+
+
+def label_value(text: str) -> str:
+    """A valid label value for `text` (hash-suffixed when too long or invalid)."""
+    if len(text) <= NAME_MAX and _LABEL_VALUE.match(text):
+        return text
+    return fit(text)
+
+
+def target_label(kind: str, name: str) -> str:
+    return label_value(f"{kind}-{name}")
+
+
+def image_base_name(image: str) -> str:
+    """`ghcr.io/acme/users:pr-42` -> `users`: names targetless workloads."""
+    last = image.rsplit("/", 1)[-1]
+    last = last.split("@", 1)[0].split(":", 1)[0]
+    return fit(last, 30) or "preview"
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Shell-style glob (`*`, `?`) anchored on both ends."""
+    out = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.compile(f"^{out}$")

@@ -1,0 +1,108 @@
+"""The Pulumi program: one PreviewEnvironment component per stack.
+
+`declare(env, reader)` is the single function both entry points call: the CLI's inline
+program (Automation API) and `__main__.py` (`pulumi up` on the repository's Pulumi.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from preview_stack.derive import Manifest, TargetWorkload, derive_service, record_manifest
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
+
+COMPONENT_TYPE = "preview-env:index:Environment"
+
+
+class TargetReader(Protocol):
+    """Where target pod templates and namespace Services come from (the cluster)."""
+
+    def workload(self, spec: ServiceSpec) -> TargetWorkload | None: ...
+
+    def services(self, namespace: str) -> list[dict[str, Any]]: ...
+
+
+def manifests_for(env: EnvironmentSpec, reader: TargetReader) -> list[Manifest]:
+    """Every object of the environment, record last."""
+    manifests: list[Manifest] = []
+    for service in env.services:
+        manifests += derive_service(
+            env, service, reader.workload(service), reader.services(service.namespace)
+        )
+    manifests.append(record_manifest(env))
+    return manifests
+
+
+def _resource_name(manifest: Manifest) -> str:
+    meta = manifest["metadata"]
+    return f"{manifest['kind'].lower()}:{meta['namespace']}/{meta['name']}"
+
+
+class PreviewEnvironment(pulumi.ComponentResource):
+    """All Kubernetes objects of one environment, as children of one component."""
+
+    def __init__(
+        self,
+        env: EnvironmentSpec,
+        manifests: Sequence[Manifest],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(COMPONENT_TYPE, env.key, None, opts)
+        timeouts = {s.target_id: s.creation_timeout_secs for s in env.services}
+        self.resources: list[pulumi.CustomResource] = []
+        for manifest in manifests:
+            child = pulumi.ResourceOptions(parent=self)
+            name = _resource_name(manifest)
+            kind = manifest["kind"]
+            if kind == "Deployment":
+                target = manifest["metadata"]["annotations"].get("preview-env.dev/target", "")
+                seconds = timeouts.get(target, 60)
+                child = pulumi.ResourceOptions(
+                    parent=self,
+                    custom_timeouts=pulumi.CustomTimeouts(
+                        create=f"{seconds}s", update=f"{seconds}s"
+                    ),
+                )
+                self.resources.append(
+                    k8s.apps.v1.Deployment(
+                        name, metadata=manifest["metadata"], spec=manifest["spec"], opts=child
+                    )
+                )
+            elif kind == "Service":
+                self.resources.append(
+                    k8s.core.v1.Service(
+                        name, metadata=manifest["metadata"], spec=manifest["spec"], opts=child
+                    )
+                )
+            elif kind == "ConfigMap":
+                self.resources.append(
+                    k8s.core.v1.ConfigMap(
+                        name, metadata=manifest["metadata"], data=manifest["data"], opts=child
+                    )
+                )
+            else:  # routes and other kinds arrive with later features
+                self.resources.append(
+                    k8s.apiextensions.CustomResource(
+                        name,
+                        api_version=manifest["apiVersion"],
+                        kind=kind,
+                        metadata=manifest["metadata"],
+                        spec=manifest.get("spec"),
+                        opts=child,
+                    )
+                )
+        self.register_outputs({"key": env.key, "expiresAt": env.expires_at})
+
+
+def declare(env: EnvironmentSpec, reader: TargetReader) -> PreviewEnvironment:
+    """Declare the environment and export its spec (for anyone sharing the backend)."""
+    component = PreviewEnvironment(env, manifests_for(env, reader))
+    pulumi.export("key", env.key)
+    pulumi.export("expiresAt", env.expires_at)
+    pulumi.export("spec", json.loads(env.model_dump_json()))
+    return component

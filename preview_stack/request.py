@@ -1,0 +1,101 @@
+"""From a mirrord config and CLI flags to one ServiceSpec (pure). Flags override the file."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Literal
+
+from preview_stack import naming
+from preview_stack.config import MirrordConfig, TargetPath
+from preview_stack.errors import BadInput
+from preview_stack.spec import EnvRules, LabelRules, ServiceSpec
+from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What `start` was told on the command line (None = not given)."""
+
+    image: str | None = None
+    target: str | None = None
+    namespace: str | None = None
+    ttl: str | None = None
+    timeout: int | None = None
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    service: ServiceSpec
+    ttl_seconds: int | None
+
+
+def resolve_key(
+    *,
+    flag: str | None,
+    env_var: str | None,
+    config_key: str | None,
+    existing: Collection[str],
+    generate: Callable[[], str] | None = None,
+) -> tuple[str, bool]:
+    """The environment key and whether it was generated. Validated either way."""
+    for candidate in (flag, env_var, config_key):
+        if candidate:
+            problem = naming.key_problem(candidate)
+            if problem:
+                raise BadInput(f"invalid key: {problem}")
+            return candidate, False
+    make = generate or (lambda: secrets.token_hex(3)[:5])
+    for _ in range(100):
+        key = make()
+        if key not in existing and naming.key_problem(key) is None:
+            return key, True
+    raise BadInput("could not generate a free key; pass -k/--key")
+
+
+def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str) -> Request:
+    preview = config.feature.preview
+    target: TargetPath | None
+    if flags.target is not None:
+        try:
+            target = None if flags.target in ("", "targetless") else TargetPath.parse(flags.target)
+        except ValueError as exc:
+            raise BadInput(f"--target: {exc}") from None
+    else:
+        target = config.target.path
+    namespace = flags.namespace or config.target.namespace or default_namespace
+    image = flags.image or preview.image
+    if not image:
+        raise BadInput(
+            "no image given: pass -i/--image IMAGE or set feature.preview.image in the config"
+        )
+    ttl_seconds: int | None
+    if flags.ttl is not None:
+        ttl_seconds = parse_duration(flags.ttl)
+    else:
+        from_file: int | Literal["default"] | None = preview.ttl_seconds()
+        ttl_seconds = DEFAULT_TTL_SECONDS if from_file == "default" else from_file
+    if flags.replicas is not None and not 1 <= flags.replicas <= 20:
+        raise BadInput(f"--replicas {flags.replicas}: use a number from 1 to 20")
+    if flags.timeout is not None and flags.timeout <= 0:
+        raise BadInput(f"--timeout {flags.timeout}: use a positive number of seconds")
+    env = config.feature.env
+    service = ServiceSpec(
+        target=target,
+        namespace=namespace,
+        image=image,
+        replicas=flags.replicas or preview.replicas,
+        env=EnvRules(
+            include=env.include if isinstance(env.include, list) else None,
+            exclude=env.exclude if isinstance(env.exclude, list) else None,
+            override=dict(env.override),
+        ),
+        labels=LabelRules(
+            include=list(preview.labels.include), exclude=list(preview.labels.exclude)
+        ),
+        incoming=config.feature.network.incoming,
+        creation_timeout_secs=flags.timeout or preview.creation_timeout_secs,
+    )
+    return Request(service=service, ttl_seconds=ttl_seconds)

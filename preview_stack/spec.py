@@ -1,0 +1,100 @@
+"""The typed environment spec: what one stack declares. Merge rules live here too."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from preview_stack import naming
+from preview_stack.config import IncomingFeature, TargetPath
+from preview_stack.ttl import parse_rfc3339
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EnvRules(_Frozen):
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    override: dict[str, str] = Field(default_factory=dict)
+
+
+class LabelRules(_Frozen):
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ServiceSpec(_Frozen):
+    """One preview workload: a target replaced by `image`, or a targetless image."""
+
+    target: TargetPath | None = None
+    namespace: str
+    image: str
+    replicas: int = 1
+    env: EnvRules = Field(default_factory=EnvRules)
+    labels: LabelRules = Field(default_factory=LabelRules)
+    incoming: IncomingFeature | None = None
+    creation_timeout_secs: int = 60
+
+    @property
+    def target_id(self) -> str:
+        """Identity within an environment: same id in a later start replaces this one."""
+        if self.target is None:
+            return f"{self.namespace}/targetless/{naming.image_base_name(self.image)}"
+        return f"{self.namespace}/{self.target.kind}/{self.target.name}"
+
+    @property
+    def target_label(self) -> str:
+        if self.target is None:
+            return naming.target_label("targetless", naming.image_base_name(self.image))
+        return naming.target_label(self.target.kind, self.target.name)
+
+    @property
+    def display_target(self) -> str:
+        if self.target is None:
+            return "targetless"
+        return f"{self.target.kind}/{self.target.name}"
+
+    def matches(self, selector: str) -> bool:
+        """`clean -t`: match `deployment/users`, `users`, or `ns/deployment/users`."""
+        parts = selector.strip("/").split("/")
+        if len(parts) >= 4 and parts[-2] == "container":
+            parts = parts[:-2]
+        candidate = "/".join(parts)
+        if self.target is None:
+            base = naming.image_base_name(self.image)
+            return candidate in (self.target_id, "targetless", f"targetless/{base}", base)
+        short = f"{self.target.kind}/{self.target.name}"
+        return candidate in (self.target_id, short, self.target.name)
+
+
+class EnvironmentSpec(_Frozen):
+    """Everything one stack declares; kept in the backend (outputs) and in the cluster."""
+
+    key: str
+    owner: str
+    created_at: str  # RFC 3339, UTC
+    expires_at: str | None  # RFC 3339, UTC; None = infinite
+    ttl_seconds: int | None
+    services: list[ServiceSpec]
+
+    def expiry(self) -> dt.datetime | None:
+        return parse_rfc3339(self.expires_at) if self.expires_at else None
+
+    def with_service(self, service: ServiceSpec) -> EnvironmentSpec:
+        """Add `service`, replacing any with the same target id (order kept)."""
+        kept = [s for s in self.services if s.target_id != service.target_id]
+        if len(kept) == len(self.services):
+            return self.model_copy(update={"services": [*self.services, service]})
+        replaced = [service if s.target_id == service.target_id else s for s in self.services]
+        return self.model_copy(update={"services": replaced})
+
+    def without(self, selector: str) -> tuple[EnvironmentSpec, list[ServiceSpec]]:
+        removed = [s for s in self.services if s.matches(selector)]
+        kept = [s for s in self.services if not s.matches(selector)]
+        return self.model_copy(update={"services": kept}), removed
+
+    def record_namespace(self) -> str:
+        return self.services[0].namespace

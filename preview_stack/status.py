@@ -1,0 +1,149 @@
+"""What `status` shows, computed from records, live pods and stack summaries (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from preview_stack import naming
+from preview_stack.spec import EnvironmentSpec
+from preview_stack.ttl import parse_rfc3339, remaining
+
+State = Literal["live", "updating", "failed", "expired"]
+
+
+class PodStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    name: str
+    namespace: str
+    target: str
+    image: str
+    ready: bool
+    phase: str
+    reason: str | None = None
+
+
+class EnvironmentStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+    key: str
+    state: State
+    owner: str | None = None
+    namespaces: list[str] = Field(default_factory=list)
+    pods: list[PodStatus] = Field(default_factory=list)
+    expires_at: str | None = Field(default=None, alias="expiresAt")
+    ttl: str = Field(description="`42m remaining`, `infinite` or `expired`")
+    reason: str | None = None
+
+
+def pod_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod is not Ready, in the cluster's own words (ImagePullBackOff, ...)."""
+    status = pod.get("status", {})
+    for container in status.get("containerStatuses", []) or []:
+        state = container.get("state", {}) or {}
+        for kind in ("waiting", "terminated"):
+            if state.get(kind) and state[kind].get("reason"):
+                detail = state[kind].get("message")
+                return f"{state[kind]['reason']}" + (f": {detail}" if detail else "")
+    for condition in status.get("conditions", []) or []:
+        if condition.get("status") != "True" and condition.get("reason"):
+            return f"{condition['reason']}: {condition.get('message', '')}".rstrip(": ")
+    phase = status.get("phase")
+    return f"phase {phase}" if phase else "not scheduled yet"
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", []) or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _spec_of(record: Mapping[str, Any]) -> EnvironmentSpec | None:
+    raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
+    try:
+        return EnvironmentSpec.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def summarize(
+    *,
+    records: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    stacks: Mapping[str, bool],
+    now: dt.datetime,
+    only_key: str | None = None,
+) -> list[EnvironmentStatus]:
+    """`stacks` maps each stack name in the backend to whether an update is running."""
+    specs = {s.key: s for s in (_spec_of(r) for r in records) if s is not None}
+    pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        key = pod.get("metadata", {}).get("labels", {}).get(naming.LABEL_KEY)
+        if key:
+            pods_by_key.setdefault(key, []).append(pod)
+    keys = sorted(set(specs) | set(stacks))
+    if only_key is not None:
+        keys = [k for k in keys if k == only_key]
+    result = []
+    for key in keys:
+        spec = specs.get(key)
+        updating = stacks.get(key, False)
+        if spec is None:
+            result.append(
+                EnvironmentStatus(
+                    key=key,
+                    state="updating" if updating else "failed",
+                    ttl="unknown",
+                    reason=None if updating else "the stack has no live objects in this cluster",
+                )
+            )
+            continue
+        by_target = {s.target_label: s for s in spec.services}
+        pod_statuses = []
+        for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
+            meta = pod["metadata"]
+            service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
+            ready = pod_ready(pod)
+            pod_statuses.append(
+                PodStatus(
+                    name=meta["name"],
+                    namespace=meta["namespace"],
+                    target=service.display_target if service else "unknown",
+                    image=service.image if service else "unknown",
+                    ready=ready,
+                    phase=pod.get("status", {}).get("phase", "Unknown"),
+                    reason=None if ready else pod_reason(pod),
+                )
+            )
+        expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
+        ttl = remaining(expires, now)
+        state: State
+        reason = None
+        if updating:
+            state = "updating"
+        elif ttl == "expired":
+            state = "expired"
+        elif not pod_statuses or not all(p.ready for p in pod_statuses):
+            state = "failed"
+            unready = [p for p in pod_statuses if not p.ready]
+            reason = (
+                f"pod {unready[0].name}: {unready[0].reason}"
+                if unready
+                else "no preview pods are running"
+            )
+        else:
+            state = "live"
+        result.append(
+            EnvironmentStatus(
+                key=key,
+                state=state,
+                owner=spec.owner,
+                namespaces=sorted({s.namespace for s in spec.services}),
+                pods=pod_statuses,
+                expires_at=spec.expires_at,
+                ttl=ttl,
+                reason=reason,
+            )
+        )
+    return result
