@@ -206,15 +206,14 @@ class Testbed:
         sa = pki.service_account_keys()
 
         kine_port = free_port()
-        kine_dir = self.state_dir / "kine"
-        kine_dir.mkdir()
         self._spawn(
             "kine",
             [
                 str(tc.kine),
                 f"--listen-address={LOOPBACK}:{kine_port}",
                 "--metrics-bind-address=0",
-                f"--endpoint=sqlite://{kine_dir}/state.db?_journal=WAL&cache=shared",
+                # No --endpoint: sqlite at <state>/db/state.db with the driver's own settings
+                # (a mattn-style "?_journal=WAL&cache=shared" deadlocks the modernc driver).
             ],
         )
         self._wait("kine", deadline, lambda: _tcp_open(kine_port))

@@ -24,7 +24,13 @@ step() {
   local start=$SECONDS
   log "$name: building..."
   local tmp; tmp="$(mktemp -d "$CACHE/.build-XXXXXX")"
-  if ! ( cd "$tmp" && "$@" ) >"$tmp.log" 2>&1; then
+  # Not in an `if`: errexit must stay active inside the build function.
+  local rc=0
+  set +e
+  ( set -e; cd "$tmp"; "$@" ) >"$tmp.log" 2>&1
+  rc=$?
+  set -e
+  if [[ $rc -ne 0 ]]; then
     log "$name: FAILED after $((SECONDS - start))s; last lines of $tmp.log:"
     tail -n 40 "$tmp.log" >&2
     return 1
@@ -178,15 +184,36 @@ build_kwok() {
   chmod -R u+w "$out/stages"
 }
 
+# extract_from_module MODULE VERSION PREFIX DEST: copy the files under PREFIX of a module's
+# zip into DEST. Reads the zip directly, so the module's own `go` directive does not matter
+# (argo-rollouts v1.10.2 asks for a newer Go than we build with).
+extract_from_module() {
+  local zip
+  zip="$({ go mod download -json "$1@$2" || true; } | python3 -c 'import json,sys; print(json.load(sys.stdin)["Zip"])')"
+  python3 - "$zip" "$1@$2/$3" "$4" <<'PY'
+import os, sys, zipfile
+archive, prefix, dest = sys.argv[1:]
+found = 0
+with zipfile.ZipFile(archive) as zf:
+    for name in zf.namelist():
+        if name.startswith(prefix) and not name.endswith("/") and "/" not in name[len(prefix):].lstrip("/"):
+            target = os.path.join(dest, os.path.basename(name))
+            with open(target, "wb") as out:
+                out.write(zf.read(name))
+            found += 1
+if not found:
+    sys.exit(f"nothing under {prefix} in {archive}")
+PY
+}
+
 build_crds() {
   local out="$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION"
-  local gw; gw="$(gomod_dir sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION")"
-  local ar; ar="$(gomod_dir github.com/argoproj/argo-rollouts "$ARGO_ROLLOUTS_VERSION")"
-  mkdir -p "$out.tmp"
-  cp "$gw"/config/crd/standard/*.yaml "$out.tmp/"
-  cp "$ar/manifests/crds/rollout-crd.yaml" "$out.tmp/argo-rollouts-rollout-crd.yaml"
-  chmod -R u+w "$out.tmp"
-  rm -f "$out.tmp/kustomization.yaml"
+  rm -rf "$out" "$out.tmp"
+  mkdir -p "$out.tmp" "$out.tmp.rollouts"
+  extract_from_module sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" config/crd/standard "$out.tmp"
+  extract_from_module github.com/argoproj/argo-rollouts "$ARGO_ROLLOUTS_VERSION" manifests/crds "$out.tmp.rollouts"
+  mv "$out.tmp.rollouts/rollout-crd.yaml" "$out.tmp/argo-rollouts-rollout-crd.yaml"
+  rm -rf "$out.tmp.rollouts" "$out.tmp/kustomization.yaml"
   mv "$out.tmp" "$out"
 }
 
@@ -205,7 +232,7 @@ for c in "${components[@]}"; do
     kubernetes) step kubernetes "$CACHE/kubernetes-$KUBERNETES_VERSION/bin/kubectl" -- build_kubernetes ;;
     kine) step kine "$CACHE/kine-$KINE_VERSION/bin/kine" -- build_kine ;;
     kwok) step kwok "$CACHE/kwok-$KWOK_VERSION/stages" -- build_kwok ;;
-    crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION" -- build_crds ;;
+    crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION/argo-rollouts-rollout-crd.yaml" -- build_crds ;;
     actionlint) step actionlint "$CACHE/actionlint-$ACTIONLINT_VERSION/bin/actionlint" -- build_actionlint ;;
     *) log "unknown component: $c (known: ${ALL[*]})"; exit 2 ;;
   esac
