@@ -11,10 +11,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 test: $(STAMP) toolchain
 	$(BIN)/pytest
 
-## make demo: a preview environment on the local test bed (filled in with the CLI issue).
+## make demo: a preview environment on the local test bed: start, status, clean.
 demo: $(STAMP) toolchain
-	$(BIN)/python -m testbed up
-	@echo "demo: the preview-env CLI lands with the next issue; the test bed is up (make testbed-down)."
+	bash scripts/demo.sh
 
 venv: $(STAMP)
 $(STAMP):

@@ -109,7 +109,10 @@ class Stacks:
             raise Unreachable(f"cannot list stacks in {self.backend}: {_last_line(exc)}") from None
         return {s.name: bool(s.update_in_progress) for s in summaries}
 
-    def _stack(self, key: str, program: Callable[[], None], *, create: bool) -> auto.Stack:
+    def _stack(self, key: str, declare: Callable[[], object], *, create: bool) -> auto.Stack:
+        def program() -> None:
+            declare()
+
         try:
             if create:
                 stack = auto.create_or_select_stack(
@@ -152,7 +155,7 @@ class Stacks:
     def up(
         self,
         key: str,
-        program: Callable[[], None],
+        program: Callable[[], object],
         *,
         on_event: EventHandler,
         on_output: OutputHandler,

@@ -65,10 +65,10 @@ class Cluster:
         except (ConfigException, OSError, TypeError) as exc:
             raise Unreachable(f"cannot load the kubeconfig: {exc}") from None
         configuration.retries = 1
-        self.api = kclient.ApiClient(configuration)
-        self.core = kclient.CoreV1Api(self.api)
-        self.apps = kclient.AppsV1Api(self.api)
-        self.custom = kclient.CustomObjectsApi(self.api)
+        self.api: Any = kclient.ApiClient(configuration)
+        self.core: Any = kclient.CoreV1Api(self.api)
+        self.apps: Any = kclient.AppsV1Api(self.api)
+        self.custom: Any = kclient.CustomObjectsApi(self.api)
 
     def default_namespace(self) -> str:
         try:
@@ -97,6 +97,7 @@ class Cluster:
                 ) from None
 
     def _read(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        obj: dict[str, Any]
         if kind == "deployment":
             obj = self._json(self.apps.read_namespaced_deployment(name, namespace))
             obj.setdefault("kind", "Deployment")
@@ -115,6 +116,7 @@ class Cluster:
         return obj
 
     def _names(self, kind: str, namespace: str) -> list[str]:
+        items: list[Any]
         if kind == "deployment":
             items = self.apps.list_namespaced_deployment(namespace).items
         elif kind == "statefulset":

@@ -50,7 +50,9 @@ class TargetPath(BaseModel):
             )
         if not all(parts):
             raise ValueError(f"target {path!r} has an empty part")
-        return cls(kind=kind, name=parts[1], container=parts[3] if len(parts) == 4 else None)
+        return cls.model_validate(
+            {"kind": kind, "name": parts[1], "container": parts[3] if len(parts) == 4 else None}
+        )
 
     def __str__(self) -> str:
         base = f"{self.kind}/{self.name}"

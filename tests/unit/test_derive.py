@@ -20,18 +20,26 @@ TARGET: dict[str, Any] = {
         "replicas": 3,
         "selector": {"matchLabels": {"app": "users"}},
         "template": {
-            "metadata": {"labels": {"app": "users", "tier": "backend", "team": "a"},
-                         "annotations": {"prometheus.io/scrape": "true"}},
+            "metadata": {
+                "labels": {"app": "users", "tier": "backend", "team": "a"},
+                "annotations": {"prometheus.io/scrape": "true"},
+            },
             "spec": {
                 "serviceAccountName": "users",
                 "imagePullSecrets": [{"name": "regcred"}],
                 "initContainers": [{"name": "migrate", "image": "users:1"}],
                 "containers": [
-                    {"name": "app", "image": "users:1",
-                     "env": [{"name": "DB_URL", "value": "pg"}, {"name": "SECRET_X", "value": "s"},
-                             {"name": "MODE", "value": "staging"}],
-                     "envFrom": [{"configMapRef": {"name": "users-config"}}],
-                     "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}},
+                    {
+                        "name": "app",
+                        "image": "users:1",
+                        "env": [
+                            {"name": "DB_URL", "value": "pg"},
+                            {"name": "SECRET_X", "value": "s"},
+                            {"name": "MODE", "value": "staging"},
+                        ],
+                        "envFrom": [{"configMapRef": {"name": "users-config"}}],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+                    },
                     {"name": "proxy", "image": "envoy:1", "env": [{"name": "X", "value": "1"}]},
                 ],
                 "volumes": [{"name": "cfg", "configMap": {"name": "users-config"}}],
@@ -40,21 +48,34 @@ TARGET: dict[str, Any] = {
     },
 }
 SERVICES = [
-    {"metadata": {"name": "users"}, "spec": {"selector": {"app": "users"},
-     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}},
+    {
+        "metadata": {"name": "users"},
+        "spec": {
+            "selector": {"app": "users"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+        },
+    },
     {"metadata": {"name": "other"}, "spec": {"selector": {"app": "other"}, "ports": []}},
 ]
 
 
 def env_with(*services: ServiceSpec) -> EnvironmentSpec:
-    return EnvironmentSpec(key="pr-42", owner="me", created_at="2026-01-01T00:00:00Z",
-                           expires_at="2026-01-01T01:00:00Z", ttl_seconds=3600,
-                           services=list(services))
+    return EnvironmentSpec(
+        key="pr-42",
+        owner="me",
+        created_at="2026-01-01T00:00:00Z",
+        expires_at="2026-01-01T01:00:00Z",
+        ttl_seconds=3600,
+        services=list(services),
+    )
 
 
 def service(**changes: Any) -> ServiceSpec:
-    base: dict[str, Any] = {"target": TargetPath.parse("deployment/users"), "namespace": "staging",
-                            "image": "users:pr-42"}
+    base: dict[str, Any] = {
+        "target": TargetPath.parse("deployment/users"),
+        "namespace": "staging",
+        "image": "users:pr-42",
+    }
     return ServiceSpec(**{**base, **changes})
 
 
@@ -90,11 +111,17 @@ def test_unknown_container_lists_the_existing_ones() -> None:
 
 
 def test_env_include_exclude_override() -> None:
-    spec = service(env=EnvRules(include=["DB_*", "SECRET_*", "MODE"], exclude=["SECRET_*"],
-                                override={"MODE": "preview"}))
+    spec = service(
+        env=EnvRules(
+            include=["DB_*", "SECRET_*", "MODE"], exclude=["SECRET_*"], override={"MODE": "preview"}
+        )
+    )
     env = derive(spec)[0]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env == [{"name": "DB_URL", "value": "pg"}, {"name": "MODE", "value": "preview"},
-                   {"name": naming.ENV_KEY_VAR, "value": "pr-42"}]
+    assert env == [
+        {"name": "DB_URL", "value": "pg"},
+        {"name": "MODE", "value": "preview"},
+        {"name": naming.ENV_KEY_VAR, "value": "pr-42"},
+    ]
 
 
 def test_isolation_labels_and_preview_service() -> None:
@@ -104,9 +131,13 @@ def test_isolation_labels_and_preview_service() -> None:
     assert labels[naming.LABEL_KEY] == "pr-42"
     assert deployment["metadata"]["name"] == "users-pr-42"
     assert deployment["spec"]["selector"]["matchLabels"] == {
-        naming.LABEL_KEY: "pr-42", naming.LABEL_TARGET: "deployment-users"}
-    assert deployment["metadata"]["annotations"][naming.ANNOTATION_EXPIRES_AT] == \
-        "2026-01-01T01:00:00Z"
+        naming.LABEL_KEY: "pr-42",
+        naming.LABEL_TARGET: "deployment-users",
+    }
+    assert (
+        deployment["metadata"]["annotations"][naming.ANNOTATION_EXPIRES_AT]
+        == "2026-01-01T01:00:00Z"
+    )
     assert preview_service["metadata"]["name"] == "users-pr-42"
     assert preview_service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert preview_service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080}]
@@ -121,8 +152,11 @@ def test_kept_labels_are_copied_but_may_not_match_a_service() -> None:
 
 
 def test_targetless_runs_the_image_alone_with_ports() -> None:
-    spec = service(target=None, image="ghcr.io/acme/search:1",
-                   incoming=IncomingFeature(mode="off", ports=[9000]))
+    spec = service(
+        target=None,
+        image="ghcr.io/acme/search:1",
+        incoming=IncomingFeature(mode="off", ports=[9000]),
+    )
     deployment, svc = derive_service(env_with(spec), spec, None, SERVICES)
     assert deployment["metadata"]["name"] == "search-pr-42"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -132,12 +166,25 @@ def test_targetless_runs_the_image_alone_with_ports() -> None:
 
 
 def test_bare_pod_target_drops_runtime_fields() -> None:
-    pod = {"kind": "Pod", "metadata": {"name": "p", "namespace": "staging",
-                                       "labels": {"app": "users"}},
-           "spec": {"nodeName": "n1", "priority": 0, "restartPolicy": "Never",
-                    "containers": [{"name": "c", "image": "i:1", "volumeMounts": [
-                        {"name": "kube-api-access-abc", "mountPath": "/var/run/secrets"}]}],
-                    "volumes": [{"name": "kube-api-access-abc", "projected": {}}]}}
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "staging", "labels": {"app": "users"}},
+        "spec": {
+            "nodeName": "n1",
+            "priority": 0,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "i:1",
+                    "volumeMounts": [
+                        {"name": "kube-api-access-abc", "mountPath": "/var/run/secrets"}
+                    ],
+                }
+            ],
+            "volumes": [{"name": "kube-api-access-abc", "projected": {}}],
+        },
+    }
     spec = service(target=TargetPath.parse("pod/p"))
     derived = derive_service(env_with(spec), spec, pod_template_of(pod), [])[0]
     pod_spec = derived["spec"]["template"]["spec"]
@@ -148,6 +195,7 @@ def test_bare_pod_target_drops_runtime_fields() -> None:
 
 def test_derivation_does_not_mutate_the_target() -> None:
     import copy
+
     before = copy.deepcopy(TARGET)
     derive(service(env=EnvRules(override={"A": "b"})))
     assert before == TARGET

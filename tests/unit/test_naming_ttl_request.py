@@ -42,8 +42,7 @@ def test_names_fit_limits_and_stay_stable() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("45s", 45), ("15", 900),
-     ("infinite", None)],
+    [("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("45s", 45), ("15", 900), ("infinite", None)],
 )
 def test_durations(text: str, seconds: int | None) -> None:
     assert ttl.parse_duration(text) == seconds
@@ -68,19 +67,25 @@ def test_key_precedence_and_generation() -> None:
     assert resolve_key(flag=None, env_var="b", config_key="c", existing=()) == ("b", False)
     assert resolve_key(flag=None, env_var=None, config_key="c", existing=()) == ("c", False)
     keys = iter(["taken", "fresh"])
-    assert resolve_key(flag=None, env_var=None, config_key=None, existing={"taken"},
-                       generate=lambda: next(keys)) == ("fresh", True)
-    with pytest.raises(BadInput, match="invalid key: .*lowercase DNS label"):
+    assert resolve_key(
+        flag=None, env_var=None, config_key=None, existing={"taken"}, generate=lambda: next(keys)
+    ) == ("fresh", True)
+    with pytest.raises(BadInput, match=r"invalid key: .*lowercase DNS label"):
         resolve_key(flag="Bad_Key", env_var=None, config_key=None, existing=())
 
 
 def test_flags_override_the_file() -> None:
-    parsed = MirrordConfig.model_validate({
-        "target": {"path": "deployment/users", "namespace": "staging"},
-        "feature": {"preview": {"image": "from-file:1", "ttl_mins": 10, "replicas": 3}},
-    })
-    request = build_request(parsed, Flags(image="flag:2", ttl="2h", replicas=1,
-                                          namespace="other"), default_namespace="default")
+    parsed = MirrordConfig.model_validate(
+        {
+            "target": {"path": "deployment/users", "namespace": "staging"},
+            "feature": {"preview": {"image": "from-file:1", "ttl_mins": 10, "replicas": 3}},
+        }
+    )
+    request = build_request(
+        parsed,
+        Flags(image="flag:2", ttl="2h", replicas=1, namespace="other"),
+        default_namespace="default",
+    )
     assert request.service.image == "flag:2"
     assert request.service.namespace == "other"
     assert request.service.replicas == 1
