@@ -51,9 +51,9 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the child when the test process dies (kill -9 included)."""
+    """Ask Linux to SIGKILL the child when the test process dies (kill -9 included)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -104,6 +104,8 @@ def kubeconfig_yaml(server: str, ca: Path, user: str, client: KeyPair) -> str:
 
 class Testbed:
     """The control plane in `state_dir`. `start()` waits until it is healthy."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, state_dir: Path, toolchain: Toolchain, *, detached: bool = False) -> None:
         self.state_dir = state_dir.resolve()
@@ -322,6 +324,11 @@ class Testbed:
         self.kubectl(
             "wait", "--for=condition=Ready", "node", *FAKE_NODES, f"--timeout={remaining}s"
         )
+        # The API server taints new Nodes not-ready; the node lifecycle controller (not run
+        # here: kwok's fake heartbeats do not renew leases) would lift it once Ready.
+        for node in FAKE_NODES:
+            with contextlib.suppress(TestbedError):
+                self.kubectl("taint", "nodes", node, "node.kubernetes.io/not-ready:NoSchedule-")
         self.kubectl(
             "wait", "--for=condition=Established", "crd", "--all", f"--timeout={remaining}s"
         )

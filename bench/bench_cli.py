@@ -1,0 +1,149 @@
+"""Benchmarks for `preview-env start` and `status` on a fresh local test bed.
+
+    .venv/bin/python bench/bench_cli.py [--runs 3] [--envs 1,10,50]
+
+Measures, in one run on one machine:
+- `start` wall time against the floor of `kubectl apply` + `kubectl rollout status` for the
+  very same derived manifests (ratio start / floor);
+- `status` wall time with 1, 10 and 50 environments, and how many `pulumi` processes it
+  spawns (counted through a logging shim placed first on PATH);
+- peak RSS of the `preview-env` process during `start` (VmHWM, sampled until exit).
+Prints a Markdown table to paste into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from preview_stack.cluster import Cluster, ClusterTarget  # noqa: E402
+from preview_stack.config import TargetPath  # noqa: E402
+from preview_stack.program import manifests_for  # noqa: E402
+from preview_stack.spec import EnvironmentSpec, ServiceSpec  # noqa: E402
+from testbed import Testbed, ensure  # noqa: E402
+
+
+def cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Run preview-env; return (seconds, peak RSS in kB, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"preview-env {' '.join(args)} failed: {err}")
+    return time.perf_counter() - start, peak, out
+
+
+def kubectl_floor(bed: Testbed, key: str) -> float:
+    """kubectl apply + rollout status of the same manifests `start` would declare."""
+    cluster = Cluster(ClusterTarget(str(bed.kubeconfig)))
+    service = ServiceSpec(target=TargetPath.parse("deployment/users/container/app"),
+                          namespace="staging", image="ghcr.io/acme/users:bench")
+    env = EnvironmentSpec(key=key, owner="bench", created_at="2026-01-01T00:00:00Z",
+                          expires_at=None, ttl_seconds=None, services=[service])
+
+    class Reader:
+        def workload(self, spec: ServiceSpec):  # type: ignore[no-untyped-def]
+            return cluster.workload(spec)
+
+        def services(self, namespace: str):  # type: ignore[no-untyped-def]
+            return cluster.services(namespace)
+
+    docs = manifests_for(env, Reader())
+    start = time.perf_counter()
+    bed.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                            "items": docs}))
+    bed.kubectl("-n", "staging", "rollout", "status", f"deployment/users-{key}",
+                "--timeout=120s")
+    elapsed = time.perf_counter() - start
+    bed.kubectl("delete", "-f", "-", "--wait=true",
+                input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--envs", default="1,10,50")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.envs.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bed = Testbed(Path(tmp) / "bed", ensure())
+        bed.start()
+        try:
+            shim_dir = Path(tmp) / "shim"
+            shim_dir.mkdir()
+            log = Path(tmp) / "pulumi-calls.log"
+            (shim_dir / "pulumi").write_text(
+                f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n')
+            (shim_dir / "pulumi").chmod(0o755)
+            env = {**os.environ, **bed.environment(), "PYTHONPATH": str(REPO)}
+            env["PATH"] = f"{shim_dir}:{env['PATH']}"
+            bed.kubectl("apply", "-f", str(REPO / "examples" / "staging"))
+            bed.kubectl("-n", "staging", "rollout", "status", "deployment/users",
+                        "--timeout=90s")
+
+            starts, floors, peaks = [], [], []
+            for run in range(args.runs):
+                floors.append(kubectl_floor(bed, f"floor{run}"))
+                seconds, peak, _ = cli(["start", "-f", str(REPO / "examples" / "mirrord.json"),
+                                        "-i", "ghcr.io/acme/users:bench", "-k", f"bench{run}",
+                                        "--output", "json"], env)
+                starts.append(seconds)
+                peaks.append(peak)
+                cli(["clean", "-k", f"bench{run}"], env)
+
+            status_rows = []
+            created = 0
+            for count in counts:
+                while created < count:
+                    cli(["start", "-t", "targetless", "-n", "staging", "-i",
+                         f"ghcr.io/acme/load{created}:1", "-k", f"load{created}"], env)
+                    created += 1
+                times = []
+                spawned = []
+                for _ in range(args.runs):
+                    log.write_text("")
+                    seconds, _, out = cli(["status", "--output", "json"], env)
+                    assert len(json.loads(out)) == count
+                    times.append(seconds)
+                    spawned.append(len(log.read_text().splitlines()))
+                status_rows.append((count, statistics.median(times), max(spawned)))
+        finally:
+            bed.stop()
+
+    start_median, floor_median = statistics.median(starts), statistics.median(floors)
+    print(f"\nmachine: {os.uname().machine}, {os.cpu_count()} cores; runs: {args.runs}\n")
+    print("| measurement | value | target |")
+    print("| --- | --- | --- |")
+    print(f"| `start` wall time (median) | {start_median:.2f} s | |")
+    print(f"| kubectl apply + rollout status floor (median) | {floor_median:.2f} s | |")
+    print(f"| ratio start / floor | {start_median / floor_median:.2f}x | <= 2x |")
+    print(f"| `start` peak RSS (max) | {max(peaks) / 1024:.0f} MB | < 150 MB |")
+    for count, seconds, spawned in status_rows:
+        print(f"| `status` with {count} environments (median) | {seconds:.2f} s, "
+              f"{spawned} pulumi process(es) | < 2 s, constant |")
+
+
+if __name__ == "__main__":
+    main()
