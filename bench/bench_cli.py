@@ -36,8 +36,14 @@ from testbed import Testbed, ensure  # noqa: E402
 def cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """Run preview-env; return (seconds, peak RSS in kB, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak = 0
     while proc.poll() is None:
         try:
@@ -56,10 +62,19 @@ def cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
 def kubectl_floor(bed: Testbed, key: str) -> float:
     """kubectl apply + rollout status of the same manifests `start` would declare."""
     cluster = Cluster(ClusterTarget(str(bed.kubeconfig)))
-    service = ServiceSpec(target=TargetPath.parse("deployment/users/container/app"),
-                          namespace="staging", image="ghcr.io/acme/users:bench")
-    env = EnvironmentSpec(key=key, owner="bench", created_at="2026-01-01T00:00:00Z",
-                          expires_at=None, ttl_seconds=None, services=[service])
+    service = ServiceSpec(
+        target=TargetPath.parse("deployment/users/container/app"),
+        namespace="staging",
+        image="ghcr.io/acme/users:bench",
+    )
+    env = EnvironmentSpec(
+        key=key,
+        owner="bench",
+        created_at="2026-01-01T00:00:00Z",
+        expires_at=None,
+        ttl_seconds=None,
+        services=[service],
+    )
 
     class Reader:
         def workload(self, spec: ServiceSpec):  # type: ignore[no-untyped-def]
@@ -70,13 +85,21 @@ def kubectl_floor(bed: Testbed, key: str) -> float:
 
     docs = manifests_for(env, Reader())
     start = time.perf_counter()
-    bed.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                            "items": docs}))
-    bed.kubectl("-n", "staging", "rollout", "status", f"deployment/users-{key}",
-                "--timeout=120s")
+    bed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
+    )
+    bed.kubectl("-n", "staging", "rollout", "status", f"deployment/users-{key}", "--timeout=120s")
     elapsed = time.perf_counter() - start
-    bed.kubectl("delete", "-f", "-", "--wait=true",
-                input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    bed.kubectl(
+        "delete",
+        "-f",
+        "-",
+        "--wait=true",
+        input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
+    )
     return elapsed
 
 
@@ -95,20 +118,31 @@ def main() -> None:
             shim_dir.mkdir()
             log = Path(tmp) / "pulumi-calls.log"
             (shim_dir / "pulumi").write_text(
-                f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n')
+                f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n'
+            )
             (shim_dir / "pulumi").chmod(0o755)
             env = {**os.environ, **bed.environment(), "PYTHONPATH": str(REPO)}
             env["PATH"] = f"{shim_dir}:{env['PATH']}"
             bed.kubectl("apply", "-f", str(REPO / "examples" / "staging"))
-            bed.kubectl("-n", "staging", "rollout", "status", "deployment/users",
-                        "--timeout=90s")
+            bed.kubectl("-n", "staging", "rollout", "status", "deployment/users", "--timeout=90s")
 
             starts, floors, peaks = [], [], []
             for run in range(args.runs):
                 floors.append(kubectl_floor(bed, f"floor{run}"))
-                seconds, peak, _ = cli(["start", "-f", str(REPO / "examples" / "mirrord.json"),
-                                        "-i", "ghcr.io/acme/users:bench", "-k", f"bench{run}",
-                                        "--output", "json"], env)
+                seconds, peak, _ = cli(
+                    [
+                        "start",
+                        "-f",
+                        str(REPO / "examples" / "mirrord.json"),
+                        "-i",
+                        "ghcr.io/acme/users:bench",
+                        "-k",
+                        f"bench{run}",
+                        "--output",
+                        "json",
+                    ],
+                    env,
+                )
                 starts.append(seconds)
                 peaks.append(peak)
                 cli(["clean", "-k", f"bench{run}"], env)
@@ -117,8 +151,20 @@ def main() -> None:
             created = 0
             for count in counts:
                 while created < count:
-                    cli(["start", "-t", "targetless", "-n", "staging", "-i",
-                         f"ghcr.io/acme/load{created}:1", "-k", f"load{created}"], env)
+                    cli(
+                        [
+                            "start",
+                            "-t",
+                            "targetless",
+                            "-n",
+                            "staging",
+                            "-i",
+                            f"ghcr.io/acme/load{created}:1",
+                            "-k",
+                            f"load{created}",
+                        ],
+                        env,
+                    )
                     created += 1
                 times = []
                 spawned = []
@@ -141,8 +187,10 @@ def main() -> None:
     print(f"| ratio start / floor | {start_median / floor_median:.2f}x | <= 2x |")
     print(f"| `start` peak RSS (max) | {max(peaks) / 1024:.0f} MB | < 150 MB |")
     for count, seconds, spawned in status_rows:
-        print(f"| `status` with {count} environments (median) | {seconds:.2f} s, "
-              f"{spawned} pulumi process(es) | < 2 s, constant |")
+        print(
+            f"| `status` with {count} environments (median) | {seconds:.2f} s, "
+            f"{spawned} pulumi process(es) | < 2 s, constant |"
+        )
 
 
 if __name__ == "__main__":

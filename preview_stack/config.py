@@ -252,8 +252,15 @@ def load(path: Path, variables: dict[str, str]) -> MirrordConfig:
 
 
 def declared_key(path: Path) -> str | None:
-    """The config's own `key` field, read before rendering (the key renders the rest)."""
-    text = _TEMPLATE.sub("", read_text(path))
-    data = _parse_document(text, path)
+    """The config's own `key` field, read before rendering (the key renders the rest).
+
+    Template variables are filled with a placeholder; a document that does not parse is
+    reported later by `load`, with the real values in place.
+    """
+    text = _TEMPLATE.sub("placeholder", read_text(path))
+    try:
+        data = _parse_document(text, path)
+    except BadInput:
+        return None
     key = data.get("key") if isinstance(data, dict) else None
     return key if isinstance(key, str) else None

@@ -73,9 +73,10 @@ class Process:
             return False
         return True
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 12, width: int = 300) -> str:
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
+            return "\n".join(line[:width] for line in tail)
         except OSError:
             return "(no log)"
 

@@ -31,8 +31,14 @@ def listeners(pids: set[int]) -> list[str]:
 
 def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
     state = tmp_path / "bed"
-    up = subprocess.run([sys.executable, "-m", "testbed", "up", "--state", str(state)],
-                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    up = subprocess.run(
+        [sys.executable, "-m", "testbed", "up", "--state", str(state)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert up.returncode == 0, up.stderr
     pids = {p["pid"] for p in json.loads((state / "pids.json").read_text())}
     try:
@@ -40,21 +46,35 @@ def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
         addresses = listeners(pids)
         assert addresses, "the control plane listens somewhere"
         assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
-        shell = (f"source {state}/env && kubectl get nodes --no-headers && pulumi version && "
-                 "echo BACKEND=$PULUMI_BACKEND_URL")
-        out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True,
-                             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
-                             check=False, timeout=60)
+        shell = (
+            f"source {state}/env && kubectl get nodes --no-headers && pulumi version && "
+            "echo BACKEND=$PULUMI_BACKEND_URL"
+        )
+        out = subprocess.run(
+            ["bash", "-c", shell],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+            check=False,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.count(" Ready ") == 2
         assert locate().pulumi_version in out.stdout
         assert f"BACKEND=file://{state}/state" in out.stdout
     finally:
-        down = subprocess.run([sys.executable, "-m", "testbed", "down", "--state", str(state)],
-                              cwd=REPO, capture_output=True, text=True, timeout=120,
-                              check=False)
+        down = subprocess.run(
+            [sys.executable, "-m", "testbed", "down", "--state", str(state)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert down.returncode == 0, down.stderr
     assert not state.exists()
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or \
-            "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), pid
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), pid

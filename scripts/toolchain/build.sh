@@ -79,27 +79,16 @@ PY
 build_pulumi_language_python() {
   local out="$CACHE/pulumi-$PULUMI_VERSION/bin"
   mkdir -p "$out"
-  local mod=github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3
-  go mod init preview-env/pulumi-language-python >/dev/null 2>&1
-  go mod edit -require="github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" \
-              -require="github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION"
-  # The language host module is tagged sdk/python/cmd/pulumi-language-python/vX (or not at
-  # all): take the tag of our version, else the newest pseudo-version.
-  go get "$mod@$PULUMI_VERSION" || go get "$mod@latest"
-  local sdkmod; sdkmod="$(gomod_file "$mod" "$(go list -m -f '{{.Version}}' "$mod")")"
-  python3 - "$sdkmod" >>go.mod <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-for line in re.findall(r"^\s*(\S+(?: \S+)? => [^.\s]\S* \S+)\s*$", text, re.M):
-    print("replace " + line)
-PY
-  go get "github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" "$mod"
-  go build -trimpath \
-    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
-    -o "$out/pulumi-language-python" "$mod"
+  # The upstream host module (sdk/python/cmd/pulumi-language-python/v3) is not on the Go proxy:
+  # build our minimal host from language-python/ (see its README.md) against sdk/v3.
+  cp "$HERE"/language-python/* .
+  go mod edit -require="github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION"
+  go mod tidy  # no-op unless PULUMI_VERSION moved away from the committed go.mod
+  go build -trimpath -ldflags "-s -w" -o "$out/pulumi-language-python.tmp" .
   # The exec shim ships in the sdk/v3 module zip under python/cmd/.
   local sdkdir; sdkdir="$(gomod_dir github.com/pulumi/pulumi/sdk/v3 "$PULUMI_VERSION")"
   install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$out/pulumi-language-python-exec"
+  mv "$out/pulumi-language-python.tmp" "$out/pulumi-language-python"
 }
 
 # ------------------------------------------------- pulumi-resource-kubernetes

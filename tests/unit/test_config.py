@@ -143,3 +143,9 @@ def test_declared_key_is_read_before_rendering(tmp_path: Path) -> None:
         tmp_path, "m.json", '{"key": "team-a", "feature": {"preview": {"image": "x:{{ key }}"}}}'
     )
     assert config.declared_key(path) == "team-a"
+
+
+def test_declared_key_survives_templates_that_break_the_raw_document(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.yaml", "feature:\n  preview:\n    image: acme/search:{{ key }}\n")
+    assert config.declared_key(path) is None
+    assert config.load(path, {"key": "k1"}).feature.preview.image == "acme/search:k1"
