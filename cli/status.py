@@ -45,7 +45,7 @@ def status(
         return
     table = Table(box=None, pad_edge=False)
     for column in ("KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "READY"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for env in summaries:
         state = env.state if not env.reason else f"{env.state}: {env.reason}"
         if not env.pods:
