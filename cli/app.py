@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import clean, start, status
+from cli import clean, extend, reap, start, status
 from cli.context import Settings
 
 app = typer.Typer(
@@ -46,6 +46,8 @@ def _root(
 app.command("start")(start.start)
 app.command("status")(status.status)
 app.command("clean")(clean.clean)
+app.command("extend")(extend.extend)
+app.command("reap")(reap.reap)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from preview_stack import naming
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput
 from preview_stack.program import declare
+from preview_stack.ttl import parse_duration
 
 
 @handles_errors
@@ -24,9 +25,16 @@ def clean(
         str | None,
         typer.Option("-t", "--target", help="only this target's pods, e.g. deployment/users"),
     ] = None,
+    stale_lock_after: Annotated[
+        str, typer.Option(help="recover a stack lock whose holder is gone once it is this old")
+    ] = "30m",
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
-    """Destroy an environment and remove its stack. An unknown key is not an error."""
+    """Destroy an environment and remove its stack. An unknown key is not an error.
+
+    Objects already deleted by hand are fine. A lock left by a killed update is recovered
+    once it is older than --stale-lock-after and its holder is gone.
+    """
     problem = naming.key_problem(key)
     if problem:
         raise BadInput(f"invalid key: {problem}")
@@ -74,7 +82,10 @@ def clean(
                 message=f"Removed {', '.join(removed)} from {key}.",
             )
     progress.line(f"Destroying preview environment: {key}")
-    if not stacks.destroy(key, on_event=progress.on_event, on_output=progress.on_output):
+    stale = parse_duration(stale_lock_after, allow_infinite=False)
+    if not stacks.destroy(
+        key, on_event=progress.on_event, on_output=progress.on_output, stale_lock_after=stale
+    ):
         return _report(
             text,
             key,

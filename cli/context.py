@@ -18,8 +18,7 @@ R = TypeVar("R")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Piped output (CI logs, `| grep`) gets a wide console so tables are never cut.
-out_console = Console(highlight=False, soft_wrap=True,
-                      width=None if sys.stdout.isatty() else 240)
+out_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
 @dataclass(frozen=True)

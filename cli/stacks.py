@@ -5,8 +5,10 @@ Maps Pulumi's errors to ours; retries briefly when another update holds the lock
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from pulumi import automation as auto
 from preview_stack import naming
 from preview_stack.cluster import ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, Unreachable
+from preview_stack.reaping import Lock, lock_is_stale
 from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = 20.0
@@ -101,7 +104,7 @@ class Stacks:
                 f"the Pulumi backend {self.backend} failed: {_last_line(exc)}"
             ) from None
 
-    def list(self) -> dict[str, bool]:
+    def keys(self) -> dict[str, bool]:
         """Every environment key with a stack, mapped to whether an update is running."""
         try:
             summaries = self._workspace().list_stacks()
@@ -139,7 +142,7 @@ class Stacks:
         return stack
 
     def exists(self, key: str) -> bool:
-        return key in self.list()
+        return key in self.keys()
 
     def outputs(self, key: str) -> EnvironmentSpec | None:
         """The spec a stack last deployed (backend copy), or None."""
@@ -159,35 +162,120 @@ class Stacks:
         *,
         on_event: EventHandler,
         on_output: OutputHandler,
+        lock_wait: float = LOCK_WAIT_SECONDS,
     ) -> None:
         stack = self._stack(key, program, create=True)
         self._with_lock_retry(
-            key, lambda: stack.up(on_event=on_event, on_output=on_output, color="never")
+            key,
+            lambda: stack.up(on_event=on_event, on_output=on_output, color="never"),
+            lock_wait=lock_wait,
         )
 
-    def destroy(self, key: str, *, on_event: EventHandler, on_output: OutputHandler) -> bool:
-        """Destroy and remove the stack; False when there was none."""
+    def destroy(
+        self,
+        key: str,
+        *,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+        stale_lock_after: float | None = None,
+        attempts: int = 3,
+    ) -> bool:
+        """Refresh, destroy and remove the stack; False when there was none.
+
+        Resources already deleted by hand are fine (refresh first). A lock whose holder is
+        gone is recovered when `stale_lock_after` is given (rule in preview_stack.reaping).
+        Other failures are retried with backoff.
+        """
         try:
             stack = self._stack(key, _noop, create=False)
         except auto.StackNotFoundError:
             return False
-        self._with_lock_retry(
-            key,
-            lambda: stack.destroy(
-                on_event=on_event, on_output=on_output, refresh=True, color="never"
-            ),
-        )
+        delay = 2.0
+        for attempt in range(1, attempts + 1):
+            try:
+                self._with_lock_retry(
+                    key,
+                    lambda: stack.destroy(
+                        on_event=on_event, on_output=on_output, refresh=True, color="never"
+                    ),
+                    lock_wait=lock_wait,
+                )
+                break
+            except Busy:
+                if stale_lock_after is None or not self.recover(key, stale_lock_after):
+                    raise
+            except DeployFailed:
+                if attempt == attempts:
+                    raise
+                time.sleep(delay)
+                delay *= 2
         stack.workspace.remove_stack(key)
         return True
 
-    def _with_lock_retry(self, key: str, action: Callable[[], object]) -> None:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    # ------------------------------------------------------------------ lock recovery
+    def _lock_dir(self, key: str) -> Path | None:
+        parsed = urlparse(self.backend)
+        if parsed.scheme != "file":
+            return None  # only the file backend's lock files are readable from here
+        root = Path(parsed.path or self.backend.removeprefix("file://")).expanduser()
+        return root / ".pulumi" / "locks" / "organization" / naming.PROJECT / key
+
+    def locks(self, key: str) -> list[Lock]:
+        directory = self._lock_dir(key)
+        if directory is None or not directory.is_dir():
+            return []
+        found = []
+        for path in directory.glob("*.json"):
+            try:
+                data = json.loads(path.read_text())
+                stamp = dt.datetime.fromisoformat(str(data["timestamp"]).replace("Z", "+00:00"))
+                found.append(
+                    Lock(
+                        pid=int(data["pid"]),
+                        hostname=str(data["hostname"]),
+                        timestamp=stamp,
+                        path=str(path),
+                    )
+                )
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def recover(self, key: str, stale_after: float) -> bool:
+        """Drop stale locks and the pending operations a killed update left; True if done."""
+        now = dt.datetime.now(dt.UTC)
+        host = socket.gethostname()
+        held = self.locks(key)
+        stale = [
+            lock
+            for lock in held
+            if lock_is_stale(
+                lock, now=now, this_host=host, pid_alive=_pid_alive, threshold_seconds=stale_after
+            )
+        ]
+        if not stale or len(stale) != len(held):
+            return False
+        for lock in stale:
+            Path(lock.path).unlink(missing_ok=True)
+        stack = self._stack(key, _noop, create=False)
+        exported = stack.export_stack()
+        deployment = dict(exported.deployment or {})
+        if deployment.get("pending_operations"):
+            deployment["pending_operations"] = []
+            stack.import_stack(auto.Deployment(version=exported.version, deployment=deployment))
+        return True
+
+    def _with_lock_retry(
+        self, key: str, action: Callable[[], object], *, lock_wait: float = LOCK_WAIT_SECONDS
+    ) -> None:
+        deadline = time.monotonic() + lock_wait
         while True:
             try:
                 action()
                 return
             except auto.ConcurrentUpdateError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise Busy(
                         f"environment {key!r} is being updated by someone else (its stack is "
                         f"locked); retry later, or check `preview-env status -k {key}`"
@@ -195,6 +283,16 @@ class Stacks:
                 time.sleep(2)
             except auto.CommandError as exc:
                 raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _noop() -> None:

@@ -203,7 +203,7 @@ def start(
     stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
     existing_keys: set[str] = set()
     if not (key or os.environ.get("MIRRORD_KEY") or declared):
-        existing_keys = set(stacks.list())
+        existing_keys = set(stacks.keys())
     env_key, generated = resolve_key(
         flag=key, env_var=os.environ.get("MIRRORD_KEY"), config_key=declared, existing=existing_keys
     )

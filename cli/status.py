@@ -31,7 +31,7 @@ def status(
     summaries = summarize(
         records=cluster.records(key),
         pods=cluster.preview_pods(key),
-        stacks=stacks.list(),
+        stacks=stacks.keys(),
         now=dt.datetime.now(dt.UTC),
         only_key=key,
     )

@@ -1,0 +1,185 @@
+"""`preview-env reap`: destroy every expired environment, once or every DURATION.
+
+Finding what is due costs one Kubernetes list call (the records), never a `pulumi` process
+per environment. Destroys run in parallel; one failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Annotated, Literal
+
+import typer
+from pydantic import BaseModel
+
+from cli.context import err_console, handles_errors, out_console, settings
+from cli.output import Format, print_json
+from cli.stacks import Stacks, resolve_backend
+from preview_stack.cluster import Cluster, ClusterTarget
+from preview_stack.errors import BadInput, Busy, PreviewError
+from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expired
+from preview_stack.ttl import parse_duration, rfc3339
+
+Outcome = Literal["reaped", "would-reap", "skipped", "failed"]
+
+
+class ReapResult(BaseModel):
+    key: str
+    expiresAt: str
+    outcome: Outcome
+    reason: str | None = None
+
+
+class RoundReport(BaseModel):
+    startedAt: str
+    results: list[ReapResult]
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+
+@dataclass
+class Stopper:
+    """Set by SIGTERM/SIGINT: finish in-flight destroys, start no new ones, then exit 0."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            err_console.print(
+                f"received {signal.Signals(signum).name}; finishing in-flight "
+                "destroys, then stopping"
+            )
+            self.event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def reap_one(
+    stacks: Stacks, due: Due, *, dry_run: bool, stale_lock_after: float, stopper: Stopper
+) -> ReapResult:
+    expires = rfc3339(due.expires_at)
+    if dry_run:
+        return ReapResult(key=due.key, expiresAt=expires, outcome="would-reap")
+    if stopper.event.is_set():
+        return ReapResult(
+            key=due.key,
+            expiresAt=expires,
+            outcome="skipped",
+            reason="stopping; left for the next round",
+        )
+    try:
+        stacks.destroy(
+            due.key,
+            on_event=lambda _e: None,
+            on_output=lambda _l: None,
+            lock_wait=0,
+            stale_lock_after=stale_lock_after,
+        )
+    except Busy:
+        return ReapResult(
+            key=due.key,
+            expiresAt=expires,
+            outcome="skipped",
+            reason="locked by a running update; retried next round",
+        )
+    except PreviewError as exc:
+        return ReapResult(key=due.key, expiresAt=expires, outcome="failed", reason=str(exc))
+    return ReapResult(key=due.key, expiresAt=expires, outcome="reaped")
+
+
+def run_round(
+    cluster: Cluster,
+    stacks: Stacks,
+    *,
+    parallel: int,
+    dry_run: bool,
+    stale_lock_after: float,
+    stopper: Stopper,
+) -> RoundReport:
+    now = dt.datetime.now(dt.UTC)  # once per pass
+    due = expired(cluster.records(), now)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(
+            pool.map(
+                lambda d: reap_one(
+                    stacks, d, dry_run=dry_run, stale_lock_after=stale_lock_after, stopper=stopper
+                ),
+                due,
+            )
+        )
+    return RoundReport(startedAt=rfc3339(now), results=results)
+
+
+def _print_round(report: RoundReport, text: bool) -> None:
+    if not text:
+        print_json(report)
+        return
+    for r in report.results:
+        line = f"{r.outcome:<10} {r.key}  (expired {r.expiresAt})"
+        out_console.print(line + (f": {r.reason}" if r.reason else ""), markup=False)
+    out_console.print(
+        f"reaped {report.count('reaped')}, would reap {report.count('would-reap')}, "
+        f"skipped {report.count('skipped')}, failed {report.count('failed')}"
+    )
+
+
+@handles_errors
+def reap(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report, remove nothing")] = False,
+    parallel: Annotated[int, typer.Option(help="destroys at once")] = 4,
+    every: Annotated[
+        str | None,
+        typer.Option(
+            help="keep running, one round every DURATION (e.g. 5m); stops on SIGTERM/SIGINT"
+        ),
+    ] = None,
+    stale_lock_after: Annotated[
+        str, typer.Option(help="recover a stack lock whose holder is gone once it is this old")
+    ] = "30m",
+    output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
+) -> None:
+    """Destroy every expired environment and remove its stack. Never touches unexpired ones.
+
+    Exit 0 when everything due was reaped (or skipped because a live update holds it), 1 when
+    something due failed.
+    """
+    if parallel < 1:
+        raise BadInput(f"--parallel {parallel}: use 1 or more")
+    interval = parse_duration(every, allow_infinite=False) if every else None
+    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
+    opts = settings(ctx)
+    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
+    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    stopper = Stopper()
+    stopper.install()
+    text = output is Format.text
+    failed = False
+    while True:
+        try:
+            report = run_round(
+                cluster,
+                stacks,
+                parallel=parallel,
+                dry_run=dry_run,
+                stale_lock_after=stale,
+                stopper=stopper,
+            )
+        except PreviewError as exc:
+            if interval is None:
+                raise
+            err_console.print(f"error: {exc} (retrying next round)")
+        else:
+            _print_round(report, text)
+            failed = failed or report.count("failed") > 0
+        if interval is None or stopper.event.wait(interval):
+            break
+    if failed and interval is None:
+        raise typer.Exit(1)

@@ -1,0 +1,216 @@
+"""TTL that holds without anyone's laptop: `extend` and `reap` on the real test bed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preview_stack import naming
+from tests.e2e.conftest import REPO, Cli, Kube
+from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def start_targetless(cli: Cli, key: str, ttl: str, staging: str) -> dict[str, Any]:
+    result = cli(
+        "start",
+        "-t",
+        "targetless",
+        "-n",
+        staging,
+        "-i",
+        f"acme/{key}:1",
+        "-k",
+        key,
+        "--ttl",
+        ttl,
+        "--output",
+        "json",
+    )
+    assert result.code == 0, result.stderr
+    doc: dict[str, Any] = result.json()
+    return doc
+
+
+def reap(cli: Cli, *args: str) -> tuple[int, dict[str, str]]:
+    result = cli("reap", "--output", "json", *args)
+    outcomes = {r["key"]: r["outcome"] for r in json.loads(result.stdout)["results"]}
+    return result.code, outcomes
+
+
+def parse(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_reap_removes_exactly_the_expired_one(cli: Cli, kube: Kube, staging: str) -> None:
+    start_targetless(cli, "ttl-short", "3s", staging)
+    start_targetless(cli, "ttl-long", "10m", staging)
+    start_targetless(cli, "ttl-forever", "infinite", staging)
+    time.sleep(4)
+
+    code, dry = reap(cli, "--dry-run")
+    assert code == 0 and dry == {"ttl-short": "would-reap"}
+    assert objects_of(kube, "ttl-short") != []  # a dry run removes nothing
+
+    code, outcomes = reap(cli)
+    assert code == 0 and outcomes == {"ttl-short": "reaped"}
+    assert wait_until(lambda: objects_of(kube, "ttl-short") == [])
+    stacks = stack_names()
+    assert "ttl-short" not in stacks and {"ttl-long", "ttl-forever"} <= stacks
+    assert objects_of(kube, "ttl-long") and objects_of(kube, "ttl-forever")
+
+    status = {e["key"]: e for e in cli("status", "--output", "json").json()}
+    assert status["ttl-forever"]["ttl"] == "infinite" and status["ttl-forever"]["expiresAt"] is None
+    assert status["ttl-long"]["ttl"].endswith("remaining")
+    for key in ("ttl-long", "ttl-forever"):
+        assert cli("clean", "-k", key).code == 0
+
+
+def test_extend_moves_the_expiry_and_reap_respects_it(cli: Cli, kube: Kube, staging: str) -> None:
+    start_targetless(cli, "ttl-extend", "4s", staging)
+    extended = cli("extend", "-k", "ttl-extend", "--ttl", "10m", "--output", "json")
+    assert extended.code == 0, extended.stderr
+    new_expiry = parse(extended.json()["expiresAt"])
+    assert new_expiry - dt.datetime.now(dt.UTC) > dt.timedelta(minutes=9)
+    deployment = kube.apps.read_namespaced_deployment("ttl-extend-ttl-extend", staging)
+    assert (
+        deployment.metadata.annotations[naming.ANNOTATION_EXPIRES_AT]
+        == extended.json()["expiresAt"]
+    )
+    time.sleep(5)
+    code, outcomes = reap(cli)
+    assert code == 0 and "ttl-extend" not in outcomes
+
+    by = cli("extend", "-k", "ttl-extend", "--by", "30m", "--output", "json")
+    assert by.code == 0, by.stderr
+    assert parse(by.json()["expiresAt"]) - new_expiry == dt.timedelta(minutes=30)
+
+    both = cli("extend", "-k", "ttl-extend", "--ttl", "1h", "--by", "1h")
+    assert both.code == 2 and "exactly one of --ttl" in both.stderr
+    assert cli("clean", "-k", "ttl-extend").code == 0
+    unknown = cli("extend", "-k", "ttl-extend", "--ttl", "1h")
+    assert unknown.code == 2 and "no environment 'ttl-extend'" in unknown.stderr
+
+
+def test_reap_after_manual_deletion(cli: Cli, kube: Kube, staging: str) -> None:
+    start_targetless(cli, "ttl-manual", "3s", staging)
+    kube.apps.delete_namespaced_deployment("ttl-manual-ttl-manual", staging)
+    time.sleep(4)
+    code, outcomes = reap(cli)
+    assert code == 0 and outcomes.get("ttl-manual") == "reaped"
+    assert "ttl-manual" not in stack_names()
+    assert wait_until(lambda: objects_of(kube, "ttl-manual") == [])
+
+
+def test_killed_start_leaves_a_lock_that_reap_recovers(
+    cli: Cli, kube: Kube, staging: str, testbed: Any
+) -> None:
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "hangs", "namespace": "staging"},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "hangs"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "hangs"}},
+                        "spec": {
+                            "nodeSelector": {"disktype": "none"},
+                            "containers": [{"name": "hangs", "image": "hangs:1"}],
+                        },
+                    },
+                },
+            }
+        ),
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "start",
+            "-i",
+            "hangs:2",
+            "-k",
+            "ttl-killed",
+            "-t",
+            "deployment/hangs",
+            "-n",
+            staging,
+            "--ttl",
+            "2s",
+            "--timeout",
+            "300",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(
+            lambda: (
+                any(o.startswith("cm/") for o in objects_of(kube, "ttl-killed"))
+                and any(o.startswith("deploy/") for o in objects_of(kube, "ttl-killed"))
+            ),
+            timeout=120,
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a cancelled CI job would
+        proc.wait()
+    backend = Path(os.environ["PULUMI_BACKEND_URL"].removeprefix("file://"))
+    locks = list(
+        (backend / ".pulumi" / "locks" / "organization" / "preview-env" / "ttl-killed").glob(
+            "*.json"
+        )
+    )
+    assert locks, "the killed update left its lock"
+
+    # Within the threshold the lock is respected: skipped, not broken.
+    code, outcomes = reap(cli, "--stale-lock-after", "1h")
+    assert outcomes == {"ttl-killed": "skipped"} and code == 0
+    time.sleep(2)
+    code, outcomes = reap(cli, "--stale-lock-after", "1s")
+    assert code == 0 and outcomes == {"ttl-killed": "reaped"}
+    assert "ttl-killed" not in stack_names()
+    assert wait_until(lambda: objects_of(kube, "ttl-killed") == [])
+
+
+def test_reap_every_reaps_while_running_and_stops_on_sigterm(
+    cli: Cli, kube: Kube, staging: str
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "reap", "--every", "2s"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        start_targetless(cli, "ttl-loop", "3s", staging)
+        assert wait_until(lambda: "ttl-loop" not in stack_names(), timeout=60)
+        assert objects_of(kube, "ttl-loop") == [] or wait_until(
+            lambda: objects_of(kube, "ttl-loop") == []
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "reaped     ttl-loop" in out
