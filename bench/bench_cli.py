@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,10 +148,8 @@ def main() -> None:
                 peaks.append(peak)
                 cli(["clean", "-k", f"bench{run}"], env)
 
-            status_rows = []
-            created = 0
-            for count in counts:
-                while created < count:
+            def create(names: list[str], ttl: str) -> None:
+                def one(name: str) -> None:
                     cli(
                         [
                             "start",
@@ -159,15 +158,24 @@ def main() -> None:
                             "-n",
                             "staging",
                             "-i",
-                            f"ghcr.io/acme/load{created}:1",
+                            f"ghcr.io/acme/{name}:1",
                             "-k",
-                            f"load{created}",
+                            name,
+                            "--ttl",
+                            ttl,
                         ],
                         env,
                     )
-                    created += 1
-                times = []
-                spawned = []
+
+                with ThreadPoolExecutor(4) as pool:
+                    list(pool.map(one, names))
+
+            status_rows = []
+            created = 0
+            for count in counts:
+                create([f"load{i}" for i in range(created, count)], "infinite")
+                created = count
+                times, spawned = [], []
                 for _ in range(args.runs):
                     log.write_text("")
                     seconds, _, out = cli(["status", "--output", "json"], env)
@@ -175,6 +183,26 @@ def main() -> None:
                     times.append(seconds)
                     spawned.append(len(log.read_text().splitlines()))
                 status_rows.append((count, statistics.median(times), max(spawned)))
+
+            find_times, find_spawned = [], []
+            for _ in range(args.runs):
+                log.write_text("")
+                seconds, _, out = cli(["reap", "--dry-run", "--output", "json"], env)
+                assert json.loads(out)["results"] == []
+                find_times.append(seconds)
+                find_spawned.append(len(log.read_text().splitlines()))
+
+            reap_rows = []
+            for parallel in (1, 4):
+                names = [f"exp{parallel}x{i}" for i in range(10)]
+                create(names, "1s")
+                time.sleep(2)
+                seconds, _, out = cli(
+                    ["reap", "--parallel", str(parallel), "--output", "json"], env
+                )
+                reaped = [r for r in json.loads(out)["results"] if r["outcome"] == "reaped"]
+                assert len(reaped) == 10, out
+                reap_rows.append((parallel, seconds))
         finally:
             bed.stop()
 
@@ -191,6 +219,15 @@ def main() -> None:
             f"| `status` with {count} environments (median) | {seconds:.2f} s, "
             f"{spawned} pulumi process(es) | < 2 s, constant |"
         )
+    print(
+        f"| `reap --dry-run` among {counts[-1]} unexpired (median) | "
+        f"{statistics.median(find_times):.2f} s, {max(find_spawned)} pulumi process(es) | "
+        "< 2 s |"
+    )
+    (_, serial), (_, parallel4) = reap_rows
+    print(f"| `reap` 10 expired, `--parallel 1` | {serial:.1f} s | |")
+    print(f"| `reap` 10 expired, `--parallel 4` | {parallel4:.1f} s | |")
+    print(f"| ratio parallel 1 / parallel 4 | {serial / parallel4:.2f}x | >= 3x |")
 
 
 if __name__ == "__main__":

@@ -83,9 +83,11 @@ def clean(
             )
     progress.line(f"Destroying preview environment: {key}")
     stale = parse_duration(stale_lock_after, allow_infinite=False)
-    if not stacks.destroy(
+    destroyed = stacks.destroy(
         key, on_event=progress.on_event, on_output=progress.on_output, stale_lock_after=stale
-    ):
+    )
+    leftovers = cluster.sweep(key)  # objects a killed update created but never recorded
+    if not destroyed and not leftovers:
         return _report(
             text,
             key,

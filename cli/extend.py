@@ -43,11 +43,7 @@ def extend(
         )
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     current = spec.expiry()
-    if current is not None and current <= now:
-        raise NotFound(
-            f"environment {key!r} expired at {spec.expires_at} and is due for "
-            "reaping; start it again instead"
-        )
+    # An expired environment that the reaper has not removed yet can still be rescued.
     if ttl is not None:
         seconds = parse_duration(ttl)
         expires = None if seconds is None else now + dt.timedelta(seconds=seconds)

@@ -62,7 +62,13 @@ class Stopper:
 
 
 def reap_one(
-    stacks: Stacks, due: Due, *, dry_run: bool, stale_lock_after: float, stopper: Stopper
+    cluster: Cluster,
+    stacks: Stacks,
+    due: Due,
+    *,
+    dry_run: bool,
+    stale_lock_after: float,
+    stopper: Stopper,
 ) -> ReapResult:
     expires = rfc3339(due.expires_at)
     if dry_run:
@@ -82,6 +88,7 @@ def reap_one(
             lock_wait=0,
             stale_lock_after=stale_lock_after,
         )
+        cluster.sweep(due.key)  # objects a killed update created but never recorded
     except Busy:
         return ReapResult(
             key=due.key,
@@ -109,7 +116,12 @@ def run_round(
         results = list(
             pool.map(
                 lambda d: reap_one(
-                    stacks, d, dry_run=dry_run, stale_lock_after=stale_lock_after, stopper=stopper
+                    cluster,
+                    stacks,
+                    d,
+                    dry_run=dry_run,
+                    stale_lock_after=stale_lock_after,
+                    stopper=stopper,
                 ),
                 due,
             )

@@ -5,6 +5,7 @@ Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,18 +51,30 @@ def _errors(what: str) -> Iterator[None]:
         ) from None
 
 
+def _in_cluster(target: ClusterTarget) -> bool:
+    """In a pod (the reaper CronJob) with no kubeconfig given or found: the pod's identity."""
+    if target.kubeconfig or os.environ.get("KUBECONFIG"):
+        return False
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.path.exists(
+        os.path.expanduser("~/.kube/config")
+    )
+
+
 class Cluster:
     """Reads from one cluster. Everything returns plain JSON dicts."""
 
     def __init__(self, target: ClusterTarget) -> None:
         self.target = target
+        configuration = kclient.Configuration()
         try:
-            configuration = kclient.Configuration()
-            kconfig.load_kube_config(
-                config_file=target.kubeconfig,
-                context=target.context,
-                client_configuration=configuration,
-            )
+            if _in_cluster(target):
+                kconfig.load_incluster_config(client_configuration=configuration)
+            else:
+                kconfig.load_kube_config(
+                    config_file=target.kubeconfig,
+                    context=target.context,
+                    client_configuration=configuration,
+                )
         except (ConfigException, OSError, TypeError) as exc:
             raise Unreachable(f"cannot load the kubeconfig: {exc}") from None
         configuration.retries = 1
@@ -183,6 +196,44 @@ class Cluster:
         with _errors("listing preview pods"):
             items = self.core.list_pod_for_all_namespaces(label_selector=selector).items
         return [self._json(i) for i in items]
+
+    def sweep(self, key: str) -> list[str]:
+        """Delete objects labelled with `key` that no stack tracks any more.
+
+        A killed update can leave objects it was creating out of the stack's state; after a
+        destroy, nothing with the key's label should remain. Returns what was deleted.
+        """
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}={key}"
+        deleted: list[str] = []
+        body = kclient.V1DeleteOptions(propagation_policy="Background")
+        kinds = [
+            (
+                "deployment",
+                self.apps.list_deployment_for_all_namespaces,
+                self.apps.delete_namespaced_deployment,
+            ),
+            (
+                "service",
+                self.core.list_service_for_all_namespaces,
+                self.core.delete_namespaced_service,
+            ),
+            (
+                "configmap",
+                self.core.list_config_map_for_all_namespaces,
+                self.core.delete_namespaced_config_map,
+            ),
+        ]
+        with _errors(f"removing leftover objects of {key}"):
+            for kind, list_all, delete in kinds:
+                for item in list_all(label_selector=selector).items:
+                    meta = item.metadata
+                    try:
+                        delete(meta.name, meta.namespace, body=body)
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                    deleted.append(f"{kind}/{meta.namespace}/{meta.name}")
+        return deleted
 
 
 __all__ = ["Cluster", "ClusterTarget", "PreviewError"]

@@ -45,6 +45,7 @@ class Toolchain:
     kwok: Path
     kwok_stages: Path
     crds: Path
+    actionlint: Path
     pulumi_version: str
     kubernetes_provider_version: str
     kubernetes_version: str
@@ -70,6 +71,9 @@ class Toolchain:
             self.kwok,
             self.kwok_stages,
             self.crds,
+            self.actionlint,
+            self.pulumi_bin / "pulumi-language-python",
+            self.pulumi_bin / "pulumi-language-python-exec",
         ]
         return [p for p in required if not p.exists()]
 
@@ -94,6 +98,7 @@ def locate() -> Toolchain:
         kwok_stages=kwok / "stages",
         crds=cache
         / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
+        actionlint=cache / f"actionlint-{v['ACTIONLINT_VERSION']}" / "bin" / "actionlint",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -172,8 +173,13 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
             timeout=120,
         )
     finally:
+        before = _orphaned_providers()
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a cancelled CI job would
         proc.wait()
+        time.sleep(1)
+        for pid in _orphaned_providers() - before:  # the provider the killed CLI started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     backend = Path(os.environ["PULUMI_BACKEND_URL"].removeprefix("file://"))
     locks = list(
         (backend / ".pulumi" / "locks" / "organization" / "preview-env" / "ttl-killed").glob(
@@ -190,6 +196,22 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
     assert code == 0 and outcomes == {"ttl-killed": "reaped"}
     assert "ttl-killed" not in stack_names()
     assert wait_until(lambda: objects_of(kube, "ttl-killed") == [])
+
+
+def _orphaned_providers() -> set[int]:
+    """PIDs of pulumi-resource-kubernetes processes whose parent died (reparented to 1)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"pulumi-resource-kubernetes" in cmdline and ppid == 1:
+            found.add(int(proc.name))
+    return found
 
 
 def test_reap_every_reaps_while_running_and_stops_on_sigterm(

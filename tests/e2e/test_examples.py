@@ -1,0 +1,120 @@
+"""The CI and scheduling examples: lint-clean workflows, valid manifests, and a reaper whose
+least-privilege RBAC is enough to reap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import EXAMPLES, Cli, Kube
+from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+
+pytestmark = pytest.mark.cluster
+SA = "system:serviceaccount:preview-env-system:preview-env-reaper"
+
+
+def test_github_workflows_pass_actionlint(testbed: Any) -> None:
+    workflows = sorted((EXAMPLES / "github").glob("*.yml"))
+    assert len(workflows) == 2
+    result = subprocess.run(
+        [str(testbed.toolchain.actionlint), *map(str, workflows)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_reaper_manifests_pass_a_server_side_dry_run(testbed: Any) -> None:
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "kubernetes" / "namespace.yaml"))
+    out = testbed.kubectl(
+        "apply", "--dry-run=server", "-f", str(EXAMPLES / "kubernetes" / "reaper.yaml")
+    )
+    assert "cronjob.batch/preview-env-reaper created (server dry run)" in out
+
+
+def test_reaper_rbac_is_least_privilege_and_enough(
+    cli: Cli, kube: Kube, staging: str, testbed: Any, tmp_path: Path
+) -> None:
+    manifests = [
+        d
+        for d in _documents(EXAMPLES / "kubernetes" / "reaper.yaml")
+        if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "kubernetes" / "namespace.yaml"))
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+    )
+    for verb, resource, allowed in [
+        ("list", "configmaps", "yes"),
+        ("delete", "deployments.apps", "yes"),
+        ("get", "secrets", "no"),
+        ("create", "deployments.apps", "no"),
+        ("patch", "services", "no"),
+    ]:
+        out = subprocess.run(
+            [
+                str(testbed.toolchain.kubectl),
+                "--kubeconfig",
+                str(testbed.kubeconfig),
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-A",
+                f"--as={SA}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.stdout.strip() == allowed, (verb, resource, out.stdout, out.stderr)
+
+    token = testbed.kubectl(
+        "-n", "preview-env-system", "create", "token", "preview-env-reaper"
+    ).strip()
+    admin = json.loads(testbed.kubeconfig.read_text())
+    admin["users"] = [{"name": "reaper", "user": {"token": token}}]
+    admin["contexts"][0]["context"]["user"] = "reaper"
+    reaper_kubeconfig = tmp_path / "reaper-kubeconfig"
+    reaper_kubeconfig.write_text(json.dumps(admin))
+
+    started = cli(
+        "start",
+        "-f",
+        str(EXAMPLES / "mirrord.json"),
+        "-i",
+        "users:rbac",
+        "-k",
+        "rbac-reap",
+        "--ttl",
+        "2s",
+    )
+    assert started.code == 0, started.stderr
+    time.sleep(3)
+    reaped = cli(
+        "--kubeconfig",
+        str(reaper_kubeconfig),
+        "reap",
+        "--output",
+        "json",
+        env={"KUBECONFIG": str(reaper_kubeconfig)},
+    )
+    assert reaped.code == 0, reaped.stderr
+    assert {r["key"]: r["outcome"] for r in reaped.json()["results"]} == {"rbac-reap": "reaped"}
+    assert "rbac-reap" not in stack_names()
+    assert wait_until(lambda: objects_of(kube, "rbac-reap") == [])
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]

@@ -1,0 +1,144 @@
+"""The platform engineers' front door: `pulumi up` on the repository's Pulumi.yaml, with the
+real language host, manages the same environments as the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import EXAMPLES, REPO, Cli, Kube
+from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def pulumi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["pulumi", *args, "--cwd", str(REPO), "--non-interactive"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+    )
+
+
+@pytest.fixture
+def stack_config() -> Iterator[Any]:
+    """Write Pulumi.<key>.yaml next to Pulumi.yaml (after `stack init`); removed after."""
+    written: list[Path] = []
+
+    def write(key: str, config: dict[str, Any]) -> None:
+        path = REPO / f"Pulumi.{key}.yaml"
+        existing = yaml.safe_load(path.read_text()) if path.exists() else {}
+        existing = existing or {}
+        existing["config"] = {f"preview-env:{k}": v for k, v in config.items()}
+        path.write_text(yaml.safe_dump(existing))
+        written.append(path)
+
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
+def users_service(image: str) -> dict[str, Any]:
+    return {
+        "target": "deployment/users",
+        "container": "app",
+        "namespace": "staging",
+        "image": image,
+    }
+
+
+def test_pulumi_up_environment_is_seen_extended_and_reaped_by_the_cli(
+    cli: Cli, kube: Kube, staging: str, stack_config: Any
+) -> None:
+    key = "plat-up"
+    assert pulumi("stack", "init", key).returncode == 0
+    stack_config(key, {"ttl": "2h", "services": [users_service("ghcr.io/acme/users:plat")]})
+    up = pulumi("up", "--yes", "--skip-preview", "-s", key)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    status = cli("status", "-k", key, "--output", "json")
+    [env] = status.json()
+    assert env["state"] == "live" and env["pods"][0]["image"] == "ghcr.io/acme/users:plat"
+    assert env["ttl"].startswith(("1h 59m", "2h 0m", "1h 58m"))
+
+    extended = cli("extend", "-k", key, "--ttl", "2s")
+    assert extended.code == 0, extended.stderr
+    time.sleep(3)
+    reaped = cli("reap", "--output", "json")
+    assert {r["key"]: r["outcome"] for r in reaped.json()["results"]} == {key: "reaped"}
+    assert key not in stack_names()
+    assert wait_until(lambda: objects_of(kube, key) == [])
+
+
+def test_cli_environment_is_a_pulumi_stack_with_no_pending_changes(
+    cli: Cli, kube: Kube, staging: str, stack_config: Any
+) -> None:
+    key = "plat-cli"
+    started = cli(
+        "start", "-f", str(EXAMPLES / "mirrord.json"), "-i", "ghcr.io/acme/users:same", "-k", key
+    )
+    assert started.code == 0, started.stderr
+    listed = pulumi("stack", "ls", "--json")
+    assert key in {s["name"] for s in json.loads(listed.stdout)}
+
+    # The same spec through stack config: `pulumi preview` finds nothing to change.
+    stack_config(
+        key,
+        {
+            "ttl": "60m",
+            "services": [
+                {
+                    **users_service("ghcr.io/acme/users:same"),
+                    "env": {
+                        "exclude": ["FEATURE_FLAGS"],
+                        "override": {"LOG_LEVEL": "debug", "PREVIEW_OF": f"users-{key}"},
+                    },
+                    "incoming": {
+                        "mode": "steal",
+                        "http_filter": {"header_filter": f"^baggage: .*mirrord-session={key}.*"},
+                    },
+                    "creation_timeout_secs": 90,
+                }
+            ],
+        },
+    )
+    preview = pulumi("preview", "--expect-no-changes", "-s", key)
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+
+    destroyed = pulumi("destroy", "--yes", "--skip-preview", "--remove", "-s", key)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert key not in stack_names()
+    assert wait_until(lambda: objects_of(kube, key) == [])
+
+
+def test_bad_stack_config_fails_before_anything_is_created(
+    kube: Kube, staging: str, stack_config: Any
+) -> None:
+    key = "plat-bad"
+    assert pulumi("stack", "init", key).returncode == 0
+    try:
+        stack_config(
+            key,
+            {"services": [{"target": "deployment/nope", "namespace": "staging", "image": "x:1"}]},
+        )
+        up = pulumi("up", "--yes", "--skip-preview", "-s", key)
+        assert up.returncode != 0
+        assert "target deployment/nope not found in namespace staging" in up.stdout + up.stderr
+        assert objects_of(kube, key) == []
+        stack_config(key, {"services": [{"namespace": "staging", "image": "x:1", "replicas": 0}]})
+        bad_type = pulumi("preview", "-s", key)
+        assert bad_type.returncode != 0
+        assert "preview-env:services[0].replicas" in bad_type.stdout + bad_type.stderr
+    finally:
+        pulumi("stack", "rm", "--yes", "--force", "-s", key)
