@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,14 +22,20 @@ from preview_stack import config as mirrord_config
 from preview_stack import naming
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.derive import TargetWorkload
-from preview_stack.errors import DeployFailed, PreviewError
+from preview_stack.errors import BadInput, DeployFailed, PreviewError
 from preview_stack.program import declare, manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
+from preview_stack.routing import share_host, traffic_hint
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import pod_ready, pod_reason
 from preview_stack.ttl import expiry, format_seconds, rfc3339
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
+
+
+class Routing(StrEnum):
+    auto = "auto"
+    none = "none"
 
 
 class StartedPod(BaseModel):
@@ -37,6 +44,7 @@ class StartedPod(BaseModel):
     target: str
     image: str
     ready: bool
+    traffic: str | None = None
 
 
 class StartResult(BaseModel):
@@ -45,6 +53,7 @@ class StartResult(BaseModel):
     namespaces: list[str]
     pods: list[StartedPod]
     expires_at: str | None = Field(alias="expiresAt")
+    links: list[str] = Field(default_factory=list)
 
 
 class CachedReader:
@@ -120,6 +129,7 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
                 target=service.display_target,
                 image=service.image,
                 ready=pod_ready(pod),
+                traffic=traffic_hint(service.incoming, env.key) if service.routing else None,
             )
         )
     return sorted(pods, key=lambda p: (p.namespace, p.name))
@@ -184,6 +194,21 @@ def start(
         ),
     ] = None,
     replicas: Annotated[int | None, typer.Option(help="preview pods per target")] = None,
+    routing: Annotated[
+        Routing,
+        typer.Option(
+            help="auto: Gateway API routes per feature.network.incoming; none: the preview "
+            "Service alone"
+        ),
+    ] = Routing.auto,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="share link: the Gateway (NAMESPACE/NAME) to attach <key>.<domain> to"),
+    ] = None,
+    share_domain: Annotated[
+        str | None,
+        typer.Option(help="share link: domain whose <key> subdomain reaches the preview"),
+    ] = None,
     keep_on_failure: Annotated[
         bool,
         typer.Option(
@@ -218,6 +243,9 @@ def start(
         ttl=ttl,
         timeout=timeout,
         replicas=replicas,
+        routing=routing is Routing.auto,
+        gateway=gateway,
+        share_domain=share_domain,
     )
     request = build_request(parsed, flags, default_namespace=cluster.default_namespace())
     service = request.service
@@ -245,7 +273,12 @@ def start(
             "ttl_seconds": request.ttl_seconds,
         }
     )
-    manifests_for(env, reader)  # every bad-input check before anything is created
+    manifests = manifests_for(env, reader)  # every bad-input check before anything is created
+    if any(m["kind"] == "HTTPRoute" for m in manifests) and not cluster.has_gateway_api():
+        raise BadInput(
+            "the cluster has no Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) "
+            "to route key-scoped traffic; install its CRDs, or pass --routing none"
+        )
 
     progress.line("Deploying pod...")
     try:
@@ -279,6 +312,11 @@ def start(
         namespaces=sorted({s.namespace for s in env.services}),
         pods=_pods_of(cluster, env),
         expires_at=env.expires_at,
+        links=[
+            f"http://{share_host(env_key, s.share.domain)}"
+            for s in env.services
+            if s.share is not None and s.routing
+        ],
     )
     if not text:
         print_json(result)
@@ -295,4 +333,9 @@ def start(
     else:
         left = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
         out_console.print(f"  TTL expires in: {format_seconds(max(left, 0))}")
+    hints = sorted({p.traffic for p in result.pods if p.traffic})
+    for hint in hints:
+        out_console.print(f"  Traffic: {hint}", markup=False)
+    for link in result.links:
+        out_console.print(f"  Share link: {link}", markup=False)
     sys.stdout.flush()

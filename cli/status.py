@@ -44,13 +44,23 @@ def status(
         )
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "READY"):
+    for column in (
+        "KEY",
+        "STATE",
+        "TTL",
+        "POD",
+        "NAMESPACE",
+        "TARGET",
+        "IMAGE",
+        "READY",
+        "TRAFFIC",
+    ):
         table.add_column(column, no_wrap=True)
     for env in summaries:
         state = env.state if not env.reason else f"{env.state}: {env.reason}"
         if not env.pods:
             table.add_row(
-                env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-"
+                env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-", "-"
             )
         for index, pod in enumerate(env.pods):
             ready = "yes" if pod.ready else f"no ({pod.reason})"
@@ -64,5 +74,9 @@ def status(
                 pod.target,
                 pod.image,
                 ready,
+                pod.traffic or "-",
             )
     out_console.print(table)
+    for env in summaries:
+        for link in env.links:
+            out_console.print(f"share link for {env.key}: {link}")

@@ -197,6 +197,15 @@ class Cluster:
             items = self.core.list_pod_for_all_namespaces(label_selector=selector).items
         return [self._json(i) for i in items]
 
+    def has_gateway_api(self) -> bool:
+        """Whether the cluster serves HTTPRoutes (gateway.networking.k8s.io/v1)."""
+        with _errors("reading the cluster's API groups"):
+            groups = kclient.ApisApi(self.api).get_api_versions().groups or []
+        return any(
+            g.name == "gateway.networking.k8s.io" and any(v.version == "v1" for v in g.versions)
+            for g in groups
+        )
+
     def sweep(self, key: str) -> list[str]:
         """Delete objects labelled with `key` that no stack tracks any more.
 
@@ -233,6 +242,28 @@ class Cluster:
                         if exc.status != 404:
                             raise
                     deleted.append(f"{kind}/{meta.namespace}/{meta.name}")
+            try:
+                routes = self.custom.list_cluster_custom_object(
+                    "gateway.networking.k8s.io", "v1", "httproutes", label_selector=selector
+                )
+            except ApiException as exc:
+                if exc.status != 404:  # no Gateway API in this cluster: nothing to sweep
+                    raise
+                routes = {"items": []}
+            for route in routes.get("items", []):
+                meta = route["metadata"]
+                try:
+                    self.custom.delete_namespaced_custom_object(
+                        "gateway.networking.k8s.io",
+                        "v1",
+                        meta["namespace"],
+                        "httproutes",
+                        meta["name"],
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                deleted.append(f"httproute/{meta['namespace']}/{meta['name']}")
         return deleted
 
 

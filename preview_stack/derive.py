@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from preview_stack import naming
+from preview_stack import naming, routing
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
@@ -198,15 +198,19 @@ def derive_service(
             [(base, service_ports)] if service_ports else []
         )
         template_annotations: dict[str, str] = {}
+        target_service_objects: list[Mapping[str, Any]] = []  # no target Service to route
     else:
         pod_spec = preview_pod_spec(target, spec, key)
         pod_labels = {**kept_labels(target.pod_labels, spec), **selector}
         check_isolation(pod_labels, namespace_services, spec.namespace)
         workload = target.name
-        target_services = [
-            (str(s["metadata"]["name"]), _service_ports(s))
+        target_service_objects = [
+            {**s, "metadata": {**s["metadata"], "namespace": spec.namespace}}
             for s in namespace_services
             if selects(s.get("spec", {}).get("selector"), target.pod_labels)
+        ]
+        target_services = [
+            (str(s["metadata"]["name"]), _service_ports(s)) for s in target_service_objects
         ]
         template_annotations = {
             k: v
@@ -252,7 +256,61 @@ def derive_service(
                 "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
             }
         )
+    manifests += _routes(env, spec, target, target_service_objects, manifests[1:])
     return manifests
+
+
+def _container_ports(target: TargetWorkload | None, spec: ServiceSpec) -> dict[str, int]:
+    if target is None:
+        return {}
+    chosen = choose_container(target.pod_spec, spec)
+    ports: dict[str, int] = {}
+    for container in target.pod_spec.get("containers", []):
+        if container.get("name") == chosen:
+            for port in container.get("ports", []) or []:
+                if port.get("name"):
+                    ports[port["name"]] = int(port["containerPort"])
+    return ports
+
+
+def _routes(
+    env: EnvironmentSpec,
+    spec: ServiceSpec,
+    target: TargetWorkload | None,
+    target_services: Sequence[Mapping[str, Any]],
+    preview_services: Sequence[Manifest],
+) -> list[Manifest]:
+    """Key-scoped HTTPRoutes for this service (see preview_stack.routing)."""
+    if not spec.routing:
+        return []
+    labels = object_labels(env.key, spec, "route")
+    annotations = object_annotations(env, spec)
+    routes = routing.service_routes(
+        key=env.key,
+        incoming=spec.incoming,
+        target_services=target_services,
+        container_ports=_container_ports(target, spec),
+        labels=labels,
+        annotations=annotations,
+    )
+    if spec.share is not None:
+        if not preview_services:
+            raise BadInput(
+                f"a share link for {spec.display_target} needs a preview Service: the target "
+                "has no Service (in targetless mode, set feature.network.incoming.ports)"
+            )
+        routes.append(
+            routing.share_route(
+                key=env.key,
+                incoming=spec.incoming,
+                gateway=spec.share.gateway,
+                domain=spec.share.domain,
+                preview_service=preview_services[0],
+                labels=labels,
+                annotations=annotations,
+            )
+        )
+    return routes
 
 
 def _service_ports(service: Mapping[str, Any]) -> list[Any]:

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from preview_stack.derive import Manifest, TargetWorkload, derive_service, record_manifest
+from preview_stack.errors import BadInput
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
 COMPONENT_TYPE = "preview-env:index:Environment"
@@ -29,6 +30,12 @@ class TargetReader(Protocol):
 
 def manifests_for(env: EnvironmentSpec, reader: TargetReader) -> list[Manifest]:
     """Every object of the environment, record last."""
+    shared = [s.display_target for s in env.services if s.share is not None]
+    if len(shared) > 1:
+        raise BadInput(
+            f"one share link per environment (asked by {', '.join(shared)}); "
+            "drop --gateway/--share-domain for all but one target"
+        )
     manifests: list[Manifest] = []
     for service in env.services:
         manifests += derive_service(

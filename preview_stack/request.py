@@ -10,7 +10,7 @@ from typing import Literal
 from preview_stack import naming
 from preview_stack.config import MirrordConfig, TargetPath
 from preview_stack.errors import BadInput
-from preview_stack.spec import EnvRules, LabelRules, ServiceSpec
+from preview_stack.spec import EnvRules, LabelRules, ServiceSpec, ShareLink
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration
 
 
@@ -24,6 +24,9 @@ class Flags:
     ttl: str | None = None
     timeout: int | None = None
     replicas: int | None = None
+    routing: bool = True
+    gateway: str | None = None
+    share_domain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,13 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
         raise BadInput(f"--replicas {flags.replicas}: use a number from 1 to 20")
     if flags.timeout is not None and flags.timeout <= 0:
         raise BadInput(f"--timeout {flags.timeout}: use a positive number of seconds")
+    if (flags.gateway is None) != (flags.share_domain is None):
+        raise BadInput("a share link needs both --gateway NAMESPACE/NAME and --share-domain DOMAIN")
+    share = None
+    if flags.gateway and flags.share_domain:
+        if flags.gateway.count("/") != 1 or not all(flags.gateway.split("/")):
+            raise BadInput(f"--gateway {flags.gateway!r}: use NAMESPACE/NAME")
+        share = ShareLink(gateway=flags.gateway, domain=flags.share_domain)
     env = config.feature.env
     service = ServiceSpec(
         target=target,
@@ -97,5 +107,7 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
         ),
         incoming=config.feature.network.incoming,
         creation_timeout_secs=flags.timeout or preview.creation_timeout_secs,
+        routing=flags.routing,
+        share=share,
     )
     return Request(service=service, ttl_seconds=ttl_seconds)

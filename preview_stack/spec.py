@@ -26,6 +26,13 @@ class LabelRules(_Frozen):
     exclude: list[str] = Field(default_factory=list)
 
 
+class ShareLink(_Frozen):
+    """A host `<key>.<domain>` on a Gateway (`namespace/name`) that reaches the preview."""
+
+    gateway: str
+    domain: str
+
+
 class ServiceSpec(_Frozen):
     """One preview workload: a target replaced by `image`, or a targetless image."""
 
@@ -37,6 +44,8 @@ class ServiceSpec(_Frozen):
     labels: LabelRules = Field(default_factory=LabelRules)
     incoming: IncomingFeature | None = None
     creation_timeout_secs: int = 60
+    routing: bool = True  # False: `--routing none`, the preview Service alone
+    share: ShareLink | None = None
 
     @property
     def target_id(self) -> str:

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from preview_stack import naming
-from preview_stack.spec import EnvironmentSpec
+from preview_stack import naming, routing
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
 State = Literal["live", "updating", "failed", "expired"]
@@ -24,6 +24,7 @@ class PodStatus(BaseModel):
     ready: bool
     phase: str
     reason: str | None = None
+    traffic: str | None = Field(default=None, description="how requests reach this pod")
 
 
 class EnvironmentStatus(BaseModel):
@@ -36,6 +37,7 @@ class EnvironmentStatus(BaseModel):
     expires_at: str | None = Field(default=None, alias="expiresAt")
     ttl: str = Field(description="`42m remaining`, `infinite` or `expired`")
     reason: str | None = None
+    links: list[str] = Field(default_factory=list, description="share links")
 
 
 def pod_reason(pod: Mapping[str, Any]) -> str | None:
@@ -114,6 +116,7 @@ def summarize(
                     ready=ready,
                     phase=pod.get("status", {}).get("phase", "Unknown"),
                     reason=None if ready else pod_reason(pod),
+                    traffic=_traffic(service, key),
                 )
             )
         expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
@@ -144,6 +147,20 @@ def summarize(
                 expires_at=spec.expires_at,
                 ttl=ttl,
                 reason=reason,
+                links=[
+                    f"http://{routing.share_host(key, s.share.domain)}"
+                    for s in spec.services
+                    if s.share is not None and s.routing
+                ],
             )
         )
     return result
+
+
+def _traffic(service: ServiceSpec | None, key: str) -> str | None:
+    if service is None or not service.routing:
+        return None
+    try:
+        return routing.traffic_hint(service.incoming, key)
+    except ValueError:
+        return None

@@ -142,3 +142,97 @@ def test_bad_stack_config_fails_before_anything_is_created(
         assert "preview-env:services[0].replicas" in bad_type.stdout + bad_type.stderr
     finally:
         pulumi("stack", "rm", "--yes", "--force", "-s", key)
+
+
+SERVER_SET = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+)
+
+
+def live_objects(kube: Kube, key: str) -> dict[str, Any]:
+    """The environment's Deployments, Services and record, without server-set fields."""
+    selector = f"preview-env.dev/key={key}"
+    api = kube.apps.api_client
+    found: dict[str, Any] = {}
+    for kind, items in (
+        ("Deployment", kube.apps.list_deployment_for_all_namespaces(label_selector=selector)),
+        ("Service", kube.core.list_service_for_all_namespaces(label_selector=selector)),
+        ("ConfigMap", kube.core.list_config_map_for_all_namespaces(label_selector=selector)),
+    ):
+        for item in items.items:
+            obj = api.sanitize_for_serialization(item)
+            meta = obj["metadata"]
+            for field in SERVER_SET:
+                meta.pop(field, None)
+            annotations = meta.get("annotations", {})
+            annotations.pop("preview-env.dev/created-at", None)
+            annotations.pop("deployment.kubernetes.io/revision", None)
+            obj.pop("status", None)
+            spec = obj.get("spec", {})
+            for field in ("clusterIP", "clusterIPs"):
+                spec.pop(field, None)
+            if kind == "ConfigMap":
+                data = json.loads(obj["data"]["spec.json"])
+                data.pop("created_at")
+                obj["data"] = data
+            found[f"{kind}/{meta['namespace']}/{meta['name']}"] = obj
+    return found
+
+
+def test_same_spec_through_both_front_doors_gives_the_same_objects(
+    cli: Cli, kube: Kube, staging: str, stack_config: Any
+) -> None:
+    key = "plat-same"
+    started = cli(
+        "start",
+        "-i",
+        "ghcr.io/acme/orders:same",
+        "-k",
+        key,
+        "-t",
+        "deployment/orders",
+        "-n",
+        staging,
+        "--ttl",
+        "3h",
+        "--output",
+        "json",
+        env={"PREVIEW_ENV_OWNER": "platform-team"},
+    )
+    assert started.code == 0, started.stderr
+    expires_at = started.json()["expiresAt"]
+    through_cli = live_objects(kube, key)
+    assert cli("clean", "-k", key).code == 0
+    assert wait_until(lambda: objects_of(kube, key) == [])
+
+    assert pulumi("stack", "init", key).returncode == 0
+    stack_config(
+        key,
+        {
+            "ttl": "3h",
+            "expiresAt": expires_at,
+            "owner": "platform-team",
+            "services": [
+                {
+                    "target": "deployment/orders",
+                    "namespace": "staging",
+                    "image": "ghcr.io/acme/orders:same",
+                }
+            ],
+        },
+    )
+    up = pulumi("up", "--yes", "--skip-preview", "-s", key)
+    assert up.returncode == 0, up.stdout + up.stderr
+    through_pulumi = live_objects(kube, key)
+    assert sorted(through_pulumi) == sorted(through_cli)
+    assert through_pulumi == through_cli
+
+    cleaned = cli("clean", "-k", key)  # a `pulumi up` environment cleans like any other
+    assert cleaned.code == 0, cleaned.stderr
+    assert key not in stack_names()
+    assert wait_until(lambda: objects_of(kube, key) == [])
