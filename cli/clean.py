@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.context import handles_errors, out_console, settings
+from cli.context import StaleLockAfter, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
 from cli.stacks import Stacks, resolve_backend
 from cli.start import CachedReader, existing_spec
@@ -25,9 +25,7 @@ def clean(
         str | None,
         typer.Option("-t", "--target", help="only this target's pods, e.g. deployment/users"),
     ] = None,
-    stale_lock_after: Annotated[
-        str, typer.Option(help="recover a stack lock whose holder is gone once it is this old")
-    ] = "30m",
+    stale_lock_after: StaleLockAfter = "30m",
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Destroy an environment and remove its stack. An unknown key is not an error.

@@ -29,6 +29,7 @@ _KIND_WORDS = {
     "kubernetes:apps/v1:Deployment": "deployment",
     "kubernetes:core/v1:Service": "service",
     "kubernetes:core/v1:ConfigMap": "record",
+    "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": "route",
 }
 _OPS = {
     "create": "creating",
@@ -61,27 +62,30 @@ class Progress:
     def on_event(self, event: auto.EngineEvent) -> None:
         if not self.enabled:
             return
-        pre = event.resource_pre_event
-        done = event.res_outputs_event
-        failed = event.res_op_failed_event
-        if pre is not None:
-            meta = pre.metadata
-            word = _KIND_WORDS.get(meta.type)
-            op = _OPS.get(str(getattr(meta.op, "value", meta.op)))
-            if word and op:
-                name = meta.urn.rsplit("::", 1)[-1].split(":", 1)[-1]
-                hint = (
-                    " (waiting for pods to be Ready)"
-                    if word == "deployment" and op in ("creating", "updating", "replacing")
-                    else ""
-                )
-                self.line(f"  {op} {word} {name}{hint}...")
-        elif done is not None:
-            meta = done.metadata
-            word = _KIND_WORDS.get(meta.type)
-            op = _OPS.get(str(getattr(meta.op, "value", meta.op)))
-            if word and op:
-                name = meta.urn.rsplit("::", 1)[-1].split(":", 1)[-1]
-                self.line(f"  {word} {name}: done")
-        elif failed is not None:
+        if event.res_op_failed_event is not None:
             self.line("  a resource operation failed")
+            return
+        started = event.resource_pre_event
+        finished = event.res_outputs_event
+        step = started or finished
+        if step is None:
+            return
+        described = _describe(step.metadata)
+        if described is None:
+            return
+        op, word, name = described
+        if finished is not None:
+            self.line(f"  {word} {name}: done")
+        elif word == "deployment" and op in ("creating", "updating", "replacing"):
+            self.line(f"  {op} {word} {name} (waiting for pods to be Ready)...")
+        else:
+            self.line(f"  {op} {word} {name}...")
+
+
+def _describe(meta: auto.StepEventMetadata) -> tuple[str, str, str] | None:
+    """(operation, kind word, namespace/name) for the resources worth a progress line."""
+    word = _KIND_WORDS.get(meta.type)
+    op = _OPS.get(str(getattr(meta.op, "value", meta.op)))
+    if not word or not op:
+        return None
+    return op, word, meta.urn.rsplit("::", 1)[-1].split(":", 1)[-1]

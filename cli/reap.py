@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import typer
 from pydantic import BaseModel
 
-from cli.context import err_console, handles_errors, out_console, settings
+from cli.context import StaleLockAfter, err_console, handles_errors, out_console, settings
 from cli.output import Format, print_json
 from cli.stacks import Stacks, resolve_backend
 from preview_stack.cluster import Cluster, ClusterTarget
@@ -153,9 +153,7 @@ def reap(
             help="keep running, one round every DURATION (e.g. 5m); stops on SIGTERM/SIGINT"
         ),
     ] = None,
-    stale_lock_after: Annotated[
-        str, typer.Option(help="recover a stack lock whose holder is gone once it is this old")
-    ] = "30m",
+    stale_lock_after: StaleLockAfter = "30m",
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Destroy every expired environment and remove its stack. Never touches unexpired ones.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -305,7 +306,18 @@ def _last_line(exc: auto.CommandError) -> str:
     return (errors or lines or ["unknown error"])[-1]
 
 
+_GENERIC = ("update failed", "destroy failed", "Resource monitor has terminated", "preview failed")
+
+
 def _summary(exc: auto.CommandError) -> str:
-    text = str(exc)
-    errors = [line.strip() for line in text.splitlines() if "error:" in line]
-    return "; ".join(dict.fromkeys(errors)) if errors else _last_line(exc)
+    """The distinct, specific error messages of a failed pulumi run, shortened."""
+    found: list[str] = []
+    for line in str(exc).splitlines():
+        if "error:" not in line:
+            continue
+        message = line.rsplit("error: ", 1)[-1].strip()
+        message = re.sub(r'"urn:pulumi:[^"]*::([^"]+)"', r"\1", message)
+        if message and not message.startswith(_GENERIC) and message not in found:
+            found.append(message)
+    text = "; ".join(found) if found else _last_line(exc)
+    return text if len(text) <= 400 else text[:397] + "..."

@@ -148,7 +148,7 @@ def _failure_reason(cluster: Cluster, env: EnvironmentSpec, service: ServiceSpec
     if unready:
         pod = unready[0]
         return f"pod {pod['metadata']['name']} not Ready: {pod_reason(pod)}"
-    return "no pod became Ready" if not pods else "pods Ready but the rollout did not complete"
+    return "no pod became Ready" if not pods else ""
 
 
 @handles_errors
@@ -290,9 +290,10 @@ def start(
         )
     except DeployFailed as exc:
         reason = _failure_reason(cluster, env, service)
+        why = f"{reason}; {exc}" if reason else str(exc)
         if keep_on_failure:
             raise DeployFailed(
-                f"{reason} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
+                f"{why} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
             ) from None
         progress.line("Deploy failed; removing what this start created...")
         if previous is None:
@@ -304,7 +305,7 @@ def start(
                 on_event=progress.on_event,
                 on_output=progress.on_output,
             )
-        raise DeployFailed(f"{reason}; {exc}") from None
+        raise DeployFailed(why) from None
     progress.line("Deploying pod... done.")
 
     result = StartResult(

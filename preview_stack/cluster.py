@@ -199,12 +199,14 @@ class Cluster:
 
     def has_gateway_api(self) -> bool:
         """Whether the cluster serves HTTPRoutes (gateway.networking.k8s.io/v1)."""
-        with _errors("reading the cluster's API groups"):
-            groups = kclient.ApisApi(self.api).get_api_versions().groups or []
-        return any(
-            g.name == "gateway.networking.k8s.io" and any(v.version == "v1" for v in g.versions)
-            for g in groups
-        )
+        with _errors("reading the cluster's API resources"):
+            try:
+                found = self.custom.get_api_resources("gateway.networking.k8s.io", "v1")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+        return any(r.name == "httproutes" for r in (found.resources or []))
 
     def sweep(self, key: str) -> list[str]:
         """Delete objects labelled with `key` that no stack tracks any more.

@@ -6,7 +6,6 @@ an inline program, checks the live objects, destroys them and removes the stack.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,17 +19,9 @@ from kubernetes.client.exceptions import ApiException
 from pulumi import automation as auto
 
 from testbed import Testbed
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 def _program(namespace: str, kubeconfig: str) -> Callable[[], None]:
@@ -114,7 +105,7 @@ def test_inline_program_creates_and_destroys_real_objects(testbed: Testbed) -> N
             }
             return ready_ips == {p.status.pod_ip for p in pods}
 
-        assert _wait_until(endpoints_list_both_pods), "EndpointSlice does not list both pods"
+        assert wait_until(endpoints_list_both_pods), "EndpointSlice does not list both pods"
 
         stack.destroy(on_output=lambda _line: None)
 
@@ -125,7 +116,7 @@ def test_inline_program_creates_and_destroys_real_objects(testbed: Testbed) -> N
                 return exc.status == 404
             return False
 
-        assert _wait_until(gone), f"namespace {namespace} still present after destroy"
+        assert wait_until(gone), f"namespace {namespace} still present after destroy"
         assert core.list_pod_for_all_namespaces(label_selector="app=smoke").items == []
     finally:
         stack.workspace.remove_stack(namespace, force=True)

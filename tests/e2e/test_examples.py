@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import EXAMPLES, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+from tests.e2e.test_start_status_clean import objects_of, stack_names
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 SA = "system:serviceaccount:preview-env-system:preview-env-reaper"

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import EXAMPLES, REPO, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+from tests.e2e.test_start_status_clean import objects_of, stack_names
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 

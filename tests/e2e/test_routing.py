@@ -10,15 +10,17 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+from tests.e2e.test_start_status_clean import objects_of, stack_names
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 GROUP = ("gateway.networking.k8s.io", "v1")
 
 
 def config(tmp_path: Path, name: str, incoming: dict[str, Any] | None) -> str:
-    doc: dict[str, Any] = {"target": {"path": "deployment/users/container/app",
-                                      "namespace": "staging"}}
+    doc: dict[str, Any] = {
+        "target": {"path": "deployment/users/container/app", "namespace": "staging"}
+    }
     if incoming is not None:
         doc["feature"] = {"network": {"incoming": incoming}}
     path = tmp_path / f"{name}.json"
@@ -28,13 +30,13 @@ def config(tmp_path: Path, name: str, incoming: dict[str, Any] | None) -> str:
 
 def routes_of(kube: Kube, key: str) -> dict[str, Any]:
     items = kube.custom.list_namespaced_custom_object(
-        *GROUP, "staging", "httproutes", label_selector=f"preview-env.dev/key={key}")["items"]
+        *GROUP, "staging", "httproutes", label_selector=f"preview-env.dev/key={key}"
+    )["items"]
     return {r["metadata"]["name"]: r["spec"] for r in items}
 
 
 def start(cli: Cli, path: str, key: str, *extra: str) -> Any:
-    result = cli("start", "-f", path, "-i", f"users:{key}", "-k", key, "--output", "json",
-                 *extra)
+    result = cli("start", "-f", path, "-i", f"users:{key}", "-k", key, "--output", "json", *extra)
     assert result.code == 0, result.stderr
     return result.json()
 
@@ -42,50 +44,156 @@ def start(cli: Cli, path: str, key: str, *extra: str) -> Any:
 ROOT = {"path": {"type": "PathPrefix", "value": "/"}}
 
 
-@pytest.mark.parametrize(("mode", "incoming", "expected"), [
-    ("steal-custom", {"mode": "steal", "http_filter": {"header_filter": "^x-preview: {{ key }}$"}},
-     {"users-rt-steal-custom": [
-         {"matches": [{**ROOT, "headers": [{"type": "Exact", "name": "x-preview",
-                                            "value": "rt-steal-custom"}]}],
-          "backendRefs": [{"group": "", "kind": "Service", "name": "users-rt-steal-custom",
-                           "port": 80, "weight": 1}]},
-         {"matches": [ROOT], "backendRefs": [{"group": "", "kind": "Service", "name": "users",
-                                              "port": 80, "weight": 1}]}]}),
-    ("steal-default", {"mode": "steal"},
-     {"users-rt-steal-default": [
-         {"matches": [{**ROOT, "headers": [{"type": "RegularExpression", "name": "baggage",
-                                            "value": r".*mirrord-session=rt\-steal\-default.*"}]}],
-          "backendRefs": [{"group": "", "kind": "Service", "name": "users-rt-steal-default",
-                           "port": 80, "weight": 1}]},
-         {"matches": [ROOT], "backendRefs": [{"group": "", "kind": "Service", "name": "users",
-                                              "port": 80, "weight": 1}]}]}),
-    ("mirror", {"mode": "mirror"},
-     {"users-rt-mirror": [
-         {"matches": [ROOT],
-          "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {
-              "group": "", "kind": "Service", "name": "users-rt-mirror", "port": 80}}}],
-          "backendRefs": [{"group": "", "kind": "Service", "name": "users", "port": 80,
-                           "weight": 1}]}]}),
-    ("off", {"mode": "off"}, {}),
-    ("ports-none-match", {"mode": "steal", "ports": [9999]}, {}),
-])
-def test_route_shapes(cli: Cli, kube: Kube, staging: str, tmp_path: Path, mode: str,
-                      incoming: dict[str, Any], expected: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "incoming", "expected"),
+    [
+        (
+            "steal-custom",
+            {"mode": "steal", "http_filter": {"header_filter": "^x-preview: {{ key }}$"}},
+            {
+                "users-rt-steal-custom": [
+                    {
+                        "matches": [
+                            {
+                                **ROOT,
+                                "headers": [
+                                    {
+                                        "type": "Exact",
+                                        "name": "x-preview",
+                                        "value": "rt-steal-custom",
+                                    }
+                                ],
+                            }
+                        ],
+                        "backendRefs": [
+                            {
+                                "group": "",
+                                "kind": "Service",
+                                "name": "users-rt-steal-custom",
+                                "port": 80,
+                                "weight": 1,
+                            }
+                        ],
+                    },
+                    {
+                        "matches": [ROOT],
+                        "backendRefs": [
+                            {
+                                "group": "",
+                                "kind": "Service",
+                                "name": "users",
+                                "port": 80,
+                                "weight": 1,
+                            }
+                        ],
+                    },
+                ]
+            },
+        ),
+        (
+            "steal-default",
+            {"mode": "steal"},
+            {
+                "users-rt-steal-default": [
+                    {
+                        "matches": [
+                            {
+                                **ROOT,
+                                "headers": [
+                                    {
+                                        "type": "RegularExpression",
+                                        "name": "baggage",
+                                        "value": r".*mirrord-session=rt\-steal\-default.*",
+                                    }
+                                ],
+                            }
+                        ],
+                        "backendRefs": [
+                            {
+                                "group": "",
+                                "kind": "Service",
+                                "name": "users-rt-steal-default",
+                                "port": 80,
+                                "weight": 1,
+                            }
+                        ],
+                    },
+                    {
+                        "matches": [ROOT],
+                        "backendRefs": [
+                            {
+                                "group": "",
+                                "kind": "Service",
+                                "name": "users",
+                                "port": 80,
+                                "weight": 1,
+                            }
+                        ],
+                    },
+                ]
+            },
+        ),
+        (
+            "mirror",
+            {"mode": "mirror"},
+            {
+                "users-rt-mirror": [
+                    {
+                        "matches": [ROOT],
+                        "filters": [
+                            {
+                                "type": "RequestMirror",
+                                "requestMirror": {
+                                    "backendRef": {
+                                        "group": "",
+                                        "kind": "Service",
+                                        "name": "users-rt-mirror",
+                                        "port": 80,
+                                    }
+                                },
+                            }
+                        ],
+                        "backendRefs": [
+                            {
+                                "group": "",
+                                "kind": "Service",
+                                "name": "users",
+                                "port": 80,
+                                "weight": 1,
+                            }
+                        ],
+                    }
+                ]
+            },
+        ),
+        ("off", {"mode": "off"}, {}),
+        ("ports-none-match", {"mode": "steal", "ports": [9999]}, {}),
+    ],
+)
+def test_route_shapes(
+    cli: Cli,
+    kube: Kube,
+    staging: str,
+    tmp_path: Path,
+    mode: str,
+    incoming: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
     key = f"rt-{mode}"[:40]
     doc = start(cli, config(tmp_path, mode, incoming), key)
     routes = routes_of(kube, key)
     assert {name: spec["rules"] for name, spec in routes.items()} == expected
     for spec in routes.values():
-        assert spec["parentRefs"] == [{"group": "", "kind": "Service", "name": "users",
-                                       "port": 80}]
+        assert spec["parentRefs"] == [{"group": "", "kind": "Service", "name": "users", "port": 80}]
     if expected:
         assert doc["pods"][0]["traffic"]
     assert cli("clean", "-k", key).code == 0
     assert wait_until(lambda: objects_of(kube, key) == [])
 
 
-def test_two_environments_on_one_target_coexist(cli: Cli, kube: Kube, staging: str,
-                                                tmp_path: Path) -> None:
+def test_two_environments_on_one_target_coexist(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path
+) -> None:
     path = config(tmp_path, "steal", {"mode": "steal"})
     start(cli, path, "rt-one")
     start(cli, path, "rt-two")
@@ -99,16 +207,35 @@ def test_two_environments_on_one_target_coexist(cli: Cli, kube: Kube, staging: s
 
 def test_share_link(cli: Cli, kube: Kube, staging: str, tmp_path: Path) -> None:
     key = "rt-share"
-    doc = start(cli, config(tmp_path, "share", {"mode": "steal"}), key,
-                "--gateway", "infra/public", "--share-domain", "preview.example.com")
+    doc = start(
+        cli,
+        config(tmp_path, "share", {"mode": "steal"}),
+        key,
+        "--gateway",
+        "infra/public",
+        "--share-domain",
+        "preview.example.com",
+    )
     assert doc["links"] == ["http://rt-share.preview.example.com"]
     share = routes_of(kube, key)["share-rt-share"]
     assert share["hostnames"] == ["rt-share.preview.example.com"]
-    assert share["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
-                                    "name": "public", "namespace": "infra"}]
+    assert share["parentRefs"] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "public",
+            "namespace": "infra",
+        }
+    ]
     [rule] = share["rules"]
-    assert rule["filters"] == [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
-        "add": [{"name": "baggage", "value": "mirrord-session=rt-share"}]}}]
+    assert rule["filters"] == [
+        {
+            "type": "RequestHeaderModifier",
+            "requestHeaderModifier": {
+                "add": [{"name": "baggage", "value": "mirrord-session=rt-share"}]
+            },
+        }
+    ]
     assert rule["backendRefs"][0]["name"] == "users-rt-share"
     status = cli("status", "-k", key, "--output", "json").json()
     assert status[0]["links"] == ["http://rt-share.preview.example.com"]
@@ -117,18 +244,21 @@ def test_share_link(cli: Cli, kube: Kube, staging: str, tmp_path: Path) -> None:
     assert wait_until(lambda: routes_of(kube, key) == {})
 
 
-def test_inexpressible_filter_fails_cleanly(cli: Cli, kube: Kube, staging: str,
-                                           tmp_path: Path) -> None:
-    path = config(tmp_path, "bad", {"mode": "steal",
-                                    "http_filter": {"header_filter": "^(x-a|x-b): 1$"}})
+def test_inexpressible_filter_fails_cleanly(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    path = config(
+        tmp_path, "bad", {"mode": "steal", "http_filter": {"header_filter": "^(x-a|x-b): 1$"}}
+    )
     result = cli("start", "-f", path, "-i", "users:x", "-k", "rt-bad")
     assert result.code == 2
     assert "cannot be expressed as a Gateway API header match" in result.stderr
     assert "rt-bad" not in stack_names() and objects_of(kube, "rt-bad") == []
 
 
-def test_cluster_without_gateway_api(cli: Cli, kube: Kube, staging: str, tmp_path: Path,
-                                     testbed: Any) -> None:
+def test_cluster_without_gateway_api(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path, testbed: Any
+) -> None:
     crd = next(testbed.toolchain.crds.glob("*httproutes.yaml"))
     testbed.kubectl("delete", "-f", str(crd), "--wait=true")
     try:
@@ -148,8 +278,9 @@ def test_cluster_without_gateway_api(cli: Cli, kube: Kube, staging: str, tmp_pat
 
 def _serves_httproutes(testbed: Any) -> bool:
     try:
-        out = testbed.kubectl("api-resources", "--api-group=gateway.networking.k8s.io", "-o",
-                              "name")
+        out = testbed.kubectl(
+            "api-resources", "--api-group=gateway.networking.k8s.io", "-o", "name"
+        )
     except Exception:
         return False
     return "httproutes" in out

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import json
 from typing import Any
 
 import pytest
@@ -12,18 +11,10 @@ from pulumi import automation as auto
 
 from preview_stack import naming
 from tests.e2e.conftest import EXAMPLES, Cli, Kube
+from tests.support import apply_unschedulable_target, wait_until
 
 pytestmark = pytest.mark.cluster
 CONFIG = str(EXAMPLES / "mirrord.json")
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 def stack_names() -> set[str]:
@@ -214,9 +205,7 @@ def test_start_status_replace_add_and_clean(cli: Cli, kube: Kube, staging: str) 
 def test_each_target_kind(
     cli: Cli, kube: Kube, staging: str, testbed: Any, kind: str, manifest: dict[str, Any]
 ) -> None:
-    import json as _json
-
-    testbed.kubectl("apply", "-f", "-", input_text=_json.dumps(manifest))
+    testbed.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     name = manifest["metadata"]["name"]
     key = f"e2e-{kind}"
     started = cli(
@@ -271,31 +260,7 @@ def test_pods_that_never_become_ready_fail_and_leave_nothing(
     cli: Cli, kube: Kube, staging: str, testbed: Any
 ) -> None:
     """A pod that cannot be scheduled stands in for an unpullable image under kwok."""
-    import json as _json
-
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=_json.dumps(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "stuck", "namespace": "staging"},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": "stuck"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "stuck"}},
-                        "spec": {
-                            "nodeSelector": {"disktype": "none"},
-                            "containers": [{"name": "stuck", "image": "stuck:1"}],
-                        },
-                    },
-                },
-            }
-        ),
-    )
+    apply_unschedulable_target(testbed, "stuck")
     failed = cli(
         "start",
         "-i",

@@ -17,7 +17,8 @@ import pytest
 
 from preview_stack import naming
 from tests.e2e.conftest import REPO, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names, wait_until
+from tests.e2e.test_start_status_clean import objects_of, stack_names
+from tests.support import apply_unschedulable_target, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -116,29 +117,7 @@ def test_reap_after_manual_deletion(cli: Cli, kube: Kube, staging: str) -> None:
 def test_killed_start_leaves_a_lock_that_reap_recovers(
     cli: Cli, kube: Kube, staging: str, testbed: Any
 ) -> None:
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "hangs", "namespace": "staging"},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": "hangs"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "hangs"}},
-                        "spec": {
-                            "nodeSelector": {"disktype": "none"},
-                            "containers": [{"name": "hangs", "image": "hangs:1"}],
-                        },
-                    },
-                },
-            }
-        ),
-    )
+    apply_unschedulable_target(testbed, "hangs")
     proc = subprocess.Popen(
         [
             sys.executable,
