@@ -251,7 +251,13 @@ def derive_service(
                     "name": naming.service_name(service, key),
                     "namespace": spec.namespace,
                     "labels": object_labels(key, spec, "service"),
-                    "annotations": {**annotations, f"{naming.DOMAIN}/previews-service": service},
+                    "annotations": {
+                        **annotations,
+                        f"{naming.DOMAIN}/previews-service": service,
+                        # The Deployment's await already waits for Ready pods; the Service
+                        # await would only poll its endpoints again (about 10 s).
+                        "pulumi.com/skipAwait": "true",
+                    },
                 },
                 "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
             }
