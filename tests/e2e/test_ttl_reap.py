@@ -215,3 +215,56 @@ def test_reap_every_reaps_while_running_and_stops_on_sigterm(
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "reaped     ttl-loop" in out
+
+
+def test_second_start_waits_for_the_lock_then_fails_clearly_and_clean_recovers(
+    cli: Cli, kube: Kube, staging: str, testbed: Any
+) -> None:
+    apply_unschedulable_target(testbed, "slow")
+    key = "lock-busy"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "start",
+            "-i",
+            "slow:2",
+            "-k",
+            key,
+            "-t",
+            "deployment/slow",
+            "-n",
+            staging,
+            "--timeout",
+            "300",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(
+            lambda: any(o.startswith("deploy/") for o in objects_of(kube, key)), timeout=120
+        )
+        second = cli(
+            "start", "-f", str(REPO / "examples" / "mirrord.json"), "-i", "users:2", "-k", key
+        )
+        assert second.code == 1
+        assert "is being updated by someone else (its stack is locked)" in second.stderr
+        assert first.poll() is None  # the first update was not disturbed
+    finally:
+        before = _orphaned_providers()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(1)
+        for pid in _orphaned_providers() - before:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    time.sleep(2)
+    cleaned = cli("clean", "-k", key, "--stale-lock-after", "1s")
+    assert cleaned.code == 0, cleaned.stderr
+    assert key not in stack_names()
+    assert wait_until(lambda: objects_of(kube, key) == [])
