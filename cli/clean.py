@@ -46,23 +46,11 @@ def clean(
     if target is not None:
         spec = existing_spec(cluster, stacks, key)
         if spec is None:
-            return _report(
-                text,
-                key,
-                cleaned=False,
-                removed=[],
-                message=f"Nothing to clean: no environment {key!r}.",
-            )
+            return _nothing(text, key, f"no environment {key!r}")
         rest, dropped = spec.without(target)
         if not dropped:
             targets = ", ".join(s.display_target for s in spec.services)
-            return _report(
-                text,
-                key,
-                cleaned=False,
-                removed=[],
-                message=f"Nothing to clean: {key!r} has no target {target!r} (targets: {targets}).",
-            )
+            return _nothing(text, key, f"{key!r} has no target {target!r} (targets: {targets})")
         removed = [s.display_target for s in dropped]
         if rest.services:
             progress.line(f"Removing {', '.join(removed)} from {key}...")
@@ -86,13 +74,7 @@ def clean(
     )
     leftovers = cluster.sweep(key)  # objects a killed update created but never recorded
     if not destroyed and not leftovers:
-        return _report(
-            text,
-            key,
-            cleaned=False,
-            removed=[],
-            message=f"Nothing to clean: no environment {key!r}.",
-        )
+        return _nothing(text, key, f"no environment {key!r}")
     return _report(
         text,
         key,
@@ -107,3 +89,8 @@ def _report(text: bool, key: str, *, cleaned: bool, removed: list[str], message:
         out_console.print(message)
     else:
         print_json({"key": key, "cleaned": cleaned, "removed": removed, "message": message})
+
+
+def _nothing(text: bool, key: str, why: str) -> None:
+    """Cleaning what is not there succeeds: say so, exit 0."""
+    _report(text, key, cleaned=False, removed=[], message=f"Nothing to clean: {why}.")

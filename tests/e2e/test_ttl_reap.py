@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 from preview_stack import naming
 from tests.e2e.conftest import REPO, Cli, Kube
 from tests.e2e.test_start_status_clean import objects_of, stack_names
-from tests.support import apply_unschedulable_target, wait_until
+from tests.support import apply_unschedulable_target, kill_process_group, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -152,13 +151,7 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
             timeout=120,
         )
     finally:
-        before = _orphaned_providers()
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a cancelled CI job would
-        proc.wait()
-        time.sleep(1)
-        for pid in _orphaned_providers() - before:  # the provider the killed CLI started
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_process_group(proc)  # as a cancelled CI job would
     backend = Path(os.environ["PULUMI_BACKEND_URL"].removeprefix("file://"))
     locks = list(
         (backend / ".pulumi" / "locks" / "organization" / "preview-env" / "ttl-killed").glob(
@@ -175,22 +168,6 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
     assert code == 0 and outcomes == {"ttl-killed": "reaped"}
     assert "ttl-killed" not in stack_names()
     assert wait_until(lambda: objects_of(kube, "ttl-killed") == [])
-
-
-def _orphaned_providers() -> set[int]:
-    """PIDs of pulumi-resource-kubernetes processes whose parent died (reparented to 1)."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"pulumi-resource-kubernetes" in cmdline and ppid == 1:
-            found.add(int(proc.name))
-    return found
 
 
 def test_reap_every_reaps_while_running_and_stops_on_sigterm(
@@ -256,13 +233,7 @@ def test_second_start_waits_for_the_lock_then_fails_clearly_and_clean_recovers(
         assert "is being updated by someone else (its stack is locked)" in second.stderr
         assert first.poll() is None  # the first update was not disturbed
     finally:
-        before = _orphaned_providers()
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        time.sleep(1)
-        for pid in _orphaned_providers() - before:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_process_group(first)  # as a cancelled CI job would
     time.sleep(2)
     cleaned = cli("clean", "-k", key, "--stale-lock-after", "1s")
     assert cleaned.code == 0, cleaned.stderr
