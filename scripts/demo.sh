@@ -21,7 +21,7 @@ run kubectl apply -f examples/staging/
 run kubectl -n staging rollout status deployment/users deployment/orders deployment/frontend --timeout=60s
 run preview-env start -f examples/mirrord.json -i ghcr.io/acme/users:pr-42 -k pr-42 --ttl 90m
 run preview-env status
-run kubectl -n staging get deployments,services,pods -l app.kubernetes.io/managed-by=preview-env
+run kubectl -n staging get deployments,services,httproutes,pods -l app.kubernetes.io/managed-by=preview-env
 run preview-env status -k pr-42 --output json
 run preview-env clean -k pr-42
 run preview-env status
