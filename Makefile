@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 
 .PHONY: test demo toolchain testbed-up testbed-down lint venv clean
 
-## make test: set up the venv and the toolchain, then run every test on the real test bed.
-test: $(STAMP) toolchain
+## make test: set up the venv and the toolchain, lint, then run every test on the real test bed.
+test: $(STAMP) toolchain lint
 	$(BIN)/pytest
 
 ## make demo: a preview environment on the local test bed: start, status, clean.
