@@ -8,10 +8,9 @@ import typer
 
 from cli.context import StaleLockAfter, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import Stacks, resolve_backend
+from cli.stacks import connect
 from cli.start import CachedReader, existing_spec
 from preview_stack import naming
-from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput
 from preview_stack.program import declare
 from preview_stack.ttl import parse_duration
@@ -39,8 +38,7 @@ def clean(
     opts = settings(ctx)
     text = output is Format.text
     progress = Progress(enabled=text, verbose=opts.verbose)
-    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
-    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    cluster, stacks = connect(opts)
 
     removed: list[str] = []
     if target is not None:

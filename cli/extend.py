@@ -9,10 +9,9 @@ import typer
 
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import Stacks, resolve_backend
+from cli.stacks import connect
 from cli.start import CachedReader, existing_spec
 from preview_stack import naming
-from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.program import declare
 from preview_stack.ttl import INFINITE, format_seconds, parse_duration, rfc3339
@@ -33,8 +32,7 @@ def extend(
     if problem:
         raise BadInput(f"invalid key: {problem}")
     opts = settings(ctx)
-    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
-    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    cluster, stacks = connect(opts)
     spec = existing_spec(cluster, stacks, key)
     if spec is None:
         raise NotFound(

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from cli.context import StaleLockAfter, err_console, handles_errors, out_console, settings
 from cli.output import Format, print_json
-from cli.stacks import Stacks, resolve_backend
-from preview_stack.cluster import Cluster, ClusterTarget
+from cli.stacks import Stacks, connect
+from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, PreviewError
 from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expired
 from preview_stack.ttl import parse_duration, rfc3339
@@ -70,16 +70,15 @@ def reap_one(
     stale_lock_after: float,
     stopper: Stopper,
 ) -> ReapResult:
-    expires = rfc3339(due.expires_at)
-    if dry_run:
-        return ReapResult(key=due.key, expiresAt=expires, outcome="would-reap")
-    if stopper.event.is_set():
+    def result(outcome: Outcome, reason: str | None = None) -> ReapResult:
         return ReapResult(
-            key=due.key,
-            expiresAt=expires,
-            outcome="skipped",
-            reason="stopping; left for the next round",
+            key=due.key, expiresAt=rfc3339(due.expires_at), outcome=outcome, reason=reason
         )
+
+    if dry_run:
+        return result("would-reap")
+    if stopper.event.is_set():
+        return result("skipped", "stopping; left for the next round")
     try:
         stacks.destroy(
             due.key,
@@ -90,15 +89,10 @@ def reap_one(
         )
         cluster.sweep(due.key)  # objects a killed update created but never recorded
     except Busy:
-        return ReapResult(
-            key=due.key,
-            expiresAt=expires,
-            outcome="skipped",
-            reason="locked by a running update; retried next round",
-        )
+        return result("skipped", "locked by a running update; retried next round")
     except PreviewError as exc:
-        return ReapResult(key=due.key, expiresAt=expires, outcome="failed", reason=str(exc))
-    return ReapResult(key=due.key, expiresAt=expires, outcome="reaped")
+        return result("failed", str(exc))
+    return result("reaped")
 
 
 def run_round(
@@ -166,8 +160,7 @@ def reap(
     interval = parse_duration(every, allow_infinite=False) if every else None
     stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
     opts = settings(ctx)
-    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
-    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    cluster, stacks = connect(opts)
     stopper = Stopper()
     stopper.install()
     text = output is Format.text

@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 
 from pulumi import automation as auto
 
+from cli.context import Settings
 from preview_stack import naming
-from preview_stack.cluster import ClusterTarget
+from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, Unreachable
 from preview_stack.reaping import Lock, lock_is_stale
 from preview_stack.spec import EnvironmentSpec
@@ -44,14 +45,21 @@ def logged_in_backend() -> str | None:
     return str(current) if current else None
 
 
+def file_backend_root(url: str) -> Path | None:
+    """The directory of a `file://` backend, None for any other kind."""
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(parsed.path or url.removeprefix("file://")).expanduser()
+
+
 def resolve_backend(flag: str | None) -> str:
     """--backend, else PULUMI_BACKEND_URL, else the logged-in backend, else a local dir."""
     url = flag or os.environ.get("PULUMI_BACKEND_URL") or logged_in_backend()
     if not url:
         url = f"file://{default_state_dir() / 'backend'}"
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        path = Path(parsed.path or url.removeprefix("file://")).expanduser()
+    path = file_backend_root(url)
+    if path is not None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -142,9 +150,6 @@ class Stacks:
             stack.set_config("kubernetes:context", auto.ConfigValue(self.cluster.context))
         return stack
 
-    def exists(self, key: str) -> bool:
-        return key in self.keys()
-
     def outputs(self, key: str) -> EnvironmentSpec | None:
         """The spec a stack last deployed (backend copy), or None."""
         try:
@@ -216,10 +221,9 @@ class Stacks:
 
     # ------------------------------------------------------------------ lock recovery
     def _lock_dir(self, key: str) -> Path | None:
-        parsed = urlparse(self.backend)
-        if parsed.scheme != "file":
+        root = file_backend_root(self.backend)
+        if root is None:
             return None  # only the file backend's lock files are readable from here
-        root = Path(parsed.path or self.backend.removeprefix("file://")).expanduser()
         return root / ".pulumi" / "locks" / "organization" / naming.PROJECT / key
 
     def locks(self, key: str) -> list[Lock]:
@@ -321,3 +325,10 @@ def _summary(exc: auto.CommandError) -> str:
             found.append(message)
     text = "; ".join(found) if found else _last_line(exc)
     return text if len(text) <= 400 else text[:397] + "..."
+
+
+def connect(settings: Settings) -> tuple[Cluster, Stacks]:
+    """The cluster and the backend every command works with, from the global options."""
+    cluster = Cluster(ClusterTarget(settings.kubeconfig, settings.context))
+    stacks = Stacks(resolve_backend(settings.backend), cluster.target, verbose=settings.verbose)
+    return cluster, stacks

@@ -17,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import Stacks, resolve_backend
+from cli.stacks import Stacks, connect
 from preview_stack import config as mirrord_config
 from preview_stack import naming
-from preview_stack.cluster import Cluster, ClusterTarget
-from preview_stack.derive import TargetWorkload
+from preview_stack.cluster import Cluster
+from preview_stack.derive import TargetWorkload, spec_from_records
 from preview_stack.errors import BadInput, DeployFailed, PreviewError
 from preview_stack.program import declare, manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
-from preview_stack.routing import share_host, traffic_hint
+from preview_stack.routing import service_traffic, share_links
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import pod_ready, pod_reason
 from preview_stack.ttl import expiry, format_seconds, rfc3339
@@ -105,11 +105,7 @@ def owner() -> str:
 
 def existing_spec(cluster: Cluster, stacks: Stacks, key: str) -> EnvironmentSpec | None:
     """The environment as last deployed: the cluster record, else the stack's outputs."""
-    for record in cluster.records(key):
-        raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
-        if raw:
-            return EnvironmentSpec.model_validate_json(raw)
-    return stacks.outputs(key)
+    return spec_from_records(cluster.records(key)) or stacks.outputs(key)
 
 
 def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
@@ -129,7 +125,7 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
                 target=service.display_target,
                 image=service.image,
                 ready=pod_ready(pod),
-                traffic=traffic_hint(service.incoming, env.key) if service.routing else None,
+                traffic=service_traffic(service, env.key),
             )
         )
     return sorted(pods, key=lambda p: (p.namespace, p.name))
@@ -224,13 +220,12 @@ def start(
     path = config_file or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
 
     declared = mirrord_config.declared_key(path) if path else None
-    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
-    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
-    existing_keys: set[str] = set()
-    if not (key or os.environ.get("MIRRORD_KEY") or declared):
-        existing_keys = set(stacks.keys())
+    cluster, stacks = connect(opts)
+    from_env = os.environ.get("MIRRORD_KEY")
+    # Listing stacks (a pulumi process) is only needed to generate a key that is free.
+    existing_keys = set() if (key or from_env or declared) else set(stacks.keys())
     env_key, generated = resolve_key(
-        flag=key, env_var=os.environ.get("MIRRORD_KEY"), config_key=declared, existing=existing_keys
+        flag=key, env_var=from_env, config_key=declared, existing=existing_keys
     )
     variables = {"key": env_key, "git_branch": git_branch()}
     parsed = mirrord_config.load(path, variables) if path else mirrord_config.MirrordConfig()
@@ -313,11 +308,7 @@ def start(
         namespaces=sorted({s.namespace for s in env.services}),
         pods=_pods_of(cluster, env),
         expires_at=env.expires_at,
-        links=[
-            f"http://{share_host(env_key, s.share.domain)}"
-            for s in env.services
-            if s.share is not None and s.routing
-        ],
+        links=share_links(env),
     )
     if not text:
         print_json(result)

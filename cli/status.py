@@ -10,8 +10,7 @@ from rich.table import Table
 
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, print_json
-from cli.stacks import Stacks, resolve_backend
-from preview_stack.cluster import Cluster, ClusterTarget
+from cli.stacks import connect
 from preview_stack.status import summarize
 
 
@@ -26,8 +25,7 @@ def status(
     Costs one `pulumi` process and two API calls whatever the number of environments.
     """
     opts = settings(ctx)
-    cluster = Cluster(ClusterTarget(opts.kubeconfig, opts.context))
-    stacks = Stacks(resolve_backend(opts.backend), cluster.target, verbose=opts.verbose)
+    cluster, stacks = connect(opts)
     summaries = summarize(
         records=cluster.records(key),
         pods=cluster.preview_pods(key),

@@ -13,19 +13,11 @@ import pulumi
 from preview_stack import config as mirrord_config
 from preview_stack import naming
 from preview_stack.cluster import Cluster, ClusterTarget
+from preview_stack.derive import spec_from_records
 from preview_stack.errors import PreviewError
 from preview_stack.program import declare, manifests_for
 from preview_stack.request import Flags, build_request
-from preview_stack.spec import EnvironmentSpec
 from preview_stack.stack_config import environment, parse_services
-
-
-def _previous(cluster: Cluster, key: str) -> EnvironmentSpec | None:
-    for record in cluster.records(key):
-        raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
-        if raw:
-            return EnvironmentSpec.model_validate_json(raw)
-    return None
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
         ttl=ttl,
         expires_at=cfg.get("expiresAt"),
         owner=owner,
-        previous=_previous(cluster, key),
+        previous=spec_from_records(cluster.records(key)),
         now=dt.datetime.now(dt.UTC).replace(microsecond=0),
     )
     for service in env.services:

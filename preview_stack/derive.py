@@ -331,6 +331,21 @@ def _service_ports(service: Mapping[str, Any]) -> list[Any]:
     return ports
 
 
+def spec_from_record(record: Mapping[str, Any]) -> EnvironmentSpec | None:
+    """The spec a record ConfigMap holds (None when it holds none)."""
+    raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
+    return EnvironmentSpec.model_validate_json(raw) if raw else None
+
+
+def spec_from_records(records: Sequence[Mapping[str, Any]]) -> EnvironmentSpec | None:
+    """The first spec among a key's records."""
+    for record in records:
+        spec = spec_from_record(record)
+        if spec is not None:
+            return spec
+    return None
+
+
 def record_manifest(env: EnvironmentSpec) -> Manifest:
     """The ConfigMap that lets `status` and `reap` list environments in one API call."""
     return {

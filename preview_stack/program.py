@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import pulumi
 import pulumi_kubernetes as k8s
 
+from preview_stack import naming
 from preview_stack.derive import Manifest, TargetWorkload, derive_service, record_manifest
 from preview_stack.errors import BadInput
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
@@ -67,7 +68,7 @@ class PreviewEnvironment(pulumi.ComponentResource):
             name = _resource_name(manifest)
             kind = manifest["kind"]
             if kind == "Deployment":
-                target = manifest["metadata"]["annotations"].get("preview-env.dev/target", "")
+                target = manifest["metadata"]["annotations"].get(naming.ANNOTATION_TARGET, "")
                 seconds = timeouts.get(target, 60)
                 child = pulumi.ResourceOptions(
                     parent=self,

@@ -30,6 +30,7 @@ from typing import Any
 from preview_stack import naming
 from preview_stack.config import IncomingFeature
 from preview_stack.errors import BadInput
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
@@ -56,9 +57,7 @@ class HeaderMatch:
         """A concrete header value that matches, for share links and `status` hints."""
         if not self.regex:
             return self.value
-        core = self.value
-        for wrap in (".*",):
-            core = core.removeprefix(wrap).removesuffix(wrap)
+        core = self.value.removeprefix(".*").removesuffix(".*")
         literal = re.sub(r"\\(.)", r"\1", core)
         if any(ch in _REGEX_META for ch in re.sub(r"\\.", "", core)):
             return None
@@ -239,6 +238,19 @@ def share_route(
 
 def share_host(key: str, domain: str) -> str:
     return f"{key}.{domain.strip('.')}"
+
+
+def service_traffic(service: ServiceSpec, key: str) -> str | None:
+    """How requests reach this service's preview pods (None with `--routing none`)."""
+    return traffic_hint(service.incoming, key) if service.routing else None
+
+
+def share_links(env: EnvironmentSpec) -> list[str]:
+    return [
+        f"http://{share_host(env.key, s.share.domain)}"
+        for s in env.services
+        if s.share is not None and s.routing
+    ]
 
 
 def traffic_hint(incoming: IncomingFeature | None, key: str) -> str | None:

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming, routing
-from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.derive import spec_from_record
+from preview_stack.spec import EnvironmentSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
 State = Literal["live", "updating", "failed", "expired"]
@@ -62,9 +63,9 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 def _spec_of(record: Mapping[str, Any]) -> EnvironmentSpec | None:
-    raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
+    """A record's spec; an unreadable record is left out of `status`, not fatal."""
     try:
-        return EnvironmentSpec.model_validate_json(raw) if raw else None
+        return spec_from_record(record)
     except ValueError:
         return None
 
@@ -116,7 +117,7 @@ def summarize(
                     ready=ready,
                     phase=pod.get("status", {}).get("phase", "Unknown"),
                     reason=None if ready else pod_reason(pod),
-                    traffic=_traffic(service, key),
+                    traffic=routing.service_traffic(service, key) if service else None,
                 )
             )
         expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
@@ -147,20 +148,7 @@ def summarize(
                 expires_at=spec.expires_at,
                 ttl=ttl,
                 reason=reason,
-                links=[
-                    f"http://{routing.share_host(key, s.share.domain)}"
-                    for s in spec.services
-                    if s.share is not None and s.routing
-                ],
+                links=routing.share_links(spec),
             )
         )
     return result
-
-
-def _traffic(service: ServiceSpec | None, key: str) -> str | None:
-    if service is None or not service.routing:
-        return None
-    try:
-        return routing.traffic_hint(service.incoming, key)
-    except ValueError:
-        return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -44,8 +43,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if report.failed and _BED:
         report.sections.append(("test bed logs (last lines)", _BED[0].logs_summary()))
     return report
-
-
-@pytest.fixture
-def kube_config(testbed: Testbed) -> Path:
-    return testbed.kubeconfig

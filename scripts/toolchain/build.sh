@@ -39,22 +39,17 @@ step() {
   log "$name: built in $((SECONDS - start))s"
 }
 
-gomod_file() {  # print the path of a module's go.mod in the module cache
-  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])'
+# module_info FIELD MODULE VERSION: a field of `go mod download -json` (GoMod, Dir, Zip).
+module_info() {
+  go mod download -json "$2@$3" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"
 }
-gomod_dir() {
-  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
-}
+gomod_file() { module_info GoMod "$1" "$2"; }
+gomod_dir() { module_info Dir "$1" "$2"; }
 
-# ---------------------------------------------------------------- pulumi CLI
-build_pulumi() {
-  local out="$CACHE/pulumi-$PULUMI_VERSION/bin"
-  mkdir -p "$out"
-  go mod init preview-env/pulumi-cli >/dev/null 2>&1
-  # pkg/v3's own replace directives are ignored when it is a dependency: copy the
-  # non-local ones (the clipboard fork) into the wrapper.
-  local pkgmod; pkgmod="$(gomod_file github.com/pulumi/pulumi/pkg/v3 "$PULUMI_VERSION")"
-  python3 - "$pkgmod" >>go.mod <<'PY'
+# copy_replaces GO_MOD: append a dependency's non-local replace directives to ./go.mod
+# (a dependency's own replaces are ignored by Go, but its build needs them).
+copy_replaces() {
+  python3 - "$1" >>go.mod <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 lines = []
@@ -66,6 +61,16 @@ for line in lines:
     if line and "=>" in line and not line.split("=>")[1].strip().startswith("."):
         print("replace " + line)
 PY
+}
+
+# ---------------------------------------------------------------- pulumi CLI
+build_pulumi() {
+  local out="$CACHE/pulumi-$PULUMI_VERSION/bin"
+  mkdir -p "$out"
+  go mod init preview-env/pulumi-cli >/dev/null 2>&1
+  # pkg/v3's non-local replaces (the clipboard fork) must come into the wrapper.
+  local pkgmod; pkgmod="$(gomod_file github.com/pulumi/pulumi/pkg/v3 "$PULUMI_VERSION")"
+  copy_replaces "$pkgmod"
   go mod edit -require="github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION" \
               -require="github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION"
   go get "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi@$PULUMI_VERSION"
@@ -101,18 +106,7 @@ build_pulumi_kubernetes() {
   # main.go embeds a generated schema-embed.json that is not in the module zip: build a
   # wrapper main that embeds the committed schema.json (version set) and calls Serve.
   go mod init preview-env/pulumi-resource-kubernetes >/dev/null 2>&1
-  python3 - "$modfile" >>go.mod <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-lines = []
-for block in re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M):
-    lines += block.strip().splitlines()
-lines += re.findall(r"^replace\s+([^(].*)$", text, re.M)
-for line in lines:
-    line = line.split("//")[0].strip()
-    if line and "=>" in line and not line.split("=>")[1].strip().startswith("."):
-        print("replace " + line)
-PY
+  copy_replaces "$modfile"
   # What the upstream go:generate step does: versioned schema, minified terraform mapping.
   python3 - "$dir/cmd/pulumi-resource-kubernetes" "$PULUMI_KUBERNETES_VERSION" <<'PY'
 import json, sys

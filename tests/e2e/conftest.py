@@ -34,6 +34,20 @@ class Result:
 Cli = Callable[..., Result]
 
 
+def cli_argv(*args: str) -> list[str]:
+    """The real entry point, `python -m cli`, with these arguments."""
+    return [sys.executable, "-m", "cli", *args]
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **(extra or {})}
+
+
+def spawn_cli(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """The CLI as a background process (for kills, signals and concurrent starts)."""
+    return subprocess.Popen(cli_argv(*args), cwd=REPO, env=cli_env(), text=True, **popen)
+
+
 @pytest.fixture(scope="session")
 def cli(testbed: Testbed) -> Cli:
     """Run `python -m cli ARGS` in a subprocess against the test bed."""
@@ -42,10 +56,10 @@ def cli(testbed: Testbed) -> Cli:
         *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
     ) -> Result:
         done = subprocess.run(
-            [sys.executable, "-m", "cli", *args],
+            cli_argv(*args),
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            env=cli_env(env),
             cwd=cwd or REPO,
             timeout=timeout,
             check=False,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from preview_stack import naming
-from tests.e2e.conftest import REPO, Cli, Kube
+from tests.e2e.conftest import REPO, Cli, Kube, spawn_cli
 from tests.e2e.test_start_status_clean import objects_of, stack_names
 from tests.support import apply_unschedulable_target, kill_process_group, wait_until
 
@@ -117,27 +116,20 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
     cli: Cli, kube: Kube, staging: str, testbed: Any
 ) -> None:
     apply_unschedulable_target(testbed, "hangs")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "start",
-            "-i",
-            "hangs:2",
-            "-k",
-            "ttl-killed",
-            "-t",
-            "deployment/hangs",
-            "-n",
-            staging,
-            "--ttl",
-            "2s",
-            "--timeout",
-            "300",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+    proc = spawn_cli(
+        "start",
+        "-i",
+        "hangs:2",
+        "-k",
+        "ttl-killed",
+        "-t",
+        "deployment/hangs",
+        "-n",
+        staging,
+        "--ttl",
+        "2s",
+        "--timeout",
+        "300",
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -173,14 +165,7 @@ def test_killed_start_leaves_a_lock_that_reap_recovers(
 def test_reap_every_reaps_while_running_and_stops_on_sigterm(
     cli: Cli, kube: Kube, staging: str
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "reap", "--every", "2s"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_cli("reap", "--every", "2s", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         start_targetless(cli, "ttl-loop", "3s", staging)
         assert wait_until(lambda: "ttl-loop" not in stack_names(), timeout=60)
@@ -199,25 +184,18 @@ def test_second_start_waits_for_the_lock_then_fails_clearly_and_clean_recovers(
 ) -> None:
     apply_unschedulable_target(testbed, "slow")
     key = "lock-busy"
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "start",
-            "-i",
-            "slow:2",
-            "-k",
-            key,
-            "-t",
-            "deployment/slow",
-            "-n",
-            staging,
-            "--timeout",
-            "300",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+    first = spawn_cli(
+        "start",
+        "-i",
+        "slow:2",
+        "-k",
+        key,
+        "-t",
+        "deployment/slow",
+        "-n",
+        staging,
+        "--timeout",
+        "300",
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
