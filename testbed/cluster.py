@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -153,14 +152,19 @@ class Testbed:
 
     def stop(self, *, keep_state: bool = False) -> None:
         """SIGTERM every process by PID (reverse start order), SIGKILL stragglers."""
+        pid_file = self.state_dir / "pids.json"
+        if not self.processes and pid_file.exists():
+            # Another process started this bed (make testbed-up): its PIDs are on record.
+            # A bed we started ourselves is stopped through its Popen handles only, so a
+            # reaped PID that the system has reused is never signalled.
+            self.processes = [
+                Process(entry["name"], [], Path(entry["log"]), pid=entry["pid"])
+                for entry in json.loads(pid_file.read_text())
+            ]
         for proc in reversed(self.processes):
             _terminate(proc)
         self.processes.clear()
-        pid_file = self.state_dir / "pids.json"
-        if pid_file.exists():
-            for entry in json.loads(pid_file.read_text()):
-                _terminate(Process(entry["name"], [], Path(entry["log"]), pid=entry["pid"]))
-            pid_file.unlink()
+        pid_file.unlink(missing_ok=True)
         if not keep_state and self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -457,7 +461,3 @@ def _http_ok(url: str) -> bool:
 
 def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
-
-
-def print_failure(bed: Testbed) -> None:
-    print(bed.logs_summary(), file=sys.stderr)
