@@ -6,13 +6,14 @@ from typing import Annotated
 
 import typer
 
-from cli.context import StaleLockAfter, handles_errors, out_console, settings
+from cli.context import StaleLockAfter, check_stale_threshold, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
 from cli.stacks import connect
-from cli.start import CachedReader, existing_spec
+from cli.start import CachedReader
 from preview_stack import naming
-from preview_stack.errors import BadInput
-from preview_stack.program import declare
+from preview_stack.changes import RemoveTarget
+from preview_stack.errors import BadInput, NotFound
+from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS
 from preview_stack.ttl import parse_duration
 
 
@@ -40,24 +41,36 @@ def clean(
     progress = Progress(enabled=text, verbose=opts.verbose)
     cluster, stacks = connect(opts)
 
-    removed: list[str] = []
+    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
+    check_stale_threshold(stale)
+    stack_id = stacks.stack_id(key)
+    if key not in stacks.stacks():
+        # Objects labelled with this key but owned by another backend's stack are not ours.
+        return _nothing(text, key, f"this backend has no environment {key!r}")
+
     if target is not None:
-        spec = existing_spec(cluster, stacks, key)
-        if spec is None:
-            return _nothing(text, key, f"no environment {key!r}")
-        rest, dropped = spec.without(target)
-        if not dropped:
-            targets = ", ".join(s.display_target for s in spec.services)
-            return _nothing(text, key, f"{key!r} has no target {target!r} (targets: {targets})")
-        removed = [s.display_target for s in dropped]
-        if rest.services:
-            progress.line(f"Removing {', '.join(removed)} from {key}...")
-            stacks.up(
+        progress.line(f"Removing {target} from {key}...")
+        try:
+            applied = stacks.apply(
                 key,
-                lambda: declare(rest, CachedReader(cluster)),
+                RemoveTarget(target),
+                CachedReader(cluster),
                 on_event=progress.on_event,
                 on_output=progress.on_output,
+                create=False,
+                stale_lock_after=stale,
             )
+        except NotFound:
+            return _nothing(text, key, f"this backend has no environment {key!r}")
+        before = applied.before
+        if before is None:
+            return _nothing(text, key, f"no environment {key!r}")
+        _rest, dropped = before.without(target)
+        if not dropped:
+            targets = ", ".join(s.display_target for s in before.services)
+            return _nothing(text, key, f"{key!r} has no target {target!r} (targets: {targets})")
+        removed = [s.display_target for s in dropped]
+        if applied.after is not None:
             return _report(
                 text,
                 key,
@@ -65,19 +78,28 @@ def clean(
                 removed=removed,
                 message=f"Removed {', '.join(removed)} from {key}.",
             )
+        stacks.remove_if_empty(key)
+        cluster.sweep(key, stack_id)
+        return _report(
+            text,
+            key,
+            cleaned=True,
+            removed=removed,
+            message=f"Removed {', '.join(removed)}, the last target: environment {key} is gone.",
+        )
+
     progress.line(f"Destroying preview environment: {key}")
-    stale = parse_duration(stale_lock_after, allow_infinite=False)
     destroyed = stacks.destroy(
         key, on_event=progress.on_event, on_output=progress.on_output, stale_lock_after=stale
     )
-    leftovers = cluster.sweep(key)  # objects a killed update created but never recorded
+    leftovers = cluster.sweep(key, stack_id)  # objects a killed update created, never recorded
     if not destroyed and not leftovers:
-        return _nothing(text, key, f"no environment {key!r}")
+        return _nothing(text, key, f"this backend has no environment {key!r}")
     return _report(
         text,
         key,
         cleaned=True,
-        removed=removed or ["all"],
+        removed=["all"],
         message=f"Preview environment {key} destroyed and its stack removed.",
     )
 

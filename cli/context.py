@@ -50,5 +50,21 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 StaleLockAfter = Annotated[
     str,
-    typer.Option(help="recover a stack lock whose holder is gone once it is this old"),
+    typer.Option(
+        help="take over a stack lock this old (at least 15m, longer than any update); a lock "
+        "whose holder is provably gone (same host, process not running) is taken over at once"
+    ),
 ]
+
+
+def check_stale_threshold(seconds: float) -> None:
+    """A threshold shorter than the longest update could take a live update's lock."""
+    from preview_stack.errors import BadInput
+    from preview_stack.reaping import MIN_STALE_LOCK_SECONDS
+
+    if seconds < MIN_STALE_LOCK_SECONDS:
+        raise BadInput(
+            f"--stale-lock-after {int(seconds)}s is shorter than the longest update "
+            f"({MIN_STALE_LOCK_SECONDS // 60}m) and could take a live update's lock; "
+            "use 15m or more (dead holders on this host are recovered at once anyway)"
+        )

@@ -10,11 +10,11 @@ import typer
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
 from cli.stacks import connect
-from cli.start import CachedReader, existing_spec
+from cli.start import CachedReader
 from preview_stack import naming
+from preview_stack.changes import SetExpiry
 from preview_stack.errors import BadInput, NotFound
-from preview_stack.program import declare
-from preview_stack.ttl import INFINITE, format_seconds, parse_duration, rfc3339
+from preview_stack.ttl import INFINITE, format_seconds, parse_duration
 
 
 @handles_errors
@@ -31,42 +31,37 @@ def extend(
     problem = naming.key_problem(key)
     if problem:
         raise BadInput(f"invalid key: {problem}")
+    if ttl is not None:
+        change = SetExpiry(key=key, ttl_seconds=parse_duration(ttl))
+    else:
+        added = parse_duration(by or "", allow_infinite=False)
+        change = SetExpiry(key=key, by_seconds=added)
     opts = settings(ctx)
     cluster, stacks = connect(opts)
-    spec = existing_spec(cluster, stacks, key)
-    if spec is None:
+    progress = Progress(enabled=output is Format.text, verbose=opts.verbose)
+    try:
+        applied = stacks.apply(
+            key,
+            change,
+            CachedReader(cluster),
+            on_event=progress.on_event,
+            on_output=progress.on_output,
+            create=False,
+        )
+    except NotFound:
         raise NotFound(
             f"no environment {key!r} (never started, cleaned or already reaped); "
             f"see `preview-env status`"
-        )
+        ) from None
+    updated = applied.after
+    assert updated is not None
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    current = spec.expiry()
-    # An expired environment that the reaper has not removed yet can still be rescued.
-    if ttl is not None:
-        seconds = parse_duration(ttl)
-        expires = None if seconds is None else now + dt.timedelta(seconds=seconds)
-    else:
-        added = parse_duration(by or "", allow_infinite=False)
-        if current is None:
-            raise BadInput(f"environment {key!r} never expires; use --ttl to set an expiry")
-        assert added is not None
-        expires = current + dt.timedelta(seconds=added)
-        seconds = int((expires - now).total_seconds())
-    updated = spec.model_copy(
-        update={"expires_at": rfc3339(expires) if expires else None, "ttl_seconds": seconds}
-    )
-    progress = Progress(enabled=output is Format.text, verbose=opts.verbose)
-    stacks.up(
-        key,
-        lambda: declare(updated, CachedReader(cluster)),
-        on_event=progress.on_event,
-        on_output=progress.on_output,
-    )
+    expires = updated.expiry()
     if output is Format.json:
         print_json({"key": key, "expiresAt": updated.expires_at})
         return
     if expires is None:
         out_console.print(f"Environment {key} now never expires ({INFINITE}).")
     else:
-        left = format_seconds(int((expires - now).total_seconds()))
+        left = format_seconds(max(0, int((expires - now).total_seconds())))
         out_console.print(f"Environment {key} now expires at {updated.expires_at} (in {left}).")

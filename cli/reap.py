@@ -12,16 +12,26 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel
 
-from cli.context import StaleLockAfter, err_console, handles_errors, out_console, settings
+from cli.context import (
+    StaleLockAfter,
+    check_stale_threshold,
+    err_console,
+    handles_errors,
+    out_console,
+    settings,
+)
 from cli.output import Format, print_json
 from cli.stacks import Stacks, connect
+from cli.start import CachedReader
+from preview_stack import naming
+from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.cluster import Cluster
-from preview_stack.errors import BadInput, Busy, PreviewError
+from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
 from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expired
 from preview_stack.ttl import parse_duration, rfc3339
 
@@ -70,6 +80,12 @@ def reap_one(
     stale_lock_after: float,
     stopper: Stopper,
 ) -> ReapResult:
+    """Destroy one due environment after re-checking, under its lock, that it is still due.
+
+    Whatever goes wrong here (ours, the cluster's, Pulumi's) becomes this environment's
+    result: one environment never stops the round.
+    """
+
     def result(outcome: Outcome, reason: str | None = None) -> ReapResult:
         return ReapResult(
             key=due.key, expiresAt=rfc3339(due.expires_at), outcome=outcome, reason=reason
@@ -80,19 +96,58 @@ def reap_one(
     if stopper.event.is_set():
         return result("skipped", "stopping; left for the next round")
     try:
-        stacks.destroy(
+        applied = stacks.apply(
             due.key,
+            DestroyIfDue(),
+            CachedReader(cluster),
             on_event=lambda _e: None,
             on_output=lambda _l: None,
+            create=False,
+            refresh=True,
             lock_wait=0,
             stale_lock_after=stale_lock_after,
         )
-        cluster.sweep(due.key)  # objects a killed update created but never recorded
+        if applied.after is None:
+            stacks.remove_if_empty(due.key)
+            cluster.sweep(due.key, stacks.stack_id(due.key))  # killed updates' leftovers
+    except NotDue as exc:
+        return result("skipped", str(exc))
+    except NotFound:
+        return result("skipped", "already gone")
     except Busy:
         return result("skipped", "locked by a running update; retried next round")
     except PreviewError as exc:
         return result("failed", str(exc))
+    except Exception as exc:
+        return result("failed", f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     return result("reaped")
+
+
+def find_due(cluster: Cluster, stacks: Stacks, now: dt.datetime) -> list[Due]:
+    """Due environments of this backend: its stacks (one `pulumi stack ls`) joined with the
+    cluster's records (one list call). Records are hints: one from another backend or with
+    a forged label is ignored, and the re-check under the lock decides. A stack whose
+    record is gone is read from the backend (its outputs), so it never becomes immortal."""
+    keys = stacks.stacks()
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for record in cluster.records():
+        labels = record.get("metadata", {}).get("labels") or {}
+        key = labels.get(naming.LABEL_KEY, "")
+        if key in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(key):
+            by_key.setdefault(key, []).append(record)
+    due = {d.key: d for d in expired([r for rs in by_key.values() for r in rs], now)}
+    for key in sorted(set(keys) - set(by_key)):
+        try:
+            spec = stacks.outputs(key)
+        except PreviewError:
+            continue
+        if spec is None:
+            due[key] = Due(key=key, expires_at=now)  # an emptied stack: remove it
+            continue
+        moment = spec.expiry()
+        if moment is not None and moment <= now:
+            due[key] = Due(key=key, expires_at=moment)
+    return sorted(due.values(), key=lambda d: (d.expires_at, d.key))
 
 
 def run_round(
@@ -105,7 +160,7 @@ def run_round(
     stopper: Stopper,
 ) -> RoundReport:
     now = dt.datetime.now(dt.UTC)  # once per pass
-    due = expired(cluster.records(), now)
+    due = find_due(cluster, stacks, now)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(
             pool.map(
@@ -159,6 +214,7 @@ def reap(
         raise BadInput(f"--parallel {parallel}: use 1 or more")
     interval = parse_duration(every, allow_infinite=False) if every else None
     stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
+    check_stale_threshold(stale)
     opts = settings(ctx)
     cluster, stacks = connect(opts)
     stopper = Stopper()
@@ -179,6 +235,10 @@ def reap(
             if interval is None:
                 raise
             err_console.print(f"error: {exc} (retrying next round)")
+        except Exception as exc:
+            if interval is None:
+                raise
+            err_console.print(f"error: {type(exc).__name__}: {exc} (retrying next round)")
         else:
             _print_round(report, text)
             failed = failed or report.count("failed") > 0

@@ -1,75 +1,62 @@
 """The only module that touches `pulumi.automation`: one stack per environment key.
 
-Maps Pulumi's errors to ours; retries briefly when another update holds the lock.
+Every change of an environment is `apply(key, change)`: the inline program reads the
+latest spec from the backend while the engine holds the stack's lock, applies the pure
+change (preview_stack.changes) and declares the result. Maps Pulumi's errors to ours.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 from pulumi import automation as auto
 
 from cli.context import Settings
-from preview_stack import naming
+from preview_stack import backends, naming
+from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
-from preview_stack.errors import BadInput, Busy, DeployFailed, Unreachable
-from preview_stack.reaping import Lock, lock_is_stale
+from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
+from preview_stack.latest import read_latest_spec
+from preview_stack.program import TargetReader, declare
+from preview_stack.reaping import Lock, lock_is_stale, parse_locks
 from preview_stack.spec import EnvironmentSpec
 
-LOCK_WAIT_SECONDS = 20.0
+LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
 EventHandler = Callable[[auto.EngineEvent], None]
 OutputHandler = Callable[[str], None]
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "preview-env"
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def logged_in_backend() -> str | None:
-    """The backend `pulumi login` chose, from PULUMI_HOME's credentials file."""
-    home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
-    try:
-        current = json.loads((home / "credentials.json").read_text()).get("current")
-    except (OSError, ValueError):
-        return None
-    return str(current) if current else None
+@dataclass
+class Applied:
+    """What one change did, as seen under the lock: the spec before and after."""
+
+    before: EnvironmentSpec | None = None
+    after: EnvironmentSpec | None = None
+    error: PreviewError | None = None
+    ran: bool = False
 
 
-def file_backend_root(url: str) -> Path | None:
-    """The directory of a `file://` backend, None for any other kind."""
-    parsed = urlparse(url)
-    if parsed.scheme != "file":
-        return None
-    return Path(parsed.path or url.removeprefix("file://")).expanduser()
+@dataclass
+class StackInfo:
+    key: str
+    locked: bool
+    resources: int | None = None
 
 
-def resolve_backend(flag: str | None) -> str:
-    """--backend, else PULUMI_BACKEND_URL, else the logged-in backend, else a local dir."""
-    url = flag or os.environ.get("PULUMI_BACKEND_URL") or logged_in_backend()
-    if not url:
-        url = f"file://{default_state_dir() / 'backend'}"
-    path = file_backend_root(url)
-    if path is not None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(
-                f"backend {url} cannot be created: {exc.strerror}; pass "
-                "--backend file://<writable dir>"
-            ) from None
-        if not os.access(path, os.W_OK):
-            raise BadInput(f"backend {url} is not writable; pass --backend file://<writable dir>")
-    return url
+@dataclass
+class _Attempt:
+    locks: list[Lock] = field(default_factory=list)
 
 
 class Stacks:
@@ -79,22 +66,35 @@ class Stacks:
         self.backend = backend
         self.cluster = cluster
         self.verbose = verbose
+        problem = backends.secrets_problem(backend, os.environ)
+        if problem:
+            raise BadInput(problem)
         env = {
             "PULUMI_BACKEND_URL": backend,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
         }
-        if (
-            "PULUMI_CONFIG_PASSPHRASE" not in os.environ
-            and "PULUMI_CONFIG_PASSPHRASE_FILE" not in os.environ
+        if not any(os.environ.get(v) for v in backends.PASSPHRASE_VARS) and not os.environ.get(
+            backends.SECRETS_PROVIDER_VAR
         ):
-            env["PULUMI_CONFIG_PASSPHRASE"] = ""  # we keep no secrets in stack config
+            # Only reached for private backends (file, Pulumi Cloud): see secrets_problem.
+            env["PULUMI_CONFIG_PASSPHRASE"] = ""
         if cluster.kubeconfig:
             env["KUBECONFIG"] = cluster.kubeconfig
         self.env_vars = env
+        self._identity: str | None = None
 
+    # ------------------------------------------------------------------ identity
+    def stack_id(self, key: str) -> str:
+        """The owner label value of this backend's stack `key` (see naming.LABEL_STACK)."""
+        if self._identity is None:
+            self._identity = backends.identity(self.backend)
+        return naming.stack_identity(self._identity, key)
+
+    # ------------------------------------------------------------------ workspace
     def _options(self) -> auto.LocalWorkspaceOptions:
         return auto.LocalWorkspaceOptions(
             env_vars=self.env_vars,
+            secrets_provider=os.environ.get(backends.SECRETS_PROVIDER_VAR) or None,
             project_settings=auto.ProjectSettings(
                 name=naming.PROJECT,
                 runtime="python",
@@ -109,73 +109,183 @@ class Stacks:
                 env_vars=options.env_vars, project_settings=options.project_settings
             )
         except auto.CommandError as exc:
-            raise Unreachable(
-                f"the Pulumi backend {self.backend} failed: {_last_line(exc)}"
-            ) from None
+            raise self._backend_error(exc) from None
 
-    def keys(self) -> dict[str, bool]:
-        """Every environment key with a stack, mapped to whether an update is running."""
+    def stacks(self) -> dict[str, StackInfo]:
+        """Every environment stack of this backend (one `pulumi` process)."""
         try:
             summaries = self._workspace().list_stacks()
         except auto.CommandError as exc:
-            raise Unreachable(f"cannot list stacks in {self.backend}: {_last_line(exc)}") from None
-        return {s.name: bool(s.update_in_progress) for s in summaries}
+            raise self._backend_error(exc, f"cannot list stacks in {self._shown}") from None
+        return {
+            s.name.rsplit("/", 1)[-1]: StackInfo(
+                s.name.rsplit("/", 1)[-1], bool(s.update_in_progress), s.resource_count
+            )
+            for s in summaries
+        }
 
-    def _stack(self, key: str, declare: Callable[[], object], *, create: bool) -> auto.Stack:
-        def program() -> None:
-            declare()
+    def keys(self) -> dict[str, bool]:
+        """Every environment key with a stack, mapped to whether an update is running."""
+        return {k: info.locked for k, info in self.stacks().items()}
 
+    @property
+    def _shown(self) -> str:
+        return backends.redact(self.backend)
+
+    def _backend_error(self, exc: auto.CommandError, what: str | None = None) -> PreviewError:
+        text = str(exc)
+        if "incorrect passphrase" in text or "passphrase must be set" in text:
+            return Unreachable(
+                f"the stacks in {self._shown} were encrypted with another passphrase; set "
+                "PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to the team's one"
+            )
+        return Unreachable(
+            f"{what or f'the Pulumi backend {self._shown} failed'}: {_last_line(exc)}"
+        )
+
+    def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
+        """The existing stack `key`; NotFound when this backend has none."""
         try:
-            if create:
-                stack = auto.create_or_select_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
-            else:
-                stack = auto.select_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
+            stack = auto.select_stack(
+                stack_name=key, project_name=naming.PROJECT, program=program, opts=self._options()
+            )
         except auto.StackNotFoundError:
-            raise
+            raise NotFound(f"no environment {key!r} in this backend") from None
         except auto.CommandError as exc:
-            raise Unreachable(
-                f"the Pulumi backend {self.backend} failed: {_last_line(exc)}"
-            ) from None
+            raise self._backend_error(exc) from None
+        self._configure(stack)
+        return stack
+
+    def _create_or_select(self, key: str, program: Callable[[], None]) -> auto.Stack:
+        """Select `key`, creating it if needed; a racing creator's stack is simply selected."""
+        for _ in range(3):
+            try:
+                return self._select(key, program)
+            except NotFound:
+                pass
+            try:
+                stack = auto.create_stack(
+                    stack_name=key,
+                    project_name=naming.PROJECT,
+                    program=program,
+                    opts=self._options(),
+                )
+            except auto.StackAlreadyExistsError:
+                continue  # another first start created it a moment ago: select it
+            except auto.CommandError as exc:
+                if "already exists" in str(exc):
+                    continue
+                raise self._backend_error(exc) from None
+            self._configure(stack)
+            return stack
+        raise Unreachable(f"stack {key!r} could not be created or selected in {self._shown}")
+
+    def _configure(self, stack: auto.Stack) -> None:
         if self.cluster.context:
             stack.set_config("kubernetes:context", auto.ConfigValue(self.cluster.context))
-        return stack
 
     def outputs(self, key: str) -> EnvironmentSpec | None:
         """The spec a stack last deployed (backend copy), or None."""
         try:
-            stack = self._stack(key, _noop, create=False)
-        except auto.StackNotFoundError:
-            return None
-        raw: Any = stack.outputs().get("spec")
-        if raw is None:
-            return None
-        return EnvironmentSpec.model_validate(raw.value)
+            return read_latest_spec(
+                key, organization=self._organization(), env=self.env_vars, cwd=None
+            )
+        except Unreachable:
+            if key not in self.stacks():
+                return None
+            raise
 
-    def up(
+    def _organization(self) -> str:
+        return "organization" if backends.kind(self.backend) != "cloud" else self._cloud_org()
+
+    def _cloud_org(self) -> str:
+        whoami = self._workspace().who_am_i()
+        return whoami.user
+
+    # ------------------------------------------------------------------ changes
+    def apply(
         self,
         key: str,
-        program: Callable[[], object],
+        change: Callable[[EnvironmentSpec | None, dt.datetime], EnvironmentSpec | None],
+        reader: TargetReader,
         *,
         on_event: EventHandler,
         on_output: OutputHandler,
+        create: bool = True,
+        refresh: bool = False,
         lock_wait: float = LOCK_WAIT_SECONDS,
-    ) -> None:
-        stack = self._stack(key, program, create=True)
-        self._with_lock_retry(
-            key,
-            lambda: stack.up(on_event=on_event, on_output=on_output, color="never"),
-            lock_wait=lock_wait,
-        )
+        stale_lock_after: float | None = None,
+    ) -> Applied:
+        """Apply `change` to the latest spec under the stack's lock and deploy the result.
+
+        Raises the change's own PreviewError (nothing deployed), Busy when the lock stays
+        held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
+        """
+        applied = Applied()
+        stack_id = self.stack_id(key)
+
+        def program() -> None:
+            applied.ran = True
+            applied.error = None
+            try:
+                import pulumi
+
+                before = read_latest_spec(
+                    key, organization=pulumi.get_organization(), env=self.env_vars
+                )
+                applied.before = before
+                applied.after = apply_change(change, key, before, _now())
+                declare(applied.after, reader, stack_id)
+            except PreviewError as exc:
+                applied.error = exc
+                raise
+
+        stack = self._create_or_select(key, program) if create else self._select(key, program)
+
+        def up() -> None:
+            stack.up(on_event=on_event, on_output=on_output, color="never", refresh=refresh)
+
+        try:
+            self._locked(key, up, lock_wait=lock_wait, stale_lock_after=stale_lock_after)
+        except DeployFailed as exc:
+            if applied.error is not None:
+                raise applied.error from None
+            exc.applied = applied  # type: ignore[attr-defined]
+            raise
+        except NotFound:
+            if create:  # the stack was removed between select and up: start over once
+                return self.apply(
+                    key,
+                    change,
+                    reader,
+                    on_event=on_event,
+                    on_output=on_output,
+                    create=True,
+                    refresh=refresh,
+                    lock_wait=lock_wait,
+                    stale_lock_after=stale_lock_after,
+                )
+            raise
+        return applied
+
+    def remove_if_empty(self, key: str) -> bool:
+        """Remove the stack when it holds nothing and nobody is updating it; True if removed.
+
+        Called after a change left no environment. A concurrent start that selected the stack
+        just before finds it gone and creates it again (see `apply`).
+        """
+        info = self.stacks().get(key)
+        if info is None:
+            return True
+        if info.locked or (info.resources or 0) > 1:
+            return False
+        try:
+            self._workspace().remove_stack(key, force=True)
+        except auto.CommandError as exc:
+            if "no stack named" in str(exc):
+                return True
+            raise self._backend_error(exc) from None
+        return True
 
     def destroy(
         self,
@@ -187,107 +297,109 @@ class Stacks:
         stale_lock_after: float | None = None,
         attempts: int = 3,
     ) -> bool:
-        """Refresh, destroy and remove the stack; False when there was none.
+        """Refresh, destroy and remove the stack; False when this backend has none.
 
         Resources already deleted by hand are fine (refresh first). A lock whose holder is
         gone is recovered when `stale_lock_after` is given (rule in preview_stack.reaping).
-        Other failures are retried with backoff.
+        Other failures are retried with backoff. The stack is removed only if it is still
+        empty (`stack rm` without --force): a teammate's start that slipped in after the
+        destroy keeps its environment.
         """
         try:
-            stack = self._stack(key, _noop, create=False)
-        except auto.StackNotFoundError:
+            stack = self._select(key, _noop)
+        except NotFound:
             return False
         delay = 2.0
         for attempt in range(1, attempts + 1):
             try:
-                self._with_lock_retry(
+                self._locked(
                     key,
                     lambda: stack.destroy(
                         on_event=on_event, on_output=on_output, refresh=True, color="never"
                     ),
                     lock_wait=lock_wait,
+                    stale_lock_after=stale_lock_after,
                 )
                 break
-            except Busy:
-                if stale_lock_after is None or not self.recover(key, stale_lock_after):
-                    raise
             except DeployFailed:
                 if attempt == attempts:
                     raise
                 time.sleep(delay)
                 delay *= 2
-        stack.workspace.remove_stack(key)
+        try:
+            stack.workspace.remove_stack(key)
+        except auto.CommandError as exc:
+            if "still contains resources" not in str(exc) and "no stack named" not in str(exc):
+                raise self._backend_error(exc) from None
         return True
 
-    # ------------------------------------------------------------------ lock recovery
-    def _lock_dir(self, key: str) -> Path | None:
-        root = file_backend_root(self.backend)
-        if root is None:
-            return None  # only the file backend's lock files are readable from here
-        return root / ".pulumi" / "locks" / "organization" / naming.PROJECT / key
-
-    def locks(self, key: str) -> list[Lock]:
-        directory = self._lock_dir(key)
-        if directory is None or not directory.is_dir():
-            return []
-        found = []
-        for path in directory.glob("*.json"):
-            try:
-                data = json.loads(path.read_text())
-                stamp = dt.datetime.fromisoformat(str(data["timestamp"]).replace("Z", "+00:00"))
-                found.append(
-                    Lock(
-                        pid=int(data["pid"]),
-                        hostname=str(data["hostname"]),
-                        timestamp=stamp,
-                        path=str(path),
-                    )
-                )
-            except (OSError, ValueError, KeyError):
-                continue
-        return found
-
-    def recover(self, key: str, stale_after: float) -> bool:
-        """Drop stale locks and the pending operations a killed update left; True if done."""
-        now = dt.datetime.now(dt.UTC)
-        host = socket.gethostname()
-        held = self.locks(key)
-        stale = [
-            lock
-            for lock in held
-            if lock_is_stale(
-                lock, now=now, this_host=host, pid_alive=_pid_alive, threshold_seconds=stale_after
-            )
-        ]
-        if not stale or len(stale) != len(held):
-            return False
-        for lock in stale:
-            Path(lock.path).unlink(missing_ok=True)
-        stack = self._stack(key, _noop, create=False)
-        exported = stack.export_stack()
-        deployment = dict(exported.deployment or {})
-        if deployment.get("pending_operations"):
-            deployment["pending_operations"] = []
-            stack.import_stack(auto.Deployment(version=exported.version, deployment=deployment))
-        return True
-
-    def _with_lock_retry(
-        self, key: str, action: Callable[[], object], *, lock_wait: float = LOCK_WAIT_SECONDS
+    # ------------------------------------------------------------------ locks
+    def _locked(
+        self,
+        key: str,
+        action: Callable[[], object],
+        *,
+        lock_wait: float,
+        stale_lock_after: float | None,
     ) -> None:
+        """Run `action` (an update); while another holds the lock, wait up to `lock_wait`,
+        taking over a stale lock when `stale_lock_after` is given."""
         deadline = time.monotonic() + lock_wait
         while True:
             try:
                 action()
                 return
-            except auto.ConcurrentUpdateError:
+            except auto.ConcurrentUpdateError as exc:
+                locks = parse_locks(str(exc))
+                if stale_lock_after is not None and self._recover(key, locks, stale_lock_after):
+                    continue
                 if time.monotonic() >= deadline:
+                    holders = ", ".join(lock.describe() for lock in locks) or "someone else"
                     raise Busy(
-                        f"environment {key!r} is being updated by someone else (its stack is "
-                        f"locked); retry later, or check `preview-env status -k {key}`"
+                        f"environment {key!r} is being updated by {holders} (its stack is "
+                        f"locked); retry later, or check `preview-env status -k {key}`",
+                        locks=locks,
                     ) from None
-                time.sleep(2)
+                time.sleep(1.0)
             except auto.CommandError as exc:
+                text = str(exc)
+                if "no stack named" in text:
+                    raise NotFound(f"no environment {key!r} in this backend") from None
+                if "incorrect passphrase" in text:
+                    raise self._backend_error(exc) from None
                 raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
+
+    def recover(self, key: str, stale_after: float, locks: list[Lock]) -> bool:
+        return self._recover(key, locks, stale_after)
+
+    def _recover(self, key: str, locks: list[Lock], stale_after: float) -> bool:
+        """Take over `locks` when every one is stale (preview_stack.reaping.lock_is_stale):
+        `pulumi cancel` removes them on every backend, then the killed update's pending
+        operations are cleared. True when done."""
+        if not locks:
+            return False
+        now = dt.datetime.now(dt.UTC)
+        host = socket.gethostname()
+        if not all(
+            lock_is_stale(
+                lock, now=now, this_host=host, pid_alive=_pid_alive, threshold_seconds=stale_after
+            )
+            for lock in locks
+        ):
+            return False
+        stack = self._select(key, _noop)
+        try:
+            stack._run_pulumi_cmd_sync(["cancel", "--yes", "--stack", key])
+            exported = stack.export_stack()
+            deployment = dict(exported.deployment or {})
+            if deployment.get("pending_operations"):
+                deployment["pending_operations"] = []
+                stack.import_stack(auto.Deployment(version=exported.version, deployment=deployment))
+        except auto.CommandError as exc:
+            if "no stack named" in str(exc):
+                return True
+            raise self._backend_error(exc) from None
+        return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -330,5 +442,8 @@ def _summary(exc: auto.CommandError) -> str:
 def connect(settings: Settings) -> tuple[Cluster, Stacks]:
     """The cluster and the backend every command works with, from the global options."""
     cluster = Cluster(ClusterTarget(settings.kubeconfig, settings.context))
-    stacks = Stacks(resolve_backend(settings.backend), cluster.target, verbose=settings.verbose)
+    stacks = Stacks(backends.resolve(settings.backend), cluster.target, verbose=settings.verbose)
     return cluster, stacks
+
+
+__all__ = ["Any", "Applied", "StackInfo", "Stacks", "connect"]

@@ -17,18 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import Stacks, connect
+from cli.stacks import Applied, connect
 from preview_stack import config as mirrord_config
 from preview_stack import naming
+from preview_stack.changes import AddService, Restore
+from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
-from preview_stack.derive import TargetWorkload, spec_from_records
-from preview_stack.errors import BadInput, DeployFailed, PreviewError
-from preview_stack.program import declare, manifests_for
+from preview_stack.derive import TargetWorkload
+from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
+from preview_stack.program import manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import service_traffic, share_links
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import pod_ready, pod_reason
-from preview_stack.ttl import expiry, format_seconds, rfc3339
+from preview_stack.ttl import format_seconds
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
 
@@ -103,11 +105,6 @@ def owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def existing_spec(cluster: Cluster, stacks: Stacks, key: str) -> EnvironmentSpec | None:
-    """The environment as last deployed: the cluster record, else the stack's outputs."""
-    return spec_from_records(cluster.records(key)) or stacks.outputs(key)
-
-
 def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
     by_target = {s.target_label: s for s in env.services}
     pods = []
@@ -131,11 +128,11 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
     return sorted(pods, key=lambda p: (p.namespace, p.name))
 
 
-def _failure_reason(cluster: Cluster, env: EnvironmentSpec, service: ServiceSpec) -> str:
+def _failure_reason(cluster: Cluster, key: str, service: ServiceSpec) -> str:
     try:
         pods = [
             p
-            for p in cluster.preview_pods(env.key)
+            for p in cluster.preview_pods(key)
             if p["metadata"].get("labels", {}).get(naming.LABEL_TARGET) == service.target_label
         ]
     except PreviewError:
@@ -251,57 +248,64 @@ def start(
     reader = CachedReader(cluster)
     cluster.check_namespace(service.namespace)
     reader.workload(service)  # target, container and namespace exist
-    previous = existing_spec(cluster, stacks, env_key)
+    change = AddService(service=service, ttl_seconds=request.ttl_seconds, owner=owner())
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    expires = expiry(now, request.ttl_seconds)
-    base = previous or EnvironmentSpec(
-        key=env_key,
-        owner=owner(),
-        created_at=rfc3339(now),
-        expires_at=None,
-        ttl_seconds=None,
-        services=[],
-    )
-    env = base.with_service(service).model_copy(
-        update={
-            "expires_at": rfc3339(expires) if expires else None,
-            "ttl_seconds": request.ttl_seconds,
-        }
-    )
-    manifests = manifests_for(env, reader)  # every bad-input check before anything is created
+    stack_id = stacks.stack_id(env_key)
+    # Every bad-input check before anything is created: this target's objects alone (the
+    # whole environment is derived again under the lock, from the latest spec).
+    alone = apply_change(change, env_key, None, now)
+    assert alone is not None
+    manifests = manifests_for(alone, reader, stack_id)
     if any(m["kind"] == "HTTPRoute" for m in manifests) and not cluster.has_gateway_api():
         raise BadInput(
             "the cluster has no Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) "
             "to route key-scoped traffic; install its CRDs, or pass --routing none"
         )
+    for manifest in manifests:
+        if manifest["metadata"]["labels"].get(naming.LABEL_COMPONENT) == "record":
+            continue  # the record's namespace is the environment's first one
+        holder = cluster.foreign_holder(manifest, stack_id)
+        if holder:
+            raise Busy(
+                f"{holder}; use another key (for example 'team-{env_key}') or clean it "
+                "with that backend"
+            )
 
     progress.line("Deploying pod...")
     try:
-        stacks.up(
+        applied = stacks.apply(
             env_key,
-            lambda: declare(env, reader),
+            change,
+            reader,
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
     except DeployFailed as exc:
-        reason = _failure_reason(cluster, env, service)
+        reason = _failure_reason(cluster, env_key, service)
         why = f"{reason}; {exc}" if reason else str(exc)
         if keep_on_failure:
             raise DeployFailed(
                 f"{why} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
             ) from None
-        progress.line("Deploy failed; removing what this start created...")
-        if previous is None:
-            stacks.destroy(env_key, on_event=progress.on_event, on_output=progress.on_output)
-        else:
-            stacks.up(
-                env_key,
-                lambda: declare(previous, CachedReader(cluster)),
-                on_event=progress.on_event,
-                on_output=progress.on_output,
-            )
+        progress.line("Deploy failed; undoing this start (other targets are kept)...")
+        seen: Applied | None = getattr(exc, "applied", None)
+        undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
+        undone = stacks.apply(
+            env_key,
+            undo,
+            reader,
+            on_event=progress.on_event,
+            on_output=progress.on_output,
+            create=False,
+        )
+        if undone.after is None:
+            stacks.remove_if_empty(env_key)
+            cluster.sweep(env_key, stack_id)
         raise DeployFailed(why) from None
     progress.line("Deploying pod... done.")
+    env = applied.after
+    assert env is not None
+    expires = env.expiry()
 
     result = StartResult(
         key=env_key,

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pulumi
 
+from preview_stack import backends, naming
 from preview_stack import config as mirrord_config
-from preview_stack import naming
+from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
-from preview_stack.derive import spec_from_records
 from preview_stack.errors import PreviewError
+from preview_stack.latest import read_latest_spec
 from preview_stack.program import declare, manifests_for
 from preview_stack.request import Flags, build_request
-from preview_stack.stack_config import environment, parse_services
+from preview_stack.stack_config import declared_change, parse_services
 
 
 def main() -> None:
@@ -32,24 +33,23 @@ def main() -> None:
             parsed, Flags(image=cfg.get("image")), default_namespace=cluster.default_namespace()
         )
         services = [request.service]
-        ttl = cfg.get("ttl")
     else:
         services = parse_services(cfg.get_object("services"))
-        ttl = cfg.get("ttl")
     owner = cfg.get("owner") or f"pulumi up by {os.environ.get('USER') or getpass.getuser()}"
-    env = environment(
-        key=key,
-        services=services,
-        ttl=ttl,
-        expires_at=cfg.get("expiresAt"),
-        owner=owner,
-        previous=spec_from_records(cluster.records(key)),
-        now=dt.datetime.now(dt.UTC).replace(microsecond=0),
+    change = declared_change(
+        key=key, services=services, ttl=cfg.get("ttl"), expires_at=cfg.get("expiresAt"), owner=owner
     )
-    for service in env.services:
+    for service in services:
         cluster.check_namespace(service.namespace)
-    manifests_for(env, cluster)  # every check before any resource is declared
-    declare(env, cluster)
+    # The engine holds the stack's lock while this program runs: the spec read here is the
+    # latest, and the change applies to it (the CLI's inline program does the same).
+    previous = read_latest_spec(key, organization=pulumi.get_organization())
+    env = apply_change(change, key, previous, dt.datetime.now(dt.UTC).replace(microsecond=0))
+    assert env is not None
+    backend = backends.resolve(None)
+    stack_id = naming.stack_identity(backends.identity(backend), key)
+    manifests_for(env, cluster, stack_id)  # every check before any resource is declared
+    declare(env, cluster, stack_id)
 
 
 try:

@@ -6,7 +6,7 @@ Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -208,13 +208,47 @@ class Cluster:
                 raise
         return any(r.name == "httproutes" for r in (found.resources or []))
 
-    def sweep(self, key: str) -> list[str]:
-        """Delete objects labelled with `key` that no stack tracks any more.
+    def foreign_holder(self, manifest: Mapping[str, Any], stack_id: str) -> str | None:
+        """Who holds the object `manifest` would create, when another stack does (its owner
+        annotation and key); None when it is free or ours."""
+        meta = manifest["metadata"]
+        name, namespace, kind = meta["name"], meta["namespace"], manifest["kind"]
+        with _errors(f"reading {kind.lower()} {namespace}/{name}"):
+            try:
+                if kind == "Deployment":
+                    found = self._json(self.apps.read_namespaced_deployment(name, namespace))
+                elif kind == "Service":
+                    found = self._json(self.core.read_namespaced_service(name, namespace))
+                elif kind == "ConfigMap":
+                    found = self._json(self.core.read_namespaced_config_map(name, namespace))
+                else:
+                    return None  # routes are named after the preview Service, checked above
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        labels = found.get("metadata", {}).get("labels") or {}
+        if labels.get(naming.LABEL_STACK) == stack_id:
+            return None
+        annotations = found.get("metadata", {}).get("annotations") or {}
+        owner = annotations.get(naming.ANNOTATION_OWNER) or "someone outside preview-env"
+        holder_key = labels.get(naming.LABEL_KEY)
+        where = f"{kind.lower()} {namespace}/{name}"
+        if holder_key and labels.get(naming.LABEL_MANAGED_BY) == naming.MANAGED_BY:
+            return f"{where} belongs to environment {holder_key!r} of another backend ({owner})"
+        return f"{where} exists and is not preview-env's"
+
+    def sweep(self, key: str, stack_id: str) -> list[str]:
+        """Delete objects of this stack (`stack_id` label) that its state no longer tracks.
 
         A killed update can leave objects it was creating out of the stack's state; after a
-        destroy, nothing with the key's label should remain. Returns what was deleted.
+        destroy, nothing of the stack should remain. Objects of the same key from another
+        backend carry another stack id and are never touched. Returns what was deleted.
         """
-        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}={key}"
+        selector = (
+            f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}={key},"
+            f"{naming.LABEL_STACK}={stack_id}"
+        )
         deleted: list[str] = []
         body = kclient.V1DeleteOptions(propagation_policy="Background")
         kinds = [

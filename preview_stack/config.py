@@ -84,7 +84,7 @@ class PreviewFeature(_Model):
     image: str | None = None
     ttl_mins: int | Literal["infinite"] | None = None
     ttl_secs: int | Literal["infinite"] | None = None
-    creation_timeout_secs: int = Field(default=60, gt=0)
+    creation_timeout_secs: int = Field(default=60, gt=0, le=600)
     replicas: int = Field(default=1, ge=1, le=20)
     labels: LabelRules = Field(default_factory=LabelRules)
 

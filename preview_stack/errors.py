@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PreviewError(Exception):
     """Base class: `str(error)` is the user-facing one-liner, `exit_code` the process code."""
@@ -22,7 +24,11 @@ class NotFound(PreviewError):
 
 
 class Busy(PreviewError):
-    """Another update holds the environment's stack."""
+    """Another update holds the environment's stack; `locks` names the holders."""
+
+    def __init__(self, message: str, *, locks: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.locks = list(locks)
 
 
 class DeployFailed(PreviewError):

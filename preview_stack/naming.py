@@ -13,6 +13,9 @@ LABEL_TARGET = f"{DOMAIN}/target"  # "<kind>-<name>" or "targetless-<name>", has
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_COMPONENT = f"{DOMAIN}/component"  # workload | service | record
+# Which stack owns an object: a hash of (backend identity, project, key). Sweeps, clean and
+# the reaper touch only objects carrying their own stack's value.
+LABEL_STACK = f"{DOMAIN}/stack"
 MANAGED_BY = PROJECT
 
 ANNOTATION_OWNER = f"{DOMAIN}/owner"
@@ -42,6 +45,11 @@ def key_problem(key: str) -> str | None:
             "(use a-z, 0-9 and '-', starting and ending with a letter or digit)"
         )
     return None
+
+
+def stack_identity(backend_id: str, key: str) -> str:
+    """The owner label value of stack `key` in the backend identified by `backend_id`."""
+    return _digest(f"{backend_id}\n{PROJECT}\n{key}", 20)
 
 
 def _digest(text: str, size: int = 6) -> str:

@@ -1,6 +1,6 @@
 """The Pulumi program: one PreviewEnvironment component per stack.
 
-`declare(env, reader)` is the single function both entry points call: the CLI's inline
+`declare(env, reader, stack_id)` is the single function both entry points call: the CLI's inline
 program (Automation API) and `__main__.py` (`pulumi up` on the repository's Pulumi.yaml).
 """
 
@@ -29,8 +29,8 @@ class TargetReader(Protocol):
     def services(self, namespace: str) -> list[dict[str, Any]]: ...
 
 
-def manifests_for(env: EnvironmentSpec, reader: TargetReader) -> list[Manifest]:
-    """Every object of the environment, record last."""
+def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = "") -> list[Manifest]:
+    """Every object of the environment, record last, each labelled with its owning stack."""
     shared = [s.display_target for s in env.services if s.share is not None]
     if len(shared) > 1:
         raise BadInput(
@@ -43,6 +43,9 @@ def manifests_for(env: EnvironmentSpec, reader: TargetReader) -> list[Manifest]:
             env, service, reader.workload(service), reader.services(service.namespace)
         )
     manifests.append(record_manifest(env))
+    if stack_id:
+        for manifest in manifests:
+            manifest["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
     return manifests
 
 
@@ -107,9 +110,17 @@ class PreviewEnvironment(pulumi.ComponentResource):
         self.register_outputs({"key": env.key, "expiresAt": env.expires_at})
 
 
-def declare(env: EnvironmentSpec, reader: TargetReader) -> PreviewEnvironment:
-    """Declare the environment and export its spec (for anyone sharing the backend)."""
-    component = PreviewEnvironment(env, manifests_for(env, reader))
+def declare(
+    env: EnvironmentSpec | None, reader: TargetReader, stack_id: str = ""
+) -> PreviewEnvironment | None:
+    """Declare the environment and export its spec (for anyone sharing the backend).
+
+    `None` declares nothing: the update deletes every object and leaves `spec` null.
+    """
+    if env is None:
+        pulumi.export("spec", None)
+        return None
+    component = PreviewEnvironment(env, manifests_for(env, reader, stack_id))
     pulumi.export("key", env.key)
     pulumi.export("expiresAt", env.expires_at)
     pulumi.export("spec", json.loads(env.model_dump_json()))

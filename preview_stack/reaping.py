@@ -1,15 +1,18 @@
 """Which environments are due for reaping, and when a stack lock is stale (pure).
 
-The reaper finds expired environments from their record ConfigMaps (one API call, no
-`pulumi` process per environment) and recovers locks left by killed processes by one rule:
-a lock is stale when it is older than the threshold AND its holder is provably gone (a
-process on this host that no longer runs) or runs on another host (whose liveness we cannot
-check, so age alone decides there: pick a threshold longer than your longest update).
+The reaper finds candidates from their record ConfigMaps (one API call) and from the
+backend's stack list (one `pulumi` process), never a process per environment; records are
+hints, the re-check under the stack's lock decides. A lock is taken over by one rule, the
+same on every backend (Pulumi's lock error names holder, host, PID and time everywhere):
+its holder is provably gone (a process on this host that no longer runs), or the lock is
+older than the threshold, which is always longer than the longest update preview-env runs
+(creation timeouts are capped at MAX_CREATION_TIMEOUT_SECONDS).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +21,14 @@ from preview_stack import naming
 from preview_stack.ttl import parse_rfc3339
 
 DEFAULT_STALE_LOCK_SECONDS = 30 * 60
+# The longest a preview-env update may wait for pods; an update adds at most a few minutes
+# of engine and API time on top, so a lock younger than MIN_STALE_LOCK_SECONDS may be live.
+MAX_CREATION_TIMEOUT_SECONDS = 10 * 60
+MIN_STALE_LOCK_SECONDS = 15 * 60
+_LOCK_LINE = re.compile(
+    r"(?P<path>\S+\.json): created by (?P<user>\S+)@(?P<host>[^\s@]+) "
+    r"\(pid (?P<pid>\d+)\) at (?P<time>\S+)"
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ def expired(records: Sequence[Mapping[str, Any]], now: dt.datetime) -> list[Due]
             moment = parse_rfc3339(raw)
         except ValueError:
             continue
+        if moment.tzinfo is None:  # not ours (we always write UTC): a hint to ignore
+            continue
         if moment <= now:
             due[key] = Due(key=key, expires_at=moment)
     return sorted(due.values(), key=lambda d: (d.expires_at, d.key))
@@ -46,12 +59,37 @@ def expired(records: Sequence[Mapping[str, Any]], now: dt.datetime) -> list[Due]
 
 @dataclass(frozen=True)
 class Lock:
-    """A Pulumi stack lock as the file-based backends write it."""
+    """A Pulumi stack lock, as every self-managed backend's lock error describes it."""
 
     pid: int
     hostname: str
     timestamp: dt.datetime
     path: str
+    user: str = ""
+
+    def describe(self) -> str:
+        since = self.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.user}@{self.hostname} (pid {self.pid}) since {since}"
+
+
+def parse_locks(message: str) -> list[Lock]:
+    """The locks named in Pulumi's "the stack is currently locked" error, any backend."""
+    found: dict[str, Lock] = {}
+    for match in _LOCK_LINE.finditer(message):
+        try:
+            stamp = parse_rfc3339(match["time"])
+        except ValueError:
+            continue
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        found[match["path"]] = Lock(
+            pid=int(match["pid"]),
+            hostname=match["host"],
+            timestamp=stamp,
+            path=match["path"],
+            user=match["user"],
+        )
+    return list(found.values())
 
 
 def lock_is_stale(
@@ -62,8 +100,7 @@ def lock_is_stale(
     pid_alive: Callable[[int], bool],
     threshold_seconds: float,
 ) -> bool:
-    if (now - lock.timestamp).total_seconds() < threshold_seconds:
-        return False
-    if lock.hostname == this_host:
-        return not pid_alive(lock.pid)
-    return True
+    """Gone for sure (same host, PID not running), or older than any live update can be."""
+    if lock.hostname == this_host and not pid_alive(lock.pid):
+        return True
+    return (now - lock.timestamp).total_seconds() >= threshold_seconds

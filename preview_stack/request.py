@@ -10,6 +10,7 @@ from typing import Literal
 from preview_stack import naming
 from preview_stack.config import MirrordConfig, TargetPath
 from preview_stack.errors import BadInput
+from preview_stack.reaping import MAX_CREATION_TIMEOUT_SECONDS
 from preview_stack.spec import EnvRules, LabelRules, ServiceSpec, ShareLink
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration
 
@@ -84,6 +85,12 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
         raise BadInput(f"--replicas {flags.replicas}: use a number from 1 to 20")
     if flags.timeout is not None and flags.timeout <= 0:
         raise BadInput(f"--timeout {flags.timeout}: use a positive number of seconds")
+    timeout = flags.timeout or preview.creation_timeout_secs
+    if timeout > MAX_CREATION_TIMEOUT_SECONDS:
+        raise BadInput(
+            f"creation timeout {timeout}s is longer than {MAX_CREATION_TIMEOUT_SECONDS}s, the "
+            "longest update a stale-lock rule can tell from a dead one; use --timeout 600 or less"
+        )
     if (flags.gateway is None) != (flags.share_domain is None):
         raise BadInput("a share link needs both --gateway NAMESPACE/NAME and --share-domain DOMAIN")
     share = None

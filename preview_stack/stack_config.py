@@ -14,15 +14,15 @@ The key is the stack name.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from preview_stack import naming
+from preview_stack.changes import Declare
 from preview_stack.config import IncomingFeature, TargetPath
 from preview_stack.errors import BadInput
-from preview_stack.spec import EnvironmentSpec, EnvRules, LabelRules, ServiceSpec
+from preview_stack.spec import EnvRules, LabelRules, ServiceSpec
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration, parse_rfc3339, rfc3339
 
 
@@ -36,7 +36,7 @@ class PlatformService(BaseModel):
     env: EnvRules = Field(default_factory=EnvRules)
     labels: LabelRules = Field(default_factory=LabelRules)
     incoming: IncomingFeature | None = None
-    creation_timeout_secs: int = Field(default=60, gt=0)
+    creation_timeout_secs: int = Field(default=60, gt=0, le=600)
 
     def to_spec(self) -> ServiceSpec:
         target = None
@@ -76,44 +76,30 @@ def parse_services(raw: Any) -> list[ServiceSpec]:
     return specs
 
 
-def environment(
+def declared_change(
     *,
     key: str,
     services: list[ServiceSpec],
     ttl: str | None,
     expires_at: str | None,
     owner: str,
-    previous: EnvironmentSpec | None,
-    now: dt.datetime,
-) -> EnvironmentSpec:
-    """The spec for `pulumi up`. An update that changes neither services nor TTL keeps the
-    previous expiry (so `pulumi preview` right after a start shows no changes); any other
-    update resets it to now + TTL, like `preview-env start`."""
+) -> Declare:
+    """The `pulumi up` change: the config's services. An update that changes nothing keeps
+    the expiry (so `pulumi preview` right after a start shows no changes); others move it
+    to the later of the current expiry and now + TTL; only `expiresAt` sets it outright."""
     problem = naming.key_problem(key)
     if problem:
         raise BadInput(f"invalid stack name for an environment key: {problem}")
     ttl_seconds = DEFAULT_TTL_SECONDS if ttl is None else parse_duration(ttl)
+    expiry: str | None = None
     if expires_at is not None:
         try:
-            expiry: str | None = rfc3339(parse_rfc3339(expires_at))
+            expiry = rfc3339(parse_rfc3339(expires_at))
         except ValueError:
             raise BadInput(
                 f"preview-env:expiresAt {expires_at!r} is not an RFC 3339 time "
                 "(e.g. 2026-12-01T18:00:00Z)"
             ) from None
-    elif (
-        previous is not None
-        and previous.services == services
-        and previous.ttl_seconds == ttl_seconds
-    ):
-        expiry = previous.expires_at
-    else:
-        expiry = None if ttl_seconds is None else rfc3339(now + dt.timedelta(seconds=ttl_seconds))
-    return EnvironmentSpec(
-        key=key,
-        owner=previous.owner if previous else owner,
-        created_at=previous.created_at if previous else rfc3339(now),
-        expires_at=expiry,
-        ttl_seconds=ttl_seconds,
-        services=services,
+    return Declare(
+        services=tuple(services), ttl_seconds=ttl_seconds, owner=owner, expires_at=expiry
     )

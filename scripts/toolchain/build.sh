@@ -4,7 +4,7 @@
 #   scripts/toolchain/build.sh [component ...]     (default: all)
 #
 # Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kine, kwok, crds,
-# actionlint. Each one is skipped when its outputs already exist. Prints one line per step
+# actionlint, seaweedfs. Each one is skipped when its outputs already exist. Prints one line per step
 # with the time it took. Only the Go module proxy is needed.
 set -euo pipefail
 
@@ -204,7 +204,20 @@ build_actionlint() {
   GOBIN="$CACHE/actionlint-$ACTIONLINT_VERSION/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
 }
 
-ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes pulumi-language-python actionlint)
+# SeaweedFS: a real S3-compatible server (Apache-2.0) for the s3:// backend tests. A wrapper
+# module, because its go.mod carries one non-local replace that a plain `go install` ignores.
+build_seaweedfs() {
+  local out="$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin"
+  mkdir -p "$out"
+  local mod=github.com/seaweedfs/seaweedfs
+  go mod init preview-env/seaweedfs >/dev/null 2>&1
+  copy_replaces "$(gomod_file "$mod" "$SEAWEEDFS_MODULE_VERSION")"
+  go mod edit -require="$mod@$SEAWEEDFS_MODULE_VERSION"
+  go get "$mod/weed@$SEAWEEDFS_MODULE_VERSION"  # every dependency of the main package
+  go build -trimpath -ldflags "-s -w" -o "$out/weed" "$mod/weed"
+}
+
+ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes pulumi-language-python actionlint seaweedfs)
 components=("$@"); [[ ${#components[@]} -eq 0 ]] && components=("${ALL[@]}")
 total=$SECONDS
 for c in "${components[@]}"; do
@@ -216,6 +229,7 @@ for c in "${components[@]}"; do
     kine) step kine "$CACHE/kine-$KINE_VERSION/bin/kine" -- build_kine ;;
     kwok) step kwok "$CACHE/kwok-$KWOK_VERSION/stages" -- build_kwok ;;
     crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION/argo-rollouts-rollout-crd.yaml" -- build_crds ;;
+    seaweedfs) step seaweedfs "$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin/weed" -- build_seaweedfs ;;
     actionlint) step actionlint "$CACHE/actionlint-$ACTIONLINT_VERSION/bin/actionlint" -- build_actionlint ;;
     *) log "unknown component: $c (known: ${ALL[*]})"; exit 2 ;;
   esac

@@ -130,7 +130,12 @@ def test_expired_selection_and_stale_locks() -> None:
     def dead(_pid: int) -> bool:
         return False
 
-    assert not lock_is_stale(lock, now=now, this_host="me", pid_alive=dead, threshold_seconds=600)
-    assert lock_is_stale(lock, now=now, this_host="me", pid_alive=dead, threshold_seconds=60)
-    assert not lock_is_stale(lock, now=now, this_host="me", pid_alive=alive, threshold_seconds=60)
+    # The holder is provably gone (same host, PID not running): taken over at once.
+    assert lock_is_stale(lock, now=now, this_host="me", pid_alive=dead, threshold_seconds=600)
+    # A live holder on this host, or any holder elsewhere: only past the threshold.
+    assert not lock_is_stale(lock, now=now, this_host="me", pid_alive=alive, threshold_seconds=600)
+    assert lock_is_stale(lock, now=now, this_host="me", pid_alive=alive, threshold_seconds=60)
+    assert not lock_is_stale(
+        lock, now=now, this_host="other", pid_alive=dead, threshold_seconds=600
+    )
     assert lock_is_stale(lock, now=now, this_host="other", pid_alive=alive, threshold_seconds=60)

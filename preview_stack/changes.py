@@ -1,0 +1,187 @@
+"""Pure changes of an environment, applied to the spec read while the stack's lock is held.
+
+Every command that mutates an environment (start, extend, clean -t, clean, reap, `pulumi up`)
+is one of these functions `(latest spec or None, now) -> new spec or None` (None: nothing
+left, so the update deletes every object). The Pulumi program calls it with the spec it
+reads from the backend while the engine holds the lock, so two commands on one key never
+declare stale copies of each other's work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from preview_stack.errors import BadInput, NotFound, PreviewError
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.ttl import expiry, parse_rfc3339, rfc3339
+
+
+class NotDue(PreviewError):
+    """The reaper's re-check under the lock found the environment extended or restarted."""
+
+
+def later_expiry(current: str | None, now: dt.datetime, ttl_seconds: int | None) -> str | None:
+    """The later of the current expiry and now + TTL; None (infinite) wins over any time."""
+    if current is None or ttl_seconds is None:
+        return None
+    proposed = expiry(now, ttl_seconds)
+    assert proposed is not None
+    return rfc3339(max(parse_rfc3339(current), proposed))
+
+
+@dataclass(frozen=True)
+class AddService:
+    """`start`: add a target, or replace the one with the same target id."""
+
+    service: ServiceSpec
+    ttl_seconds: int | None
+    owner: str
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec:
+        if spec is None:
+            fresh = EnvironmentSpec(
+                key="",  # set by the caller through `for_key`
+                owner=self.owner,
+                created_at=rfc3339(now),
+                expires_at=rfc3339(now),  # replaced below: the later of this and now + TTL
+                ttl_seconds=self.ttl_seconds,
+                services=[],
+            )
+            spec = fresh
+        return spec.with_service(self.service).model_copy(
+            update={
+                "expires_at": later_expiry(spec.expires_at, now, self.ttl_seconds),
+                "ttl_seconds": self.ttl_seconds,
+            }
+        )
+
+    def previous_of(self, spec: EnvironmentSpec | None) -> ServiceSpec | None:
+        """This target's version before the change (what a failed start restores)."""
+        if spec is None:
+            return None
+        return next((s for s in spec.services if s.target_id == self.service.target_id), None)
+
+
+@dataclass(frozen=True)
+class Restore:
+    """A failed `start` undoes only itself: its target's previous version, or no target."""
+
+    target_id: str
+    previous: ServiceSpec | None
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec | None:
+        if spec is None:
+            return None
+        kept = [s for s in spec.services if s.target_id != self.target_id]
+        if self.previous is not None:
+            restored = spec.with_service(self.previous)
+        else:
+            restored = spec.model_copy(update={"services": kept})
+        return restored if restored.services else None
+
+
+@dataclass(frozen=True)
+class RemoveTarget:
+    """`clean -t`: drop the targets matching a selector; nothing left means no environment."""
+
+    selector: str
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec | None:
+        if spec is None:
+            return None
+        rest, _removed = spec.without(self.selector)
+        return rest if rest.services else None
+
+
+@dataclass(frozen=True)
+class SetExpiry:
+    """`extend --ttl` (now + TTL, may shorten) or `extend --by` (current expiry + delta)."""
+
+    key: str
+    ttl_seconds: int | None = None
+    by_seconds: int | None = None
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec:
+        if spec is None:
+            raise NotFound(
+                f"no environment {self.key!r} (never started, cleaned or already reaped); "
+                "see `preview-env status`"
+            )
+        if self.by_seconds is None:
+            new = expiry(now, self.ttl_seconds)
+            return spec.model_copy(
+                update={
+                    "expires_at": rfc3339(new) if new else None,
+                    "ttl_seconds": self.ttl_seconds,
+                }
+            )
+        current = spec.expiry()
+        if current is None:
+            raise BadInput(f"environment {self.key!r} never expires; use --ttl to set an expiry")
+        new = current + dt.timedelta(seconds=self.by_seconds)
+        return spec.model_copy(
+            update={"expires_at": rfc3339(new), "ttl_seconds": int((new - now).total_seconds())}
+        )
+
+
+@dataclass(frozen=True)
+class DestroyAll:
+    """`clean`: nothing of the environment remains."""
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class DestroyIfDue:
+    """The reaper: destroy only if the latest spec is still expired (an extend wins)."""
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> None:
+        if spec is None:
+            return None
+        moment = spec.expiry()
+        if moment is None or moment > now:
+            shown = spec.expires_at or "never"
+            raise NotDue(f"not due any more (expires {shown}); left alone")
+        return None
+
+
+@dataclass(frozen=True)
+class Declare:
+    """`pulumi up` from stack config: the config's services; expiry never shortened unless
+    `expiresAt` is set explicitly."""
+
+    services: tuple[ServiceSpec, ...]
+    ttl_seconds: int | None
+    owner: str
+    expires_at: str | None = None
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec:
+        if self.expires_at is not None:
+            expires: str | None = self.expires_at
+        elif spec is not None and list(self.services) == spec.services:
+            expires = spec.expires_at  # an unchanged re-run keeps the expiry
+        else:
+            current = spec.expires_at if spec is not None else rfc3339(now)
+            expires = later_expiry(current, now, self.ttl_seconds)
+        return EnvironmentSpec(
+            key=spec.key if spec else "",
+            owner=spec.owner if spec else self.owner,
+            created_at=spec.created_at if spec else rfc3339(now),
+            expires_at=expires,
+            ttl_seconds=self.ttl_seconds,
+            services=list(self.services),
+        )
+
+
+def apply(
+    change: object, key: str, spec: EnvironmentSpec | None, now: dt.datetime
+) -> EnvironmentSpec | None:
+    """Run `change` and stamp the key (a new spec does not know it)."""
+    assert callable(change)
+    result = change(spec, now)
+    if result is None:
+        return None
+    assert isinstance(result, EnvironmentSpec)
+    return result if result.key == key else result.model_copy(update={"key": key})
