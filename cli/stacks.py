@@ -24,8 +24,8 @@ from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.latest import read_latest_spec
-from preview_stack.program import TargetReader, declare
-from preview_stack.reaping import Lock, lock_is_stale, parse_locks
+from preview_stack.program import TargetReader, declare, manifests_for
+from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Lock, lock_is_stale, parse_locks
 from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
@@ -82,6 +82,9 @@ class Stacks:
             env["KUBECONFIG"] = cluster.kubeconfig
         self.env_vars = env
         self._identity: str | None = None
+        # Keys whose dead holder's lock we took over: its update may have created objects
+        # it never recorded; the next update removes them under the lock.
+        self._orphans_possible: set[str] = set()
 
     # ------------------------------------------------------------------ identity
     def stack_id(self, key: str) -> str:
@@ -214,7 +217,7 @@ class Stacks:
         create: bool = True,
         refresh: bool = False,
         lock_wait: float = LOCK_WAIT_SECONDS,
-        stale_lock_after: float | None = None,
+        stale_lock_after: float | None = DEFAULT_STALE_LOCK_SECONDS,
     ) -> Applied:
         """Apply `change` to the latest spec under the stack's lock and deploy the result.
 
@@ -235,6 +238,8 @@ class Stacks:
                 )
                 applied.before = before
                 applied.after = apply_change(change, key, before, _now())
+                if key in self._orphans_possible:
+                    self._sweep_orphans(key, applied.after, reader, stack_id)
                 declare(applied.after, reader, stack_id)
             except PreviewError as exc:
                 applied.error = exc
@@ -267,6 +272,19 @@ class Stacks:
                 )
             raise
         return applied
+
+    def _sweep_orphans(
+        self, key: str, env: EnvironmentSpec | None, reader: TargetReader, stack_id: str
+    ) -> None:
+        """Under the lock: delete this stack's objects that the update will not declare
+        (a killed update's unrecorded creates; recorded ones Pulumi deletes anyway)."""
+        keep = set()
+        if env is not None:
+            for manifest in manifests_for(env, reader, stack_id):
+                meta = manifest["metadata"]
+                keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
+        Cluster(self.cluster).sweep(key, stack_id, keep=keep)
+        self._orphans_possible.discard(key)
 
     def remove_if_empty(self, key: str) -> bool:
         """Remove the stack when it holds nothing and nobody is updating it; True if removed.
@@ -345,13 +363,19 @@ class Stacks:
         """Run `action` (an update); while another holds the lock, wait up to `lock_wait`,
         taking over a stale lock when `stale_lock_after` is given."""
         deadline = time.monotonic() + lock_wait
+        takeovers = 0
         while True:
             try:
                 action()
                 return
             except auto.ConcurrentUpdateError as exc:
                 locks = parse_locks(str(exc))
-                if stale_lock_after is not None and self._recover(key, locks, stale_lock_after):
+                if (
+                    stale_lock_after is not None
+                    and takeovers < 3
+                    and self._recover(key, locks, stale_lock_after)
+                ):
+                    takeovers += 1
                     continue
                 if time.monotonic() >= deadline:
                     holders = ", ".join(lock.describe() for lock in locks) or "someone else"
@@ -388,17 +412,20 @@ class Stacks:
         ):
             return False
         stack = self._select(key, _noop)
+        self._orphans_possible.add(key)
         try:
             stack._run_pulumi_cmd_sync(["cancel", "--yes", "--stack", key])
+        except auto.CommandError:
+            return True  # another waiter removed it first: retry the update
+        try:
             exported = stack.export_stack()
             deployment = dict(exported.deployment or {})
             if deployment.get("pending_operations"):
                 deployment["pending_operations"] = []
                 stack.import_stack(auto.Deployment(version=exported.version, deployment=deployment))
         except auto.CommandError as exc:
-            if "no stack named" in str(exc):
-                return True
-            raise self._backend_error(exc) from None
+            if "no stack named" not in str(exc):
+                raise self._backend_error(exc) from None
         return True
 
 

@@ -6,7 +6,7 @@ Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -238,7 +238,9 @@ class Cluster:
             return f"{where} belongs to environment {holder_key!r} of another backend ({owner})"
         return f"{where} exists and is not preview-env's"
 
-    def sweep(self, key: str, stack_id: str) -> list[str]:
+    def sweep(
+        self, key: str, stack_id: str, keep: Collection[tuple[str, str, str]] = ()
+    ) -> list[str]:
         """Delete objects of this stack (`stack_id` label) that its state no longer tracks.
 
         A killed update can leave objects it was creating out of the stack's state; after a
@@ -272,6 +274,8 @@ class Cluster:
             for kind, list_all, delete in kinds:
                 for item in list_all(label_selector=selector).items:
                     meta = item.metadata
+                    if (kind, meta.namespace, meta.name) in keep:
+                        continue
                     try:
                         delete(meta.name, meta.namespace, body=body)
                     except ApiException as exc:
@@ -288,6 +292,8 @@ class Cluster:
                 routes = {"items": []}
             for route in routes.get("items", []):
                 meta = route["metadata"]
+                if ("httproute", meta["namespace"], meta["name"]) in keep:
+                    continue
                 try:
                     self.custom.delete_namespaced_custom_object(
                         "gateway.networking.k8s.io",

@@ -40,6 +40,11 @@ def read_latest_spec(
         check=False,
     )
     if done.returncode != 0:
+        if "incorrect passphrase" in done.stderr:
+            raise Unreachable(
+                f"environment {key!r} was encrypted with another passphrase; set "
+                "PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to the team's one"
+            )
         last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise Unreachable(f"cannot read environment {key!r} from the backend: {last}")
     raw = json.loads(done.stdout or "{}").get("spec")

@@ -162,7 +162,8 @@ class Testbed:
                 for entry in json.loads(pid_file.read_text())
             ]
         for proc in reversed(self.processes):
-            _terminate(proc)
+            # SeaweedFS ignores SIGTERM for long seconds; its data is throwaway.
+            _terminate(proc, grace=1.0 if proc.name == "seaweedfs" else 10.0)
         self.processes.clear()
         pid_file.unlink(missing_ok=True)
         if not keep_state and self.state_dir.exists():

@@ -46,6 +46,7 @@ class Toolchain:
     kwok_stages: Path
     crds: Path
     actionlint: Path
+    weed: Path  # SeaweedFS: the S3-compatible server of the s3:// backend tests
     pulumi_version: str
     kubernetes_provider_version: str
     kubernetes_version: str
@@ -72,6 +73,7 @@ class Toolchain:
             self.kwok_stages,
             self.crds,
             self.actionlint,
+            self.weed,
             self.pulumi_bin / "pulumi-language-python",
             self.pulumi_bin / "pulumi-language-python-exec",
         ]
@@ -99,6 +101,7 @@ def locate() -> Toolchain:
         crds=cache
         / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
         actionlint=cache / f"actionlint-{v['ACTIONLINT_VERSION']}" / "bin" / "actionlint",
+        weed=cache / f"seaweedfs-{v['SEAWEEDFS_VERSION']}" / "bin" / "weed",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],
@@ -117,3 +120,9 @@ def ensure(*, build: bool = True) -> Toolchain:
             f"test bed binaries missing: {listing}; run scripts/toolchain/build.sh"
         )
     return toolchain
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server binaries (initdb, postgres), newest major first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), reverse=True)
+    return found[0].parent if found else None

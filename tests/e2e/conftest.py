@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
+from pulumi import automation as auto
 
+from preview_stack import naming
 from testbed import Testbed
+from testbed.backends import SharedBackends, start_shared_backends, stop_shared_backends
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -103,3 +106,115 @@ def staging(testbed: Testbed) -> str:
         "--timeout=90s",
     )
     return "staging"
+
+
+# ---------------------------------------------------------------- teams on shared backends
+BACKEND_KINDS = ("file", "postgres", "s3")
+
+
+@pytest.fixture(scope="session")
+def shared_backends(testbed: Testbed) -> Iterator[SharedBackends]:
+    """PostgreSQL and SeaweedFS (S3) on 127.0.0.1, stopped with the test bed."""
+    backends = start_shared_backends(testbed)
+    try:
+        yield backends
+    finally:
+        stop_shared_backends(backends)
+
+
+@dataclass(frozen=True)
+class Backend:
+    kind: str
+    url: str
+    env: dict[str, str]
+
+    def stack_keys(self) -> set[str]:
+        """The environment stacks this backend holds (asked of Pulumi, the authority)."""
+        ws = auto.LocalWorkspace(
+            env_vars={"PULUMI_BACKEND_URL": self.url, **self.env},
+            project_settings=auto.ProjectSettings(name=naming.PROJECT, runtime="python"),
+        )
+        return {s.name.rsplit("/", 1)[-1] for s in ws.list_stacks()}
+
+
+def make_backend(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Backend:
+    env = {"PULUMI_CONFIG_PASSPHRASE": "team-secret"}
+    if kind == "file":
+        return Backend(kind, f"file://{tmp}", env)
+    shared: SharedBackends = request.getfixturevalue("shared_backends")
+    if kind == "s3":
+        env.update(shared.s3_env)
+    return Backend(kind, shared.urls()[kind], env)
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    """Each sharing test runs on a file, a PostgreSQL and an S3 backend."""
+    return make_backend(request.param, request, tmp_path_factory.mktemp("backend"))
+
+
+@dataclass
+class User:
+    """A teammate: own HOME and PULUMI_HOME, own host name (a UTS namespace), one backend."""
+
+    name: str
+    host: str
+    backend: Backend
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        return cli_env(
+            {
+                "HOME": str(self.home),
+                "PULUMI_HOME": str(self.home / ".pulumi"),
+                "PULUMI_BACKEND_URL": self.backend.url,
+                "PREVIEW_ENV_OWNER": self.name,
+                **self.backend.env,
+            }
+        )
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            self.host,
+            *cli_argv(*args),
+        ]
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> Result:
+        done = subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env={**self.env(), **(env or {})},
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            env={**self.env(), **(env or {})},
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture
+def team(backend: Backend, tmp_path: Path, testbed: Testbed) -> Callable[[str], User]:
+    """`team("ann")`: a user on host `ann-host` sharing the test's backend and cluster."""
+
+    def user(name: str, host: str | None = None) -> User:
+        home = tmp_path / f"home-{name}"
+        home.mkdir(exist_ok=True)
+        return User(name, host or f"{name}-host", backend, home)
+
+    return user

@@ -1,0 +1,265 @@
+"""Teams sharing environments: several users, hosts and backends on one cluster.
+
+Every test here runs through the real CLI as separate users (own HOME and PULUMI_HOME, own
+host name in a UTS namespace) sharing a file, PostgreSQL or S3 (SeaweedFS) backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preview_stack import naming
+from testbed import Testbed
+from tests.e2e.conftest import Backend, Kube, User, make_backend
+from tests.support import apply_unschedulable_target, kill_process_group, wait_until
+
+pytestmark = pytest.mark.cluster
+Team = Callable[..., User]
+
+
+def start(target: str, key: str, *extra: str, image: str | None = None) -> list[str]:
+    return [
+        "start",
+        "-t",
+        f"deployment/{target}",
+        "-n",
+        "staging",
+        "-i",
+        image or f"acme/{target}:1",
+        "-k",
+        key,
+        "--output",
+        "json",
+        *extra,
+    ]
+
+
+def previews(kube: Kube, key: str) -> dict[str, str]:
+    """Live preview Deployments of `key`: name -> image of their first container."""
+    items = kube.apps.list_deployment_for_all_namespaces(
+        label_selector=f"{naming.LABEL_KEY}={key}"
+    ).items
+    return {
+        d.metadata.name: d.spec.template.spec.containers[0].image
+        for d in items
+        if d.metadata.deletion_timestamp is None
+    }
+
+
+def labelled(kube: Kube, key: str) -> list[str]:
+    selector = f"{naming.LABEL_KEY}={key}"
+    names = [
+        f"deploy/{d.metadata.name}"
+        for d in kube.apps.list_deployment_for_all_namespaces(label_selector=selector).items
+    ]
+    names += [
+        f"svc/{s.metadata.name}"
+        for s in kube.core.list_service_for_all_namespaces(label_selector=selector).items
+    ]
+    names += [
+        f"cm/{c.metadata.name}"
+        for c in kube.core.list_config_map_for_all_namespaces(label_selector=selector).items
+    ]
+    return names
+
+
+def finish(proc: Any, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_concurrent_first_starts_keep_both_targets_and_teammates_share_the_key(
+    team: Team, backend: Backend, kube: Kube, staging: str
+) -> None:
+    key = f"sh-{backend.kind}-both"
+    ann, bob, cy = team("ann"), team("bob"), team("cy")
+    # Two first starts on a new key at the same moment, from two hosts.
+    procs = [ann.spawn(*start("users", key)), bob.spawn(*start("orders", key))]
+    results = [finish(p) for p in procs]
+    for code, _out, err in results:
+        assert code == 0, err
+    assert set(previews(kube, key)) == {f"users-{key}", f"orders-{key}"}
+    # What each reported is what happened: the environment holds both.
+    assert key in backend.stack_keys()
+    shown = cy.run("status", "-k", key, "-o", "json")
+    assert shown.code == 0, shown.stderr
+    [env] = shown.json()
+    assert {p["target"] for p in env["pods"]} == {"deployment/users", "deployment/orders"}
+
+    extended = cy.run("extend", "-k", key, "--by", "30m", "-o", "json")
+    assert extended.code == 0, extended.stderr
+    removed = bob.run("clean", "-k", key, "-t", "deployment/orders", "-o", "json")
+    assert removed.code == 0 and removed.json()["removed"] == ["deployment/orders"]
+    assert set(previews(kube, key)) == {f"users-{key}"}
+    cleaned = ann.run("clean", "-k", key)
+    assert cleaned.code == 0, cleaned.stderr
+    assert key not in backend.stack_keys()
+    assert wait_until(lambda: labelled(kube, key) == [])
+
+
+def test_a_failed_start_undoes_only_itself(
+    team: Team, backend: Backend, kube: Kube, staging: str, testbed: Testbed
+) -> None:
+    key = f"sh-{backend.kind}-undo"
+    apply_unschedulable_target(testbed, "never-ready")
+    ann, bob = team("ann"), team("bob")
+    failing = ann.spawn(*start("never-ready", key, "--timeout", "12"))
+    time.sleep(2)
+    ok = bob.run(*start("orders", key))  # lands before, during or after the failing one
+    code, _out, err = finish(failing)
+    assert ok.code == 0, ok.stderr
+    assert code == 1 and "never-ready" in err
+    # The failing target is gone; the teammate's target and the stack stay.
+    assert wait_until(lambda: set(previews(kube, key)) == {f"orders-{key}"})
+    assert key in backend.stack_keys()
+    assert bob.run("clean", "-k", key).code == 0
+
+
+def test_a_start_never_shortens_the_environments_life(
+    team: Team, kube: Kube, staging: str, backend: Backend
+) -> None:
+    if backend.kind != "file":
+        pytest.skip("expiry arithmetic is backend-independent; covered on file")
+    key = "sh-ttl-keep"
+    ann, bob = team("ann"), team("bob")
+    first = ann.run(*start("users", key, "--ttl", "infinite"))
+    assert first.code == 0 and first.json()["expiresAt"] is None, first.stderr
+    added = bob.run(*start("orders", key))  # no --ttl: 60 minutes would be shorter
+    assert added.code == 0 and added.json()["expiresAt"] is None, added.stderr
+    shortened = bob.run("extend", "-k", key, "--ttl", "2h", "-o", "json")  # only extend may
+    assert shortened.code == 0 and shortened.json()["expiresAt"] is not None
+    assert ann.run("clean", "-k", key).code == 0
+
+
+def test_another_backends_environment_is_never_touched(
+    kube: Kube,
+    staging: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    key = "sh-owned"
+    mine = make_backend("file", request, tmp_path_factory.mktemp("team-a"))
+    theirs = make_backend("postgres", request, tmp_path_factory.mktemp("team-b"))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    ann = User("ann", "ann-host", mine, tmp_path / "a")
+    zed = User("zed", "zed-host", theirs, tmp_path / "b")
+    started = ann.run(*start("users", key))
+    assert started.code == 0, started.stderr
+    before = sorted(labelled(kube, key))
+
+    cleaned = zed.run("clean", "-k", key, "-o", "json")
+    assert cleaned.code == 0 and cleaned.json()["cleaned"] is False, cleaned.stderr
+    assert "this backend has no environment" in cleaned.json()["message"]
+    assert sorted(labelled(kube, key)) == before
+
+    clash = zed.run(*start("users", key))
+    assert clash.code == 1
+    lines = clash.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another backend" in lines[0] and "ann" in lines[0]
+    assert "use another key" in lines[0]
+    assert key not in theirs.stack_keys()
+    assert sorted(labelled(kube, key)) == before
+    assert ann.run("clean", "-k", key).code == 0
+
+
+def test_records_are_hints_the_backend_decides(
+    team: Team, backend: Backend, kube: Kube, staging: str, testbed: Testbed
+) -> None:
+    if backend.kind != "file":
+        pytest.skip("the reaper's record handling is backend-independent; covered on file")
+    ann = team("ann")
+    live, lost = "sh-live", "sh-lost"
+    assert ann.run(*start("users", live, "--ttl", "1h")).code == 0
+    assert ann.run(*start("orders", lost, "--ttl", "3s")).code == 0
+    record = kube.core.read_namespaced_config_map(naming.record_name(live), "staging")
+    # A forged record with the real labels but a past expiry, in another namespace, and one
+    # with a naive timestamp: neither may destroy anything or crash the round.
+    forged = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": naming.record_name(live),
+            "namespace": "default",
+            "labels": dict(record.metadata.labels),
+            "annotations": {naming.ANNOTATION_EXPIRES_AT: "2020-01-01T00:00:00Z"},
+        },
+        "data": {},
+    }
+    naive = json.loads(json.dumps(forged))
+    naive["metadata"]["name"] = "naive-record"
+    naive["metadata"]["annotations"] = {naming.ANNOTATION_EXPIRES_AT: "2020-01-01T00:00:00"}
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": [forged, naive]}),
+    )
+    # The expired environment's record is lost (deleted by hand): the backend still knows.
+    kube.core.delete_namespaced_config_map(naming.record_name(lost), "staging")
+    time.sleep(4)
+    reaped = ann.run("reap", "-o", "json")
+    assert reaped.code == 0, reaped.stderr
+    outcomes = {r["key"]: r for r in json.loads(reaped.stdout)["results"]}
+    assert outcomes[lost]["outcome"] == "reaped"
+    assert outcomes[live]["outcome"] == "skipped" and "not due" in outcomes[live]["reason"]
+    assert set(previews(kube, live)) == {f"users-{live}"}
+    assert lost not in backend.stack_keys() and live in backend.stack_keys()
+    assert wait_until(lambda: previews(kube, lost) == {})
+    testbed.kubectl(
+        "delete", "configmap", "-n", "default", naming.record_name(live), "naive-record"
+    )
+    assert ann.run("clean", "-k", live).code == 0
+
+
+def test_a_killed_update_lock_is_taken_over_only_when_provably_stale(
+    team: Team, backend: Backend, kube: Kube, staging: str, testbed: Testbed
+) -> None:
+    key = f"sh-{backend.kind}-lock"
+    apply_unschedulable_target(testbed, "hangs-lock")
+    bob = team("bob", "bob-host")
+    proc = bob.spawn(*start("hangs-lock", key, "--timeout", "300"))
+    try:
+        assert wait_until(lambda: bool(previews(kube, key)), timeout=120)
+    finally:
+        kill_process_group(proc)  # as a cancelled CI job would
+    # From another host the holder's death cannot be proven and the lock is young: wait,
+    # then refuse with the holder named.
+    ann = team("ann", "ann-host")
+    busy = ann.run("clean", "-k", key, env={"PREVIEW_ENV_LOCK_WAIT": "3"})
+    assert busy.code == 1, busy.stderr
+    assert "bob-host" in busy.stderr and "locked" in busy.stderr
+    assert previews(kube, key)
+    # On the holder's host its PID is provably gone: taken over at once, pending cleared.
+    again = team("bob2", "bob-host")
+    cleaned = again.run("clean", "-k", key)
+    assert cleaned.code == 0, cleaned.stderr
+    assert key not in backend.stack_keys()
+    assert wait_until(lambda: labelled(kube, key) == [])
+
+
+def test_shared_backends_need_the_teams_passphrase(
+    team: Team, backend: Backend, kube: Kube, staging: str
+) -> None:
+    if backend.kind == "file":
+        pytest.skip("a private file backend may use the empty passphrase")
+    key = f"sh-{backend.kind}-secret"
+    ann = team("ann")
+    unset = {"PULUMI_CONFIG_PASSPHRASE": ""}
+    refused = ann.run(*start("users", key), env=unset)
+    assert refused.code == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "PULUMI_CONFIG_PASSPHRASE" in refused.stderr
+    assert key not in backend.stack_keys() and previews(kube, key) == {}
+
+    assert ann.run(*start("users", key)).code == 0
+    wrong = ann.run("extend", "-k", key, "--by", "1m", env={"PULUMI_CONFIG_PASSPHRASE": "nope"})
+    assert wrong.code == 1
+    assert "PULUMI_CONFIG_PASSPHRASE" in wrong.stderr.strip().splitlines()[-1]
+    assert ann.run("clean", "-k", key).code == 0
