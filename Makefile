@@ -23,6 +23,7 @@ $(STAMP):
 	touch $@
 
 toolchain:
+	bash scripts/toolchain/system-packages.sh
 	bash scripts/toolchain/build.sh
 
 testbed-up: $(STAMP) toolchain
