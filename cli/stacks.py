@@ -191,7 +191,10 @@ class Stacks:
         """The spec a stack last deployed (backend copy), or None."""
         try:
             return read_latest_spec(
-                key, organization=self._organization(), env=self.env_vars, cwd=None
+                key,
+                organization=self._organization(),
+                env=self.env_vars,
+                cwd=self._workspace().work_dir,
             )
         except Unreachable:
             if key not in self.stacks():
@@ -226,6 +229,7 @@ class Stacks:
         """
         applied = Applied()
         stack_id = self.stack_id(key)
+        workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names the project)
 
         def program() -> None:
             applied.ran = True
@@ -234,7 +238,10 @@ class Stacks:
                 import pulumi
 
                 before = read_latest_spec(
-                    key, organization=pulumi.get_organization(), env=self.env_vars
+                    key,
+                    organization=pulumi.get_organization(),
+                    env=self.env_vars,
+                    cwd=workdir[0] if workdir else None,
                 )
                 applied.before = before
                 applied.after = apply_change(change, key, before, _now())
@@ -246,6 +253,7 @@ class Stacks:
                 raise
 
         stack = self._create_or_select(key, program) if create else self._select(key, program)
+        workdir.append(stack.workspace.work_dir)
 
         def up() -> None:
             stack.up(on_event=on_event, on_output=on_output, color="never", refresh=refresh)
