@@ -105,13 +105,15 @@ def owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _pods_of(cluster: Cluster, env: EnvironmentSpec) -> list[StartedPod]:
+def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[StartedPod]:
     by_target = {s.target_label: s for s in env.services}
     pods = []
     for pod in cluster.preview_pods(env.key):
         meta = pod["metadata"]
         if meta.get("deletionTimestamp"):
             continue
+        if (meta.get("labels") or {}).get(naming.LABEL_STACK) != stack_id:
+            continue  # the same key in another backend
         service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
         if service is None:
             continue
@@ -310,7 +312,7 @@ def start(
     result = StartResult(
         key=env_key,
         namespaces=sorted({s.namespace for s in env.services}),
-        pods=_pods_of(cluster, env),
+        pods=_pods_of(cluster, env, stack_id),
         expires_at=env.expires_at,
         links=share_links(env),
     )

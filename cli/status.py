@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,6 +11,7 @@ from rich.table import Table
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, print_json
 from cli.stacks import connect
+from preview_stack import naming
 from preview_stack.status import summarize
 
 
@@ -26,10 +27,18 @@ def status(
     """
     opts = settings(ctx)
     cluster, stacks = connect(opts)
+    keys = stacks.keys()
+
+    def ours(obj: dict[str, Any]) -> bool:
+        """Records and pods of this backend's stacks; other backends' keys are theirs."""
+        labels = obj.get("metadata", {}).get("labels") or {}
+        found = labels.get(naming.LABEL_KEY, "")
+        return found in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(found)
+
     summaries = summarize(
-        records=cluster.records(key),
-        pods=cluster.preview_pods(key),
-        stacks=stacks.keys(),
+        records=[r for r in cluster.records(key) if ours(r)],
+        pods=[p for p in cluster.preview_pods(key) if ours(p)],
+        stacks=keys,
         now=dt.datetime.now(dt.UTC),
         only_key=key,
     )

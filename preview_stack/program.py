@@ -46,6 +46,9 @@ def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = ""
     if stack_id:
         for manifest in manifests:
             manifest["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
+            if manifest["kind"] == "Deployment":  # pods too: status tells owners apart
+                template = manifest["spec"]["template"]["metadata"]
+                template.setdefault("labels", {})[naming.LABEL_STACK] = stack_id
     return manifests
 
 
