@@ -295,21 +295,20 @@ class Stacks:
         self._orphans_possible.discard(key)
 
     def remove_if_empty(self, key: str) -> bool:
-        """Remove the stack when it holds nothing and nobody is updating it; True if removed.
+        """Remove the stack when it holds nothing but itself; True if removed (or gone).
 
-        Called after a change left no environment. A concurrent start that selected the stack
-        just before finds it gone and creates it again (see `apply`).
+        Called after a change left no environment. `pulumi stack rm` without --force takes
+        the stack's lock and refuses a stack that still holds resources, so a teammate's
+        start that slipped in keeps its environment and nothing races.
         """
-        info = self.stacks().get(key)
-        if info is None:
-            return True
-        if info.locked or (info.resources or 0) > 1:
-            return False
         try:
-            self._workspace().remove_stack(key, force=True)
+            self._workspace().remove_stack(key)
         except auto.CommandError as exc:
-            if "no stack named" in str(exc):
+            text = str(exc)
+            if "no stack named" in text:
                 return True
+            if "still contains resources" in text or "locked" in text:
+                return False
             raise self._backend_error(exc) from None
         return True
 
