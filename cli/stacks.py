@@ -8,12 +8,15 @@ change (preview_stack.changes) and declares the result. Maps Pulumi's errors to 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pulumi import automation as auto
@@ -370,20 +373,18 @@ class Stacks:
         """Run `action` (an update); while another holds the lock, wait up to `lock_wait`,
         taking over a stale lock when `stale_lock_after` is given."""
         deadline = time.monotonic() + lock_wait
-        takeovers = 0
         while True:
             try:
-                action()
+                self._attempt(key, action)
                 return
             except auto.ConcurrentUpdateError as exc:
                 locks = parse_locks(str(exc))
-                if (
-                    stale_lock_after is not None
-                    and takeovers < 3
-                    and self._recover(key, locks, stale_lock_after)
-                ):
-                    takeovers += 1
-                    continue
+                if stale_lock_after is not None and locks:
+                    try:
+                        if self._take_over(key, action, stale_lock_after):
+                            return
+                    except auto.ConcurrentUpdateError as fresh:
+                        locks = parse_locks(str(fresh)) or locks
                 if time.monotonic() >= deadline:
                     holders = ", ".join(lock.describe() for lock in locks) or "someone else"
                     raise Busy(
@@ -392,13 +393,40 @@ class Stacks:
                         locks=locks,
                     ) from None
                 time.sleep(1.0)
-            except auto.CommandError as exc:
-                text = str(exc)
-                if "no stack named" in text:
-                    raise NotFound(f"no environment {key!r} in this backend") from None
-                if "incorrect passphrase" in text:
-                    raise self._backend_error(exc) from None
-                raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
+
+    def _attempt(self, key: str, action: Callable[[], object]) -> None:
+        """One try of `action`; Pulumi's errors become ours, a held lock is re-raised."""
+        try:
+            action()
+        except auto.ConcurrentUpdateError:
+            raise
+        except auto.CommandError as exc:
+            text = str(exc)
+            if "no stack named" in text:
+                raise NotFound(f"no environment {key!r} in this backend") from None
+            if "incorrect passphrase" in text:
+                raise self._backend_error(exc) from None
+            raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
+
+    def _take_over(self, key: str, action: Callable[[], object], stale_after: float) -> bool:
+        """Under a host-wide file lock per stack: look at the locks afresh (by trying again),
+        remove them if stale and run `action`. True when `action` ran; False when the locks
+        were not stale. `pulumi cancel` removes every lock of a stack, so two waiters that
+        both judged one dead lock must not both cancel: the second would remove the lock of
+        the update the first just started."""
+        guard = Path(tempfile.gettempdir()) / "preview-env-takeover"
+        guard.mkdir(exist_ok=True)
+        name = naming.stack_identity(backends.redact(self.backend), key)
+        with (guard / f"{name}.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._attempt(key, action)
+                return True
+            except auto.ConcurrentUpdateError as exc:
+                if not self._recover(key, parse_locks(str(exc)), stale_after):
+                    return False
+            self._attempt(key, action)
+            return True
 
     def recover(self, key: str, stale_after: float, locks: list[Lock]) -> bool:
         return self._recover(key, locks, stale_after)
