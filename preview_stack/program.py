@@ -119,12 +119,18 @@ def declare(
     """Declare the environment and export its spec (for anyone sharing the backend).
 
     `None` declares nothing: the update deletes every object and leaves `spec` null.
+    The spec is exported only after every object is live (see below).
     """
     if env is None:
         pulumi.export("spec", None)
         return None
     component = PreviewEnvironment(env, manifests_for(env, reader, stack_id))
+    # The spec becomes the backend's truth only once every object is live: the outputs wait
+    # on each resource's id, so a failed or killed update leaves the last good spec in place
+    # (its half-made objects are outside the spec, and the next update removes them).
+    live = pulumi.Output.all(*[r.id for r in component.resources])
+    spec = json.loads(env.model_dump_json())
     pulumi.export("key", env.key)
-    pulumi.export("expiresAt", env.expires_at)
-    pulumi.export("spec", json.loads(env.model_dump_json()))
+    pulumi.export("expiresAt", live.apply(lambda _: env.expires_at))
+    pulumi.export("spec", live.apply(lambda _: spec))
     return component
