@@ -17,6 +17,7 @@ import pytest
 from preview_stack import naming
 from testbed import Testbed
 from tests.e2e.conftest import Backend, Kube, User, make_backend
+from tests.e2e.test_start_status_clean import objects_of
 from tests.support import apply_unschedulable_target, kill_process_group, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -52,23 +53,6 @@ def previews(kube: Kube, key: str) -> dict[str, str]:
     }
 
 
-def labelled(kube: Kube, key: str) -> list[str]:
-    selector = f"{naming.LABEL_KEY}={key}"
-    names = [
-        f"deploy/{d.metadata.name}"
-        for d in kube.apps.list_deployment_for_all_namespaces(label_selector=selector).items
-    ]
-    names += [
-        f"svc/{s.metadata.name}"
-        for s in kube.core.list_service_for_all_namespaces(label_selector=selector).items
-    ]
-    names += [
-        f"cm/{c.metadata.name}"
-        for c in kube.core.list_config_map_for_all_namespaces(label_selector=selector).items
-    ]
-    return names
-
-
 def finish(proc: Any, timeout: float = 600) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -100,7 +84,7 @@ def test_concurrent_first_starts_keep_both_targets_and_teammates_share_the_key(
     cleaned = ann.run("clean", "-k", key)
     assert cleaned.code == 0, cleaned.stderr
     assert key not in backend.stack_keys()
-    assert wait_until(lambda: labelled(kube, key) == [])
+    assert wait_until(lambda: objects_of(kube, key) == [])
 
 
 def test_a_failed_start_undoes_only_itself(
@@ -152,12 +136,12 @@ def test_another_backends_environment_is_never_touched(
     zed = User("zed", "zed-host", theirs, tmp_path / "b")
     started = ann.run(*start("users", key))
     assert started.code == 0, started.stderr
-    before = sorted(labelled(kube, key))
+    before = sorted(objects_of(kube, key))
 
     cleaned = zed.run("clean", "-k", key, "-o", "json")
     assert cleaned.code == 0 and cleaned.json()["cleaned"] is False, cleaned.stderr
     assert "this backend has no environment" in cleaned.json()["message"]
-    assert sorted(labelled(kube, key)) == before
+    assert sorted(objects_of(kube, key)) == before
 
     clash = zed.run(*start("users", key))
     assert clash.code == 1
@@ -165,7 +149,7 @@ def test_another_backends_environment_is_never_touched(
     assert len(lines) == 1 and "another backend" in lines[0] and "ann" in lines[0]
     assert "use another key" in lines[0]
     assert key not in theirs.stack_keys()
-    assert sorted(labelled(kube, key)) == before
+    assert sorted(objects_of(kube, key)) == before
     assert ann.run("clean", "-k", key).code == 0
 
 
@@ -241,7 +225,7 @@ def test_a_killed_update_lock_is_taken_over_only_when_provably_stale(
     cleaned = again.run("clean", "-k", key)
     assert cleaned.code == 0, cleaned.stderr
     assert key not in backend.stack_keys()
-    assert wait_until(lambda: labelled(kube, key) == [])
+    assert wait_until(lambda: objects_of(kube, key) == [])
 
 
 def test_shared_backends_need_the_teams_passphrase(
