@@ -26,7 +26,7 @@ DEFAULT_STALE_LOCK_SECONDS = 30 * 60
 MAX_CREATION_TIMEOUT_SECONDS = 10 * 60
 MIN_STALE_LOCK_SECONDS = 15 * 60
 _LOCK_LINE = re.compile(
-    r"(?P<path>\S+\.json): created by (?P<user>\S+)@(?P<host>[^\s@]+) "
+    r"(?P<path>\S+?\.json)(?:\?\S*)?: created by (?P<user>\S+)@(?P<host>[^\s@]+) "
     r"\(pid (?P<pid>\d+)\) at (?P<time>\S+)"
 )
 

@@ -112,11 +112,14 @@ def test_lock_errors_name_holders_on_every_backend() -> None:
         "3e0f.json: created by root@host-b (pid 4242) at 2026-11-27T11:00:00Z\n"
         "  s3://state/.pulumi/locks/organization/preview-env/pr-1/9a.json: created by "
         "ci@runner.example (pid 7) at 2026-11-27T11:30:00.123456789Z\n"
+        "  file:///tmp/be/.pulumi/locks/organization/preview-env/pr-1/ab.json?no_tmp_dir=true: "
+        "created by root@bob-host (pid 9) at 2026-11-27T11:00:00Z\n"
     )
     locks = parse_locks(message)
     assert [(lk.user, lk.hostname, lk.pid) for lk in locks] == [
         ("root", "host-b", 4242),
         ("ci", "runner.example", 7),
+        ("root", "bob-host", 9),
     ]
     assert locks[0].timestamp == dt.datetime(2026, 11, 27, 11, 0, tzinfo=dt.UTC)
     assert "root@host-b (pid 4242)" in locks[0].describe()
