@@ -19,6 +19,7 @@ from preview_stack.errors import BadInput
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
 COMPONENT_TYPE = "preview-env:index:Environment"
+PASSPHRASE_CHECK = "passphraseCheck"
 
 
 class TargetReader(Protocol):
@@ -121,6 +122,9 @@ def declare(
     `None` declares nothing: the update deletes every object and leaves `spec` null.
     The spec is exported only after every object is live (see below).
     """
+    # A secret output, so reading the stack checks the passphrase: Pulumi itself decrypts
+    # lazily and would let a wrong passphrase pass unnoticed while nothing else is secret.
+    pulumi.export(PASSPHRASE_CHECK, pulumi.Output.secret("preview-env"))
     if env is None:
         pulumi.export("spec", None)
         return None
