@@ -119,10 +119,14 @@ class Stacks:
 
     def stacks(self) -> dict[str, StackInfo]:
         """Every environment stack of this backend (one `pulumi` process)."""
-        try:
-            summaries = self._workspace().list_stacks()
-        except auto.CommandError as exc:
-            raise self._backend_error(exc, f"cannot list stacks in {self._shown}") from None
+        for attempt in range(5):
+            try:
+                summaries = self._workspace().list_stacks()
+                break
+            except auto.CommandError as exc:
+                if not _transient(exc) or attempt == 4:
+                    raise self._backend_error(exc, f"cannot list stacks in {self._shown}") from None
+                time.sleep(0.5)
         return {
             s.name.rsplit("/", 1)[-1]: StackInfo(
                 s.name.rsplit("/", 1)[-1], bool(s.update_in_progress), s.resource_count
@@ -151,20 +155,32 @@ class Stacks:
 
     def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
         """The existing stack `key`; NotFound when this backend has none."""
-        try:
-            stack = auto.select_stack(
-                stack_name=key, project_name=naming.PROJECT, program=program, opts=self._options()
-            )
-        except auto.StackNotFoundError:
-            raise NotFound(f"no environment {key!r} in this backend") from None
-        except auto.CommandError as exc:
-            raise self._backend_error(exc) from None
+        for attempt in range(5):
+            try:
+                stack = auto.select_stack(
+                    stack_name=key,
+                    project_name=naming.PROJECT,
+                    program=program,
+                    opts=self._options(),
+                )
+                break
+            except auto.StackNotFoundError:
+                raise NotFound(f"no environment {key!r} in this backend") from None
+            except auto.CommandError as exc:
+                if not _transient(exc) or attempt == 4:
+                    raise self._backend_error(exc) from None
+                time.sleep(0.5)
         self._configure(stack)
         return stack
 
     def _create_or_select(self, key: str, program: Callable[[], None]) -> auto.Stack:
-        """Select `key`, creating it if needed; a racing creator's stack is simply selected."""
-        for _ in range(3):
+        """Select `key`, creating it if needed; a racing creator's stack is simply selected.
+
+        Creating takes the stack's lock in Pulumi's self-managed backends, so a creation that
+        meets a teammate's creation or removal waits a moment and looks again.
+        """
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
             try:
                 return self._select(key, program)
             except NotFound:
@@ -181,10 +197,12 @@ class Stacks:
             except auto.CommandError as exc:
                 if "already exists" in str(exc):
                     continue
-                raise self._backend_error(exc) from None
+                if not _transient(exc) or time.monotonic() >= deadline:
+                    raise self._backend_error(exc) from None
+                time.sleep(0.5)
+                continue
             self._configure(stack)
             return stack
-        raise Unreachable(f"stack {key!r} could not be created or selected in {self._shown}")
 
     def _configure(self, stack: auto.Stack) -> None:
         if self.cluster.context:
@@ -357,7 +375,9 @@ class Stacks:
         try:
             stack.workspace.remove_stack(key)
         except auto.CommandError as exc:
-            if "still contains resources" not in str(exc) and "no stack named" not in str(exc):
+            text = str(exc)
+            # Still holding resources or locked: a teammate's start came in after the destroy.
+            if not any(s in text for s in ("still contains resources", "no stack named", "locked")):
                 raise self._backend_error(exc) from None
         return True
 
@@ -377,6 +397,11 @@ class Stacks:
             try:
                 self._attempt(key, action)
                 return
+            except _Retry:
+                if time.monotonic() >= deadline:
+                    raise Busy(f"environment {key!r} stayed busy; retry later") from None
+                time.sleep(0.5)
+                continue
             except auto.ConcurrentUpdateError as exc:
                 locks = parse_locks(str(exc))
                 if stale_lock_after is not None and locks:
@@ -402,6 +427,8 @@ class Stacks:
             raise
         except auto.CommandError as exc:
             text = str(exc)
+            if _transient(exc):
+                raise _Retry from None
             if "no stack named" in text:
                 raise NotFound(f"no environment {key!r} in this backend") from None
             if "incorrect passphrase" in text:
@@ -462,6 +489,22 @@ class Stacks:
             if "no stack named" not in str(exc):
                 raise self._backend_error(exc) from None
         return True
+
+
+class _Retry(Exception):
+    """A momentary backend condition: try the same update again."""
+
+
+def _transient(exc: auto.CommandError) -> bool:
+    """Pulumi's self-managed backends read checkpoints without the lock and lock to create
+    or remove a stack: a concurrent writer shows as a truncated checkpoint ("failed to load
+    checkpoint: EOF"), a concurrent creator or remover as a locked stack."""
+    text = str(exc)
+    return (
+        "failed to load checkpoint" in text
+        or "unexpected end of JSON input" in text
+        or isinstance(exc, auto.ConcurrentUpdateError)
+    )
 
 
 def _pid_alive(pid: int) -> bool:
