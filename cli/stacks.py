@@ -498,11 +498,13 @@ class _Retry(Exception):
 def _transient(exc: auto.CommandError) -> bool:
     """Pulumi's self-managed backends read checkpoints without the lock and lock to create
     or remove a stack: a concurrent writer shows as a truncated checkpoint ("failed to load
-    checkpoint: EOF"), a concurrent creator or remover as a locked stack."""
+    checkpoint: EOF", a lock file gone while listed), a concurrent creator or remover as a
+    locked stack."""
     text = str(exc)
     return (
         "failed to load checkpoint" in text
         or "unexpected end of JSON input" in text
+        or "could not list bucket" in text  # a lock file removed while being listed
         or isinstance(exc, auto.ConcurrentUpdateError)
     )
 
