@@ -505,6 +505,7 @@ def _transient(exc: auto.CommandError) -> bool:
         "failed to load checkpoint" in text
         or "unexpected end of JSON input" in text
         or "could not list bucket" in text  # a lock file removed while being listed
+        or re.search(r"error: (unexpected )?EOF\s*$", text, re.M) is not None
         or isinstance(exc, auto.ConcurrentUpdateError)
     )
 
