@@ -166,8 +166,6 @@ def could_follow(other: Op, op: Op) -> bool:
 def test_overlapping_operations_keep_every_invariant(
     team: Callable[..., User], backend: Backend, kube: Kube, staging: str
 ) -> None:
-    if backend.kind == "s3":
-        pytest.skip("the stress run covers file and PostgreSQL; S3 locks are tested above")
     rng = random.Random(20261127)
     users = [team(name, "stress-host") for name in ("ann", "bob", "cy")]
     keys = [f"st-{backend.kind}-{i}" for i in range(3)]
