@@ -410,6 +410,8 @@ class Stacks:
                             return
                     except auto.ConcurrentUpdateError as fresh:
                         locks = parse_locks(str(fresh)) or locks
+                    except _Retry:
+                        pass  # a momentary backend condition: the loop tries again
                 if time.monotonic() >= deadline:
                     holders = ", ".join(lock.describe() for lock in locks) or "someone else"
                     raise Busy(
