@@ -83,6 +83,8 @@ class Stacks:
             env["PULUMI_CONFIG_PASSPHRASE"] = ""
         if cluster.kubeconfig:
             env["KUBECONFIG"] = cluster.kubeconfig
+        if backends.kind(backend) == "postgres" and "PULUMI_DIY_BACKEND_PARALLEL" not in os.environ:
+            env["PULUMI_DIY_BACKEND_PARALLEL"] = str(backends.POSTGRES_LIST_PARALLEL)
         self.env_vars = env
         self._identity: str | None = None
         # Keys whose dead holder's lock we took over: its update may have created objects

@@ -19,6 +19,11 @@ SECRETS_PROVIDER_VAR = "PREVIEW_ENV_SECRETS_PROVIDER"
 PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 # Self-managed blob and database backends: stacks there need a real secrets manager.
 SELF_MANAGED = ("postgres", "postgresql", "s3", "gs", "azblob")
+# Pulumi v3.274's PostgreSQL backend lists stacks with 10 workers, each holding one pooled
+# connection while asking for a second, from a pool of 2 x GOMAXPROCS: with 4 stacks or
+# more on a 2-core machine `pulumi stack ls` hangs for ever (reproduced). One worker never
+# waits on itself; listing stays O(1) processes, only slower per stack.
+POSTGRES_LIST_PARALLEL = 1
 
 
 def default_state_dir() -> Path:

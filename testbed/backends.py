@@ -77,6 +77,7 @@ def _start_postgres(bed: Testbed, data: Path, deadline: float) -> str:
         d.mkdir()
         os.chown(d, user.pw_uid, user.pw_gid)
     as_postgres = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    server = [*as_postgres] if bed.detached else [*as_postgres, "--pdeathsig=SIGKILL"]
     init = subprocess.run(
         [*as_postgres, str(bindir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", PG_USER],
         capture_output=True,
@@ -89,7 +90,7 @@ def _start_postgres(bed: Testbed, data: Path, deadline: float) -> str:
     bed._spawn(
         "postgres",
         [
-            *as_postgres,
+            *server,  # the uid change clears the bed's parent-death signal: set it again
             str(bindir / "postgres"),
             "-D",
             str(pgdata),

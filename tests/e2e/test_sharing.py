@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pulumi import automation as auto
 
 from preview_stack import naming
 from testbed import Testbed
@@ -247,3 +248,23 @@ def test_shared_backends_need_the_teams_passphrase(
     assert wrong.code == 1
     assert "PULUMI_CONFIG_PASSPHRASE" in wrong.stderr.strip().splitlines()[-1]
     assert ann.run("clean", "-k", key).code == 0
+
+
+def test_status_lists_many_stacks_on_a_postgres_backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Pulumi's PostgreSQL backend deadlocks listing 4+ stacks with its default parallelism
+    (one pooled connection held while a second is awaited); preview-env lists with one."""
+    shared = make_backend("postgres", request, tmp_path_factory.mktemp("many"))
+    url = shared.url.replace("sslmode=disable", "sslmode=disable&table=many_stacks")
+    backend = Backend("postgres", url, shared.env)
+    workspace = auto.LocalWorkspace(
+        env_vars={"PULUMI_BACKEND_URL": url, **backend.env},
+        project_settings=auto.ProjectSettings(name=naming.PROJECT, runtime="python"),
+    )
+    for index in range(6):
+        workspace.create_stack(f"many-{index}")
+    user = User("ann", "ann-host", backend, tmp_path)
+    shown = user.run("status", "-o", "json", timeout=120)
+    assert shown.code == 0, shown.stderr
+    assert {env["key"] for env in shown.json()} >= {f"many-{i}" for i in range(6)}
