@@ -43,8 +43,7 @@ def clean(
 
     stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
     check_stale_threshold(stale)
-    stack_id = stacks.stack_id(key)
-    if key not in stacks.stacks():
+    if key not in stacks.environments():
         # Objects labelled with this key but owned by another backend's stack are not ours.
         return _nothing(text, key, f"this backend has no environment {key!r}")
 
@@ -78,8 +77,6 @@ def clean(
                 removed=removed,
                 message=f"Removed {', '.join(removed)} from {key}.",
             )
-        stacks.remove_if_empty(key)
-        cluster.sweep(key, stack_id)
         return _report(
             text,
             key,
@@ -90,10 +87,13 @@ def clean(
 
     progress.line(f"Destroying preview environment: {key}")
     destroyed = stacks.destroy(
-        key, on_event=progress.on_event, on_output=progress.on_output, stale_lock_after=stale
+        key,
+        CachedReader(cluster),
+        on_event=progress.on_event,
+        on_output=progress.on_output,
+        stale_lock_after=stale,
     )
-    leftovers = cluster.sweep(key, stack_id)  # objects a killed update created, never recorded
-    if not destroyed and not leftovers:
+    if not destroyed:
         return _nothing(text, key, f"this backend has no environment {key!r}")
     return _report(
         text,

@@ -96,7 +96,7 @@ def reap_one(
     if stopper.event.is_set():
         return result("skipped", "stopping; left for the next round")
     try:
-        applied = stacks.apply(
+        stacks.apply(  # declares nothing; leftovers and the stack go with it
             due.key,
             DestroyIfDue(),
             CachedReader(cluster),
@@ -107,9 +107,6 @@ def reap_one(
             lock_wait=0,
             stale_lock_after=stale_lock_after,
         )
-        if applied.after is None:
-            stacks.remove_if_empty(due.key)
-            cluster.sweep(due.key, stacks.stack_id(due.key))  # killed updates' leftovers
     except NotDue as exc:
         return result("skipped", str(exc))
     except NotFound:
@@ -128,7 +125,7 @@ def find_due(cluster: Cluster, stacks: Stacks, now: dt.datetime) -> list[Due]:
     cluster's records (one list call). Records are hints: one from another backend or with
     a forged label is ignored, and the re-check under the lock decides. A stack whose
     record is gone is read from the backend (its outputs), so it never becomes immortal."""
-    keys = stacks.stacks()
+    keys = stacks.environments()
     by_key: dict[str, list[dict[str, Any]]] = {}
     for record in cluster.records():
         labels = record.get("metadata", {}).get("labels") or {}

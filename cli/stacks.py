@@ -15,14 +15,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from pulumi import automation as auto
 
 from cli.context import Settings
 from preview_stack import backends, naming
+from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
@@ -33,6 +34,7 @@ from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
 EventHandler = Callable[[auto.EngineEvent], None]
+T = TypeVar("T")
 OutputHandler = Callable[[str], None]
 
 
@@ -47,19 +49,6 @@ class Applied:
     before: EnvironmentSpec | None = None
     after: EnvironmentSpec | None = None
     error: PreviewError | None = None
-    ran: bool = False
-
-
-@dataclass
-class StackInfo:
-    key: str
-    locked: bool
-    resources: int | None = None
-
-
-@dataclass
-class _Attempt:
-    locks: list[Lock] = field(default_factory=list)
 
 
 class Stacks:
@@ -87,6 +76,7 @@ class Stacks:
             env["PULUMI_DIY_BACKEND_PARALLEL"] = str(backends.POSTGRES_LIST_PARALLEL)
         self.env_vars = env
         self._identity: str | None = None
+        self._kube: Cluster | None = None
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
@@ -119,59 +109,53 @@ class Stacks:
         except auto.CommandError as exc:
             raise self._backend_error(exc) from None
 
-    def stacks(self) -> dict[str, StackInfo]:
-        """Every environment stack of this backend (one `pulumi` process)."""
+    def _retrying(self, call: Callable[[], T], what: str | None = None) -> T:
+        """`call` (a backend read or stack selection), tried again while the backend shows a
+        momentary condition (see `_transient`); other Pulumi errors become ours. A missing
+        stack (StackNotFoundError) is left to the caller."""
         for attempt in range(5):
             try:
-                summaries = self._workspace().list_stacks()
-                break
+                return call()
+            except auto.StackNotFoundError:
+                raise
             except auto.CommandError as exc:
                 if not _transient(exc) or attempt == 4:
-                    raise self._backend_error(exc, f"cannot list stacks in {self._shown}") from None
+                    raise self._backend_error(exc, what) from None
                 time.sleep(0.5)
-        return {
-            s.name.rsplit("/", 1)[-1]: StackInfo(
-                s.name.rsplit("/", 1)[-1], bool(s.update_in_progress), s.resource_count
-            )
-            for s in summaries
-        }
+        raise AssertionError("unreachable")
 
-    def keys(self) -> dict[str, bool]:
-        """Every environment key with a stack, mapped to whether an update is running."""
-        return {k: info.locked for k, info in self.stacks().items()}
+    def environments(self) -> dict[str, bool]:
+        """Every environment key with a stack, mapped to whether an update is running (one
+        `pulumi` process)."""
+        summaries = self._retrying(
+            lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
+        )
+        return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
 
     @property
     def _shown(self) -> str:
         return backends.redact(self.backend)
 
     def _backend_error(self, exc: auto.CommandError, what: str | None = None) -> PreviewError:
-        text = str(exc)
-        if "incorrect passphrase" in text or "passphrase must be set" in text:
-            return Unreachable(
-                f"the stacks in {self._shown} were encrypted with another passphrase; set "
-                "PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to the team's one"
-            )
+        if backends.wrong_passphrase(str(exc)):
+            return Unreachable(backends.wrong_passphrase_message(f"the stacks in {self._shown}"))
         return Unreachable(
             f"{what or f'the Pulumi backend {self._shown} failed'}: {_last_line(exc)}"
         )
 
     def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
         """The existing stack `key`; NotFound when this backend has none."""
-        for attempt in range(5):
-            try:
-                stack = auto.select_stack(
+        try:
+            stack = self._retrying(
+                lambda: auto.select_stack(
                     stack_name=key,
                     project_name=naming.PROJECT,
                     program=program,
                     opts=self._options(),
                 )
-                break
-            except auto.StackNotFoundError:
-                raise NotFound(f"no environment {key!r} in this backend") from None
-            except auto.CommandError as exc:
-                if not _transient(exc) or attempt == 4:
-                    raise self._backend_error(exc) from None
-                time.sleep(0.5)
+            )
+        except auto.StackNotFoundError:
+            raise NotFound(f"no environment {key!r} in this backend") from None
         self._configure(stack)
         return stack
 
@@ -220,7 +204,7 @@ class Stacks:
                 cwd=self._workspace().work_dir,
             )
         except Unreachable:
-            if key not in self.stacks():
+            if key not in self.environments():
                 return None
             raise
 
@@ -247,74 +231,75 @@ class Stacks:
     ) -> Applied:
         """Apply `change` to the latest spec under the stack's lock and deploy the result.
 
+        A change that leaves nothing also removes, under the lock, this stack's objects that
+        no state records, and then the emptied stack (`remove_if_empty`).
         Raises the change's own PreviewError (nothing deployed), Busy when the lock stays
         held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
         """
-        applied = Applied()
         stack_id = self.stack_id(key)
-        workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names the project)
+        # A stack removed between its selection and the update is selected (created) again,
+        # once: only when `create` is set.
+        for attempt in range(2 if create else 1):
+            applied = Applied()
+            workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names it)
 
-        def program() -> None:
-            applied.ran = True
-            applied.error = None
+            def program(applied: Applied = applied, workdir: list[str] = workdir) -> None:
+                applied.error = None
+                try:
+                    import pulumi
+
+                    before = read_latest_spec(
+                        key,
+                        organization=pulumi.get_organization(),
+                        env=self.env_vars,
+                        cwd=workdir[0] if workdir else None,
+                    )
+                    applied.before = before
+                    applied.after = apply_change(change, key, before, _now())
+                    if applied.after is None or key in self._orphans_possible:
+                        self._sweep_orphans(key, applied.after, reader, stack_id)
+                    declare(applied.after, reader, stack_id)
+                except PreviewError as exc:
+                    applied.error = exc
+                    raise
+
+            stack = self._create_or_select(key, program) if create else self._select(key, program)
+            workdir.append(stack.workspace.work_dir)
+
+            def up(stack: auto.Stack = stack) -> None:
+                stack.up(on_event=on_event, on_output=on_output, color="never", refresh=refresh)
+
             try:
-                import pulumi
-
-                before = read_latest_spec(
-                    key,
-                    organization=pulumi.get_organization(),
-                    env=self.env_vars,
-                    cwd=workdir[0] if workdir else None,
-                )
-                applied.before = before
-                applied.after = apply_change(change, key, before, _now())
-                if key in self._orphans_possible:
-                    self._sweep_orphans(key, applied.after, reader, stack_id)
-                declare(applied.after, reader, stack_id)
-            except PreviewError as exc:
-                applied.error = exc
+                self._locked(key, up, lock_wait=lock_wait, stale_lock_after=stale_lock_after)
+            except DeployFailed as exc:
+                if applied.error is not None:
+                    raise applied.error from None
+                exc.applied = applied  # type: ignore[attr-defined]
                 raise
-
-        stack = self._create_or_select(key, program) if create else self._select(key, program)
-        workdir.append(stack.workspace.work_dir)
-
-        def up() -> None:
-            stack.up(on_event=on_event, on_output=on_output, color="never", refresh=refresh)
-
-        try:
-            self._locked(key, up, lock_wait=lock_wait, stale_lock_after=stale_lock_after)
-        except DeployFailed as exc:
-            if applied.error is not None:
-                raise applied.error from None
-            exc.applied = applied  # type: ignore[attr-defined]
-            raise
-        except NotFound:
-            if create:  # the stack was removed between select and up: start over once
-                return self.apply(
-                    key,
-                    change,
-                    reader,
-                    on_event=on_event,
-                    on_output=on_output,
-                    create=True,
-                    refresh=refresh,
-                    lock_wait=lock_wait,
-                    stale_lock_after=stale_lock_after,
-                )
-            raise
-        return applied
+            except NotFound:
+                if attempt == 0 and create:
+                    continue
+                raise
+            if applied.after is None:
+                self.remove_if_empty(key)
+            return applied
+        raise AssertionError("unreachable")
 
     def _sweep_orphans(
         self, key: str, env: EnvironmentSpec | None, reader: TargetReader, stack_id: str
     ) -> None:
         """Under the lock: delete this stack's objects that the update will not declare
-        (a killed update's unrecorded creates; recorded ones Pulumi deletes anyway)."""
+        (a killed update's unrecorded creates; recorded ones Pulumi deletes anyway). Only
+        under the lock: a teammate's start that re-creates the key later gets the same
+        stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
-        Cluster(self.cluster).sweep(key, stack_id, keep=keep)
+        if self._kube is None:
+            self._kube = Cluster(self.cluster)
+        self._kube.sweep(key, stack_id, keep=keep)
         self._orphans_possible.discard(key)
 
     def remove_if_empty(self, key: str) -> bool:
@@ -338,6 +323,7 @@ class Stacks:
     def destroy(
         self,
         key: str,
+        reader: TargetReader,
         *,
         on_event: EventHandler,
         on_output: OutputHandler,
@@ -345,42 +331,36 @@ class Stacks:
         stale_lock_after: float | None = None,
         attempts: int = 3,
     ) -> bool:
-        """Refresh, destroy and remove the stack; False when this backend has none.
+        """Remove every object and the stack; False when this backend has none.
 
-        Resources already deleted by hand are fine (refresh first). A lock whose holder is
-        gone is recovered when `stale_lock_after` is given (rule in preview_stack.reaping).
-        Other failures are retried with backoff. The stack is removed only if it is still
-        empty (`stack rm` without --force): a teammate's start that slipped in after the
-        destroy keeps its environment.
+        One update that refreshes first (objects deleted by hand are fine) and declares
+        nothing, so leftovers are swept under the lock and the stack goes only if it is
+        still empty: a teammate's start that slipped in keeps its environment. A lock whose
+        holder is gone is recovered when `stale_lock_after` is given (rule in
+        preview_stack.reaping). Deploy failures are retried with backoff.
         """
-        try:
-            stack = self._select(key, _noop)
-        except NotFound:
-            return False
         delay = 2.0
         for attempt in range(1, attempts + 1):
             try:
-                self._locked(
+                self.apply(
                     key,
-                    lambda: stack.destroy(
-                        on_event=on_event, on_output=on_output, refresh=True, color="never"
-                    ),
+                    DestroyAll(),
+                    reader,
+                    on_event=on_event,
+                    on_output=on_output,
+                    create=False,
+                    refresh=True,
                     lock_wait=lock_wait,
                     stale_lock_after=stale_lock_after,
                 )
-                break
+                return True
+            except NotFound:
+                return False
             except DeployFailed:
                 if attempt == attempts:
                     raise
                 time.sleep(delay)
                 delay *= 2
-        try:
-            stack.workspace.remove_stack(key)
-        except auto.CommandError as exc:
-            text = str(exc)
-            # Still holding resources or locked: a teammate's start came in after the destroy.
-            if not any(s in text for s in ("still contains resources", "no stack named", "locked")):
-                raise self._backend_error(exc) from None
         return True
 
     # ------------------------------------------------------------------ locks
@@ -435,7 +415,7 @@ class Stacks:
                 raise _Retry from None
             if "no stack named" in text:
                 raise NotFound(f"no environment {key!r} in this backend") from None
-            if "incorrect passphrase" in text:
+            if backends.wrong_passphrase(text):
                 raise self._backend_error(exc) from None
             raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
 
@@ -458,9 +438,6 @@ class Stacks:
                     return False
             self._attempt(key, action)
             return True
-
-    def recover(self, key: str, stale_after: float, locks: list[Lock]) -> bool:
-        return self._recover(key, locks, stale_after)
 
     def _recover(self, key: str, locks: list[Lock], stale_after: float) -> bool:
         """Take over `locks` when every one is stale (preview_stack.reaping.lock_is_stale):
@@ -558,4 +535,4 @@ def connect(settings: Settings) -> tuple[Cluster, Stacks]:
     return cluster, stacks
 
 
-__all__ = ["Any", "Applied", "StackInfo", "Stacks", "connect"]
+__all__ = ["Applied", "Stacks", "connect"]

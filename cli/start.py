@@ -222,7 +222,7 @@ def start(
     cluster, stacks = connect(opts)
     from_env = os.environ.get("MIRRORD_KEY")
     # Listing stacks (a pulumi process) is only needed to generate a key that is free.
-    existing_keys = set() if (key or from_env or declared) else set(stacks.keys())
+    existing_keys = set() if (key or from_env or declared) else set(stacks.environments())
     env_key, generated = resolve_key(
         flag=key, env_var=from_env, config_key=declared, existing=existing_keys
     )
@@ -292,7 +292,7 @@ def start(
         progress.line("Deploy failed; undoing this start (other targets are kept)...")
         seen: Applied | None = getattr(exc, "applied", None)
         undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
-        undone = stacks.apply(
+        stacks.apply(
             env_key,
             undo,
             reader,
@@ -300,9 +300,6 @@ def start(
             on_output=progress.on_output,
             create=False,
         )
-        if undone.after is None:
-            stacks.remove_if_empty(env_key)
-            cluster.sweep(env_key, stack_id)
         raise DeployFailed(why) from None
     progress.line("Deploying pod... done.")
     env = applied.after

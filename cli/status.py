@@ -27,7 +27,7 @@ def status(
     """
     opts = settings(ctx)
     cluster, stacks = connect(opts)
-    keys = stacks.keys()
+    keys = stacks.environments()
 
     def ours(obj: dict[str, Any]) -> bool:
         """Records and pods of this backend's stacks; other backends' keys are theirs."""

@@ -145,3 +145,15 @@ def redact(url: str) -> str:
         netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
         return parsed._replace(netloc=netloc).geturl()
     return url
+
+
+def wrong_passphrase(pulumi_output: str) -> bool:
+    """Whether Pulumi's output says the passphrase does not open the stack's secrets."""
+    return "incorrect passphrase" in pulumi_output or "passphrase must be set" in pulumi_output
+
+
+def wrong_passphrase_message(what: str) -> str:
+    return (
+        f"{what} were encrypted with another passphrase; set PULUMI_CONFIG_PASSPHRASE "
+        "(or PULUMI_CONFIG_PASSPHRASE_FILE) to the team's one"
+    )

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from preview_stack import naming
+from preview_stack import backends, naming
 from preview_stack.errors import Unreachable
 from preview_stack.spec import EnvironmentSpec
 
@@ -40,10 +40,9 @@ def read_latest_spec(
         check=False,
     )
     if done.returncode != 0:
-        if "incorrect passphrase" in done.stderr:
+        if backends.wrong_passphrase(done.stderr):
             raise Unreachable(
-                f"environment {key!r} was encrypted with another passphrase; set "
-                "PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to the team's one"
+                backends.wrong_passphrase_message(f"the secrets of environment {key!r}")
             )
         last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise Unreachable(f"cannot read environment {key!r} from the backend: {last}")
