@@ -1,7 +1,7 @@
 """`preview-env reap`: destroy every expired environment, once or every DURATION.
 
-Finding what is due costs one Kubernetes list call (the records), never a `pulumi` process
-per environment. Destroys run in parallel; one failure never stops the others.
+What is due is read from the backend (one `pulumi stack output` per stack, several at
+once), never from the cluster. Destroys run in parallel; one failure never stops the others.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 from pydantic import BaseModel
@@ -28,11 +28,10 @@ from cli.context import (
 from cli.output import Format, print_json
 from cli.stacks import Stacks, connect
 from cli.start import CachedReader
-from preview_stack import naming
 from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
-from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expired
+from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due
 from preview_stack.ttl import parse_duration, rfc3339
 
 Outcome = Literal["reaped", "would-reap", "skipped", "failed"]
@@ -120,31 +119,23 @@ def reap_one(
     return result("reaped")
 
 
-def find_due(cluster: Cluster, stacks: Stacks, now: dt.datetime) -> list[Due]:
-    """Due environments of this backend: its stacks (one `pulumi stack ls`) joined with the
-    cluster's records (one list call). Records are hints: one from another backend or with
-    a forged label is ignored, and the re-check under the lock decides. A stack whose
-    record is gone is read from the backend (its outputs), so it never becomes immortal."""
-    keys = stacks.environments()
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for record in cluster.records():
-        labels = record.get("metadata", {}).get("labels") or {}
-        key = labels.get(naming.LABEL_KEY, "")
-        if key in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(key):
-            by_key.setdefault(key, []).append(record)
-    due = {d.key: d for d in expired([r for rs in by_key.values() for r in rs], now)}
-    for key in sorted(set(keys) - set(by_key)):
-        try:
-            spec = stacks.outputs(key)
-        except PreviewError:
+def find_due(stacks: Stacks, now: dt.datetime) -> list[Due]:
+    """Due environments of this backend, from its stacks and their specs as the backend
+    holds them (records in the cluster are never read: anyone with a namespace could plant
+    one). An emptied stack is due at once: removing it is all that is left. The re-check
+    under the lock decides in the end."""
+    due = []
+    for key, spec in stacks.specs(stacks.environments()).items():
+        if isinstance(spec, PreviewError):
+            err_console.print(f"warning: {spec}; left for the next round")
             continue
         if spec is None:
-            due[key] = Due(key=key, expires_at=now)  # an emptied stack: remove it
+            due.append(Due(key=key, expires_at=now))
             continue
         moment = spec.expiry()
         if moment is not None and moment <= now:
-            due[key] = Due(key=key, expires_at=moment)
-    return sorted(due.values(), key=lambda d: (d.expires_at, d.key))
+            due.append(Due(key=key, expires_at=moment))
+    return sorted(due, key=lambda d: (d.expires_at, d.key))
 
 
 def run_round(
@@ -157,7 +148,7 @@ def run_round(
     stopper: Stopper,
 ) -> RoundReport:
     now = dt.datetime.now(dt.UTC)  # once per pass
-    due = find_due(cluster, stacks, now)
+    due = find_due(stacks, now)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(
             pool.map(

@@ -14,7 +14,8 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,8 @@ from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Lock, lock_is_stal
 from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
+# Backend reads at once for `status` and `reap` (one `pulumi stack output` each).
+SPEC_READS_AT_ONCE = 8
 EventHandler = Callable[[auto.EngineEvent], None]
 T = TypeVar("T")
 OutputHandler = Callable[[str], None]
@@ -75,6 +78,10 @@ class Stacks:
         if backends.kind(backend) == "postgres" and "PULUMI_DIY_BACKEND_PARALLEL" not in os.environ:
             env["PULUMI_DIY_BACKEND_PARALLEL"] = str(backends.POSTGRES_LIST_PARALLEL)
         self.env_vars = env
+        if backends.kind(backend) == "file":
+            # State files hold encrypted secrets and plain specs: private to this user,
+            # whatever the shell's umask (the `pulumi` processes inherit ours).
+            os.umask(0o077)
         self._identity: str | None = None
         self._kube: Cluster | None = None
         # Keys whose dead holder's lock we took over: its update may have created objects
@@ -208,6 +215,28 @@ class Stacks:
                 return None
             raise
 
+    def specs(
+        self, keys: Iterable[str], parallel: int = SPEC_READS_AT_ONCE
+    ) -> dict[str, EnvironmentSpec | PreviewError | None]:
+        """The latest spec of each stack, read from the backend (the authority; records in
+        the cluster are never trusted), several at once. A stack that cannot be read maps
+        to its error; an emptied one (or one whose first update is running) to None."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        organization, work_dir = self._organization(), self._workspace().work_dir
+
+        def read(key: str) -> EnvironmentSpec | PreviewError | None:
+            try:
+                return read_latest_spec(
+                    key, organization=organization, env=self.env_vars, cwd=work_dir
+                )
+            except PreviewError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(keys)))) as pool:
+            return dict(zip(keys, pool.map(read, keys), strict=True))
+
     def _organization(self) -> str:
         return "organization" if backends.kind(self.backend) != "cloud" else self._cloud_org()
 
@@ -257,7 +286,7 @@ class Stacks:
                     applied.before = before
                     applied.after = apply_change(change, key, before, _now())
                     if applied.after is None or key in self._orphans_possible:
-                        self._sweep_orphans(key, applied.after, reader, stack_id)
+                        self._sweep_orphans(key, before, applied.after, reader, stack_id)
                     declare(applied.after, reader, stack_id)
                 except PreviewError as exc:
                     applied.error = exc
@@ -286,7 +315,12 @@ class Stacks:
         raise AssertionError("unreachable")
 
     def _sweep_orphans(
-        self, key: str, env: EnvironmentSpec | None, reader: TargetReader, stack_id: str
+        self,
+        key: str,
+        before: EnvironmentSpec | None,
+        env: EnvironmentSpec | None,
+        reader: TargetReader,
+        stack_id: str,
     ) -> None:
         """Under the lock: delete this stack's objects that the update will not declare
         (a killed update's unrecorded creates; recorded ones Pulumi deletes anyway). Only
@@ -299,7 +333,8 @@ class Stacks:
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
         if self._kube is None:
             self._kube = Cluster(self.cluster)
-        self._kube.sweep(key, stack_id, keep=keep)
+        namespaces = {s.namespace for e in (before, env) if e for s in e.services}
+        self._kube.sweep(key, stack_id, keep=keep, namespaces=namespaces)
         self._orphans_possible.discard(key)
 
     def remove_if_empty(self, key: str) -> bool:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,12 +28,22 @@ from preview_stack.derive import TargetWorkload
 from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
 from preview_stack.program import manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
-from preview_stack.routing import service_traffic, share_links
+from preview_stack.routing import (
+    crossing_keys,
+    effective_filter,
+    new_share_token,
+    route_headers,
+    service_traffic,
+    serving_problem,
+    share_links,
+)
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import pod_ready, pod_reason
 from preview_stack.ttl import format_seconds
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
+# How long `start` waits for a mesh or gateway to accept its routes before saying so.
+ROUTE_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_ROUTE_WAIT", "10"))
 
 
 class Routing(StrEnum):
@@ -56,6 +67,11 @@ class StartResult(BaseModel):
     pods: list[StartedPod]
     expires_at: str | None = Field(alias="expiresAt")
     links: list[str] = Field(default_factory=list)
+    routes_problem: str | None = Field(
+        default=None,
+        alias="routesProblem",
+        description="why the routes carry no traffic yet (None: served, or no routes)",
+    )
 
 
 class CachedReader:
@@ -78,7 +94,8 @@ class CachedReader:
 
 
 def git_branch() -> str:
-    branch = os.environ.get("GITHUB_HEAD_REF") or ""
+    """`{{ git_branch }}`: MIRRORD_BRANCH_NAME (as in mirrord), the PR branch in CI, or git."""
+    branch = os.environ.get("MIRRORD_BRANCH_NAME") or os.environ.get("GITHUB_HEAD_REF") or ""
     if branch:
         return branch
     try:
@@ -108,7 +125,7 @@ def owner() -> str:
 def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[StartedPod]:
     by_target = {s.target_label: s for s in env.services}
     pods = []
-    for pod in cluster.preview_pods(env.key):
+    for pod in cluster.preview_pods(env.key, {s.namespace for s in env.services}):
         meta = pod["metadata"]
         if meta.get("deletionTimestamp"):
             continue
@@ -134,7 +151,7 @@ def _failure_reason(cluster: Cluster, key: str, service: ServiceSpec) -> str:
     try:
         pods = [
             p
-            for p in cluster.preview_pods(key)
+            for p in cluster.preview_pods(key, {service.namespace})
             if p["metadata"].get("labels", {}).get(naming.LABEL_TARGET) == service.target_label
         ]
     except PreviewError:
@@ -144,6 +161,73 @@ def _failure_reason(cluster: Cluster, key: str, service: ServiceSpec) -> str:
         pod = unready[0]
         return f"pod {pod['metadata']['name']} not Ready: {pod_reason(pod)}"
     return "no pod became Ready" if not pods else ""
+
+
+def _check_routes_of_others(
+    cluster: Cluster,
+    manifests: list[dict[str, Any]],
+    service: ServiceSpec,
+    key: str,
+    stack_id: str,
+) -> None:
+    """Refuse a stable share host another environment holds; warn when this target's
+    header filter would also take another live environment's requests."""
+    mine = [m for m in manifests if m["kind"] == "HTTPRoute"]
+    if not mine:
+        return
+    selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    theirs = [
+        r
+        for r in cluster.routes(selector, {service.namespace})
+        if (r["metadata"].get("labels") or {}).get(naming.LABEL_STACK) != stack_id
+    ]
+    for route in mine:
+        for host in route["spec"].get("hostnames", []):
+            for other in theirs:
+                if host in other["spec"].get("hostnames", []):
+                    holder = (other["metadata"].get("labels") or {}).get(naming.LABEL_KEY)
+                    raise Busy(
+                        f"share host {host} is held by environment {holder!r}; drop "
+                        "--stable-share-host to get an unguessable host of your own"
+                    )
+    header = effective_filter(service.incoming, key) if service.routing else None
+    if header is None:
+        return
+    parents = {
+        (r["metadata"]["namespace"], ref["name"])
+        for r in mine
+        for ref in r["spec"]["parentRefs"]
+        if ref.get("kind") == "Service"
+    }
+    same_target = [
+        r
+        for r in theirs
+        if any(
+            (r["metadata"]["namespace"], ref.get("name")) in parents
+            for ref in r["spec"].get("parentRefs", [])
+            if ref.get("kind") == "Service"
+        )
+    ]
+    crossed = crossing_keys(header, key, route_headers(same_target))
+    if crossed:
+        err_console.print(
+            f"warning: the header filter {header.name}: {header.value} also matches the "
+            f"requests of environment(s) {', '.join(crossed)} on the same target; "
+            "make it match only this key",
+            markup=False,
+        )
+
+
+def _wait_until_served(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> str | None:
+    """Wait (briefly) for a controller to accept this environment's routes; why not, or None."""
+    selector = f"{naming.LABEL_KEY}={env.key},{naming.LABEL_STACK}={stack_id}"
+    namespaces = {s.namespace for s in env.services}
+    deadline = time.monotonic() + ROUTE_WAIT_SECONDS
+    while True:
+        problem = serving_problem(cluster.routes(selector, namespaces))
+        if problem is None or time.monotonic() >= deadline:
+            return problem
+        time.sleep(0.5)
 
 
 @handles_errors
@@ -202,8 +286,15 @@ def start(
     ] = None,
     share_domain: Annotated[
         str | None,
-        typer.Option(help="share link: domain whose <key> subdomain reaches the preview"),
+        typer.Option(help="share link: domain whose <key>-<random> subdomain reaches the preview"),
     ] = None,
+    stable_share_host: Annotated[
+        bool,
+        typer.Option(
+            "--stable-share-host",
+            help="share link: <key>.<domain> (guessable) instead of <key>-<random>.<domain>",
+        ),
+    ] = False,
     keep_on_failure: Annotated[
         bool,
         typer.Option(
@@ -240,6 +331,7 @@ def start(
         routing=routing is Routing.auto,
         gateway=gateway,
         share_domain=share_domain,
+        share_token=None if stable_share_host else new_share_token(),
     )
     request = build_request(parsed, flags, default_namespace=cluster.default_namespace())
     service = request.service
@@ -273,6 +365,8 @@ def start(
                 "with that backend"
             )
 
+    _check_routes_of_others(cluster, manifests, service, env_key, stack_id)
+
     progress.line("Deploying pod...")
     try:
         applied = stacks.apply(
@@ -305,6 +399,10 @@ def start(
     env = applied.after
     assert env is not None
     expires = env.expiry()
+    not_served = None
+    if any(s.routing and (s.incoming or s.share) for s in env.services):
+        progress.line("Waiting for a mesh or gateway to accept the routes...")
+        not_served = _wait_until_served(cluster, env, stack_id)
 
     result = StartResult(
         key=env_key,
@@ -312,6 +410,7 @@ def start(
         pods=_pods_of(cluster, env, stack_id),
         expires_at=env.expires_at,
         links=share_links(env),
+        routes_problem=not_served,
     )
     if not text:
         print_json(result)
@@ -328,9 +427,13 @@ def start(
     else:
         left = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
         out_console.print(f"  TTL expires in: {format_seconds(max(left, 0))}")
-    hints = sorted({p.traffic for p in result.pods if p.traffic})
-    for hint in hints:
-        out_console.print(f"  Traffic: {hint}", markup=False)
+    if not_served:
+        out_console.print(f"  Traffic: routes declared but not served: {not_served}", markup=False)
+    else:
+        for hint in sorted({p.traffic for p in result.pods if p.traffic}):
+            out_console.print(f"  Traffic: {hint}", markup=False)
     for link in result.links:
-        out_console.print(f"  Share link: {link}", markup=False)
+        out_console.print(
+            f"  Share link: {link}" + (" (not served yet)" if not_served else ""), markup=False
+        )
     sys.stdout.flush()

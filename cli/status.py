@@ -3,44 +3,92 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from cli.context import handles_errors, out_console, settings
+from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import Format, print_json
 from cli.stacks import connect
 from preview_stack import naming
-from preview_stack.status import summarize
+from preview_stack.routing import serving_problem
+from preview_stack.spec import EnvironmentSpec
+from preview_stack.status import ignored_records, summarize
 
 
 @handles_errors
 def status(
     ctx: typer.Context,
     key: Annotated[str | None, typer.Option("-k", "--key", help="only this environment")] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "-n", "--namespace", help="only environments with a preview in this namespace"
+        ),
+    ] = None,
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """List environments: pods, readiness, TTL remaining and state.
 
-    Costs one `pulumi` process and two API calls whatever the number of environments.
+    What each environment is comes from the backend (the authority), never from records in
+    the cluster; pods are listed cluster-wide, or per namespace for namespace-scoped users.
     """
     opts = settings(ctx)
     cluster, stacks = connect(opts)
     keys = stacks.environments()
+    wanted = [k for k in keys if key is None or k == key]
+    specs = stacks.specs(wanted)
+    if namespace is not None:
+        specs = {
+            k: s
+            for k, s in specs.items()
+            if isinstance(s, EnvironmentSpec) and namespace in {v.namespace for v in s.services}
+        }
+        keys = {k: v for k, v in keys.items() if k in specs}
+    namespaces = (
+        {namespace}
+        if namespace
+        else {
+            v.namespace
+            for s in specs.values()
+            if isinstance(s, EnvironmentSpec)
+            for v in s.services
+        }
+    )
 
-    def ours(obj: dict[str, Any]) -> bool:
-        """Records and pods of this backend's stacks; other backends' keys are theirs."""
+    def ours(obj: Mapping[str, Any]) -> bool:
+        """Objects of this backend's stacks; other backends' keys are theirs."""
         labels = obj.get("metadata", {}).get("labels") or {}
         found = labels.get(naming.LABEL_KEY, "")
         return found in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(found)
 
+    pods = [p for p in cluster.preview_pods(key, namespaces) if ours(p)]
+    routes_by_key: dict[str, list[dict[str, Any]]] = {}
+    selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}" + (
+        f",{naming.LABEL_KEY}={key}" if key else ""
+    )
+    for route in cluster.routes(selector, namespaces):
+        if ours(route):
+            routes_by_key.setdefault(route["metadata"]["labels"][naming.LABEL_KEY], []).append(
+                route
+            )
+    not_served = {k: problem for k, rs in routes_by_key.items() if (problem := serving_problem(rs))}
+    committed = {k: s if isinstance(s, EnvironmentSpec) else None for k, s in specs.items()}
+    for where in ignored_records(cluster.records(key, namespaces), committed, ours):
+        err_console.print(
+            f"warning: ignored record {where}: not where its environment keeps its record "
+            "(planted or stale); the backend is the authority"
+        )
     summaries = summarize(
-        records=[r for r in cluster.records(key) if ours(r)],
-        pods=[p for p in cluster.preview_pods(key) if ours(p)],
+        specs=specs,
+        pods=pods,
         stacks=keys,
         now=dt.datetime.now(dt.UTC),
         only_key=key,
+        unlisted=cluster.unlisted,
+        not_served=not_served,
     )
     if output is Format.json:
         print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])
@@ -81,9 +129,13 @@ def status(
                 pod.target,
                 pod.image,
                 ready,
-                pod.traffic or "-",
+                ("not served: " if env.routes_problem else "") + (pod.traffic or "-"),
             )
     out_console.print(table)
     for env in summaries:
+        if env.routes_problem:
+            out_console.print(
+                f"routes of {env.key} declared but not served: {env.routes_problem}", markup=False
+            )
         for link in env.links:
-            out_console.print(f"share link for {env.key}: {link}")
+            out_console.print(f"share link for {env.key}: {link}", markup=False)

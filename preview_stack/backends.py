@@ -65,6 +65,7 @@ def resolve(flag: str | None) -> str:
     directory, so a relative path would point elsewhere), created and private (0700).
     """
     url = flag or os.environ.get("PULUMI_BACKEND_URL") or logged_in_backend()
+    default = not url
     if not url:
         url = f"file://{default_state_dir() / 'backend'}"
     path = file_backend_root(url)
@@ -72,6 +73,9 @@ def resolve(flag: str | None) -> str:
         return url
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if default:  # ours: private even if an older version created it readable
+            path.parent.chmod(0o700)
+            path.chmod(0o700)
     except OSError as exc:
         raise BadInput(
             f"backend {url} cannot be created: {exc.strerror}; pass --backend file://<writable dir>"

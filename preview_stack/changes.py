@@ -49,12 +49,22 @@ class AddService:
                 services=[],
             )
             spec = fresh
-        return spec.with_service(self.service).model_copy(
+        return spec.with_service(self._keeping_share_token(spec)).model_copy(
             update={
                 "expires_at": later_expiry(spec.expires_at, now, self.ttl_seconds),
                 "ttl_seconds": self.ttl_seconds,
             }
         )
+
+    def _keeping_share_token(self, spec: EnvironmentSpec) -> ServiceSpec:
+        """A share link keeps the environment's random host part for its whole life."""
+        share = self.service.share
+        if share is None or share.token is None:
+            return self.service
+        prior = next((s.share.token for s in spec.services if s.share and s.share.token), None)
+        if prior is None:
+            return self.service
+        return self.service.model_copy(update={"share": share.model_copy(update={"token": prior})})
 
     def previous_of(self, spec: EnvironmentSpec | None) -> ServiceSpec | None:
         """This target's version before the change (what a failed start restores)."""

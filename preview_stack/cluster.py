@@ -6,7 +6,7 @@ Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,18 @@ from preview_stack.errors import NotFound, PreviewError, Unreachable
 from preview_stack.spec import ServiceSpec
 
 _ROLLOUTS = ("argoproj.io", "v1alpha1", "rollouts")
+_ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+@dataclass(frozen=True)
+class _Items:
+    """A custom-object list response shaped like the typed clients' (`.items`)."""
+
+    response: Mapping[str, Any]
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return list(self.response.get("items", []))
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,8 @@ class Cluster:
         self.core: Any = kclient.CoreV1Api(self.api)
         self.apps: Any = kclient.AppsV1Api(self.api)
         self.custom: Any = kclient.CustomObjectsApi(self.api)
+        # Namespaces this identity may not list in (see `_list`): reported, not fatal.
+        self.unlisted: set[str] = set()
 
     def default_namespace(self) -> str:
         try:
@@ -98,10 +112,14 @@ class Cluster:
         return result
 
     def check_namespace(self, namespace: str) -> None:
+        """A clear error for a missing namespace. Namespace-scoped users may not read
+        namespaces (cluster-scoped): then the target's own read tells."""
         with _errors(f"reading namespace {namespace}"):
             try:
                 self.core.read_namespace(namespace)
             except ApiException as exc:
+                if exc.status == 403:
+                    return
                 if exc.status != 404:
                     raise
                 names = sorted(n.metadata.name for n in self.core.list_namespace().items)
@@ -180,22 +198,86 @@ class Cluster:
             if (s.metadata.labels or {}).get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY
         ]
 
-    def records(self, key: str | None = None) -> list[dict[str, Any]]:
-        """Every environment record ConfigMap (one list call, all namespaces)."""
+    def _list(
+        self,
+        list_all: Callable[..., Any],
+        list_namespaced: Callable[..., Any],
+        selector: str,
+        namespaces: Collection[str] | None,
+    ) -> list[Any]:
+        """One cluster-wide list call; for a user without cluster-wide rights (403), one
+        call per namespace in `namespaces` (the environments' own, from the backend). A
+        namespace the user may not list either is left out (`self.unlisted`)."""
+        try:
+            return list(list_all(label_selector=selector).items)
+        except ApiException as exc:
+            if exc.status != 403 or namespaces is None:
+                raise
+        items: list[Any] = []
+        for namespace in sorted(set(namespaces)):
+            try:
+                items += list_namespaced(namespace, label_selector=selector).items
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                self.unlisted.add(namespace)
+        return items
+
+    def records(
+        self, key: str | None = None, namespaces: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Environment record ConfigMaps: hints for people using kubectl, never trusted."""
         selector = f"{naming.LABEL_COMPONENT}=record,{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
         if key:
             selector += f",{naming.LABEL_KEY}={key}"
         with _errors("listing environment records"):
-            items = self.core.list_config_map_for_all_namespaces(label_selector=selector).items
+            items = self._list(
+                self.core.list_config_map_for_all_namespaces,
+                self.core.list_namespaced_config_map,
+                selector,
+                namespaces,
+            )
         return [self._json(i) for i in items]
 
-    def preview_pods(self, key: str | None = None) -> list[dict[str, Any]]:
+    def preview_pods(
+        self, key: str | None = None, namespaces: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Preview pods (of `key`, else all): one call, or one per namespace (see _list)."""
         selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}"
         if key:
             selector += f"={key}"
         with _errors("listing preview pods"):
-            items = self.core.list_pod_for_all_namespaces(label_selector=selector).items
+            items = self._list(
+                self.core.list_pod_for_all_namespaces,
+                self.core.list_namespaced_pod,
+                selector,
+                namespaces,
+            )
         return [self._json(i) for i in items]
+
+    def routes(
+        self, selector: str, namespaces: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """HTTPRoutes matching `selector`: one call, or one per namespace (see `_list`);
+        none when the cluster has no Gateway API."""
+        with _errors("listing HTTPRoutes"):
+            try:
+                return list(
+                    self._list(
+                        lambda **kw: _Items(self.custom.list_cluster_custom_object(*_ROUTES, **kw)),
+                        lambda ns, **kw: _Items(
+                            self.custom.list_namespaced_custom_object(
+                                *_ROUTES[:2], ns, _ROUTES[2], **kw
+                            )
+                        ),
+                        selector,
+                        namespaces,
+                    )
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return []
+                raise
 
     def has_gateway_api(self) -> bool:
         """Whether the cluster serves HTTPRoutes (gateway.networking.k8s.io/v1)."""
@@ -239,7 +321,11 @@ class Cluster:
         return f"{where} exists and is not preview-env's"
 
     def sweep(
-        self, key: str, stack_id: str, keep: Collection[tuple[str, str, str]] = ()
+        self,
+        key: str,
+        stack_id: str,
+        keep: Collection[tuple[str, str, str]] = (),
+        namespaces: Collection[str] = (),
     ) -> list[str]:
         """Delete objects of this stack (`stack_id` label) that its state no longer tracks.
 
@@ -257,22 +343,25 @@ class Cluster:
             (
                 "deployment",
                 self.apps.list_deployment_for_all_namespaces,
+                self.apps.list_namespaced_deployment,
                 self.apps.delete_namespaced_deployment,
             ),
             (
                 "service",
                 self.core.list_service_for_all_namespaces,
+                self.core.list_namespaced_service,
                 self.core.delete_namespaced_service,
             ),
             (
                 "configmap",
                 self.core.list_config_map_for_all_namespaces,
+                self.core.list_namespaced_config_map,
                 self.core.delete_namespaced_config_map,
             ),
         ]
         with _errors(f"removing leftover objects of {key}"):
-            for kind, list_all, delete in kinds:
-                for item in list_all(label_selector=selector).items:
+            for kind, list_all, list_namespaced, delete in kinds:
+                for item in self._list(list_all, list_namespaced, selector, namespaces):
                     meta = item.metadata
                     if (kind, meta.namespace, meta.name) in keep:
                         continue
@@ -282,15 +371,8 @@ class Cluster:
                         if exc.status != 404:
                             raise
                     deleted.append(f"{kind}/{meta.namespace}/{meta.name}")
-            try:
-                routes = self.custom.list_cluster_custom_object(
-                    "gateway.networking.k8s.io", "v1", "httproutes", label_selector=selector
-                )
-            except ApiException as exc:
-                if exc.status != 404:  # no Gateway API in this cluster: nothing to sweep
-                    raise
-                routes = {"items": []}
-            for route in routes.get("items", []):
+            routes = self.routes(selector, namespaces)
+            for route in routes:
                 meta = route["metadata"]
                 if ("httproute", meta["namespace"], meta["name"]) in keep:
                     continue

@@ -1,4 +1,4 @@
-"""Reading a mirrord config file: render `{{ key }}`, parse JSON/YAML/TOML, validate.
+"""Reading a mirrord config file: render its template, parse JSON/YAML/TOML, validate.
 
 Only the fields previews use are modelled; anything else mirrord knows is reported as a
 warning (previews ignore it) rather than refused, so one config serves both tools.
@@ -7,19 +7,19 @@ warning (previews ignore it) rather than refused, so one config serves both tool
 from __future__ import annotations
 
 import json
-import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from preview_stack import template
 from preview_stack.errors import BadInput
 from preview_stack.ttl import INFINITE
 
 TARGET_KINDS = ("deployment", "statefulset", "rollout", "pod")
-_TEMPLATE = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
 class _Model(BaseModel):
@@ -186,19 +186,6 @@ def ignored_fields(config: MirrordConfig) -> list[str]:
     return sorted(found)
 
 
-def render(text: str, variables: dict[str, str]) -> str:
-    """Replace `{{ name }}`; an unknown name is an error naming the known ones."""
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in variables:
-            known = ", ".join(sorted(variables))
-            raise BadInput(f"unknown template variable {{{{ {name} }}}} (known: {known})")
-        return variables[name]
-
-    return _TEMPLATE.sub(substitute, text)
-
-
 def _parse_document(text: str, path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
@@ -223,9 +210,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def parse(text: str, *, source: Path) -> MirrordConfig:
-    """Parse an already rendered config document."""
-    data = _parse_document(text, source)
+def validate(data: Any, *, source: Path) -> MirrordConfig:
+    """Check a parsed (and rendered) config document."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -247,20 +233,24 @@ def read_text(path: Path) -> str:
         raise BadInput(f"config file {path} cannot be read: {exc}") from None
 
 
-def load(path: Path, variables: dict[str, str]) -> MirrordConfig:
-    return parse(render(read_text(path), variables), source=path)
+def load(path: Path, variables: Mapping[str, str]) -> MirrordConfig:
+    """Render, parse and validate; template values land as data, never as syntax."""
+    rendered = template.render(read_text(path), variables, source=path, parse=_parse_document)
+    return validate(rendered.data, source=path)
 
 
-def declared_key(path: Path) -> str | None:
+def declared_key(path: Path, variables: Mapping[str, str] | None = None) -> str | None:
     """The config's own `key` field, read before rendering (the key renders the rest).
 
-    Template variables are filled with a placeholder; a document that does not parse is
-    reported later by `load`, with the real values in place.
+    Names not in `variables` render as placeholders; a key that depends on one is not
+    declared. A document that does not render or parse is reported later by `load`.
     """
-    text = _TEMPLATE.sub("placeholder", read_text(path))
+    text = read_text(path)
     try:
-        data = _parse_document(text, path)
+        rendered = template.render(
+            text, variables or {}, source=path, parse=_parse_document, placeholders=True
+        )
     except BadInput:
         return None
-    key = data.get("key") if isinstance(data, dict) else None
-    return key if isinstance(key, str) else None
+    key = rendered.data.get("key") if isinstance(rendered.data, dict) else None
+    return key if isinstance(key, str) and rendered.resolved(key) else None

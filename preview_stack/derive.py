@@ -310,7 +310,7 @@ def _routes(
                 key=env.key,
                 incoming=spec.incoming,
                 gateway=spec.share.gateway,
-                domain=spec.share.domain,
+                host=routing.share_host(env.key, spec.share.domain, spec.share.token),
                 preview_service=preview_services[0],
                 labels=labels,
                 annotations=annotations,
@@ -331,23 +331,10 @@ def _service_ports(service: Mapping[str, Any]) -> list[Any]:
     return ports
 
 
-def spec_from_record(record: Mapping[str, Any]) -> EnvironmentSpec | None:
-    """The spec a record ConfigMap holds (None when it holds none)."""
-    raw = (record.get("data") or {}).get(naming.RECORD_DATA_KEY)
-    return EnvironmentSpec.model_validate_json(raw) if raw else None
-
-
-def spec_from_records(records: Sequence[Mapping[str, Any]]) -> EnvironmentSpec | None:
-    """The first spec among a key's records."""
-    for record in records:
-        spec = spec_from_record(record)
-        if spec is not None:
-            return spec
-    return None
-
-
 def record_manifest(env: EnvironmentSpec) -> Manifest:
-    """The ConfigMap that lets `status` and `reap` list environments in one API call."""
+    """A ConfigMap describing the environment to people with kubectl: never read by
+    preview-env (the backend is the authority) and free of values (overrides are named,
+    not shown: they may be tokens)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -366,5 +353,26 @@ def record_manifest(env: EnvironmentSpec) -> Manifest:
                 naming.ANNOTATION_EXPIRES_AT: env.expires_at or "never",
             },
         },
-        "data": {naming.RECORD_DATA_KEY: env.model_dump_json()},
+        "data": {naming.RECORD_DATA_KEY: redacted(env).model_dump_json()},
     }
+
+
+def redacted(env: EnvironmentSpec) -> EnvironmentSpec:
+    """`env` with every override value replaced: what may be shown or stored in clear."""
+    return env.model_copy(
+        update={
+            "services": [
+                s.model_copy(
+                    update={
+                        "env": s.env.model_copy(
+                            update={"override": dict.fromkeys(s.env.override, REDACTED)}
+                        )
+                    }
+                )
+                for s in env.services
+            ]
+        }
+    )
+
+
+REDACTED = "(secret)"

@@ -6,6 +6,7 @@ program (Automation API) and `__main__.py` (`pulumi up` on the repository's Pulu
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -53,6 +54,21 @@ def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = ""
     return manifests
 
 
+def _with_secret_values(spec: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The Deployment spec with the values of `names` (env overrides: often tokens or URLs
+    with passwords) as Pulumi secrets: encrypted in the state, `[secret]` in diffs. The
+    provider then marks the outputs holding them secret too."""
+    if not names:
+        return spec
+    spec = copy.deepcopy(spec)
+    pod = spec["template"]["spec"]
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        for var in container.get("env") or []:
+            if var.get("name") in names and "value" in var:
+                var["value"] = pulumi.Output.secret(var["value"])
+    return spec
+
+
 def _resource_name(manifest: Manifest) -> str:
     meta = manifest["metadata"]
     return f"{manifest['kind'].lower()}:{meta['namespace']}/{meta['name']}"
@@ -69,6 +85,7 @@ class PreviewEnvironment(pulumi.ComponentResource):
     ) -> None:
         super().__init__(COMPONENT_TYPE, env.key, None, opts)
         timeouts = {s.target_id: s.creation_timeout_secs for s in env.services}
+        overrides = {s.target_id: set(s.env.override) for s in env.services}
         self.resources: list[pulumi.CustomResource] = []
         for manifest in manifests:
             child = pulumi.ResourceOptions(parent=self)
@@ -83,9 +100,10 @@ class PreviewEnvironment(pulumi.ComponentResource):
                         create=f"{seconds}s", update=f"{seconds}s"
                     ),
                 )
+                spec = _with_secret_values(manifest["spec"], overrides.get(target, set()))
                 self.resources.append(
                     k8s.apps.v1.Deployment(
-                        name, metadata=manifest["metadata"], spec=manifest["spec"], opts=child
+                        name, metadata=manifest["metadata"], spec=spec, opts=child
                     )
                 )
             elif kind == "Service":
@@ -136,5 +154,6 @@ def declare(
     spec = json.loads(env.model_dump_json())
     pulumi.export("key", env.key)
     pulumi.export("expiresAt", live.apply(lambda _: env.expires_at))
-    pulumi.export("spec", live.apply(lambda _: spec))
+    # Secret: it holds the override values (read back with --show-secrets, under the lock).
+    pulumi.export("spec", pulumi.Output.secret(live.apply(lambda _: spec)))
     return component

@@ -1,23 +1,21 @@
 """Which environments are due for reaping, and when a stack lock is stale (pure).
 
-The reaper finds candidates from their record ConfigMaps (one API call) and from the
-backend's stack list (one `pulumi` process), never a process per environment; records are
-hints, the re-check under the stack's lock decides. A lock is taken over by one rule, the
-same on every backend (Pulumi's lock error names holder, host, PID and time everywhere):
-its holder is provably gone (a process on this host that no longer runs), or the lock is
-older than the threshold, which is always longer than the longest update preview-env runs
-(creation timeouts are capped at MAX_CREATION_TIMEOUT_SECONDS).
+The reaper finds candidates in the backend (never in the cluster's records, which anyone
+with a namespace could plant); the re-check under the stack's lock decides. A lock is
+taken over by one rule, the same on every backend (Pulumi's lock error names holder, host,
+PID and time everywhere): its holder is provably gone (a process on this host that no
+longer runs), or the lock is older than the threshold, which is always longer than the
+longest update preview-env runs (creation timeouts are capped at
+MAX_CREATION_TIMEOUT_SECONDS).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from preview_stack import naming
 from preview_stack.ttl import parse_rfc3339
 
 DEFAULT_STALE_LOCK_SECONDS = 30 * 60
@@ -35,26 +33,6 @@ _LOCK_LINE = re.compile(
 class Due:
     key: str
     expires_at: dt.datetime
-
-
-def expired(records: Sequence[Mapping[str, Any]], now: dt.datetime) -> list[Due]:
-    """Environments whose expiry has passed, oldest first. `now` is computed once per pass."""
-    due: dict[str, Due] = {}
-    for record in records:
-        meta = record.get("metadata", {})
-        key = (meta.get("labels") or {}).get(naming.LABEL_KEY)
-        raw = (meta.get("annotations") or {}).get(naming.ANNOTATION_EXPIRES_AT)
-        if not key or not raw or raw == "never":
-            continue
-        try:
-            moment = parse_rfc3339(raw)
-        except ValueError:
-            continue
-        if moment.tzinfo is None:  # not ours (we always write UTC): a hint to ignore
-            continue
-        if moment <= now:
-            due[key] = Due(key=key, expires_at=moment)
-    return sorted(due.values(), key=lambda d: (d.expires_at, d.key))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Flags:
     routing: bool = True
     gateway: str | None = None
     share_domain: str | None = None
+    share_token: str | None = None  # None: the stable host <key>.<domain>
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
     if flags.gateway and flags.share_domain:
         if flags.gateway.count("/") != 1 or not all(flags.gateway.split("/")):
             raise BadInput(f"--gateway {flags.gateway!r}: use NAMESPACE/NAME")
-        share = ShareLink(gateway=flags.gateway, domain=flags.share_domain)
+        share = ShareLink(gateway=flags.gateway, domain=flags.share_domain, token=flags.share_token)
     env = config.feature.env
     service = ServiceSpec(
         target=target,

@@ -5,7 +5,11 @@ Routes attached to a Service (GAMMA) carry the key-scoped traffic:
 - `steal` with `^Name: value-regex$`: a rule matching that header sends the request to the
   preview Service; a catch-all rule sends everything else to the target Service itself, so
   requests without the header reach the target exactly as before.
-- `steal` without a filter: mirrord's default, `^baggage: .*mirrord-session=<key>.*$`.
+- `steal` without a filter: a `baggage` header holding the W3C baggage member
+  `mirrord-session=<key>` (mirrord's convention). The value regex (`default_filter`) accepts
+  the member anywhere in the comma-separated list, with optional whitespace and `;property`
+  parts, but only as a whole member: `mirrord-session=pr-12` or `xmirrord-session=pr-1`
+  never reach `pr-1`. It is anchored (`^...$`), so RE2 full-match (Envoy) and search agree.
 - `mirror`: the target keeps serving; a RequestMirror filter copies matching requests (all
   of them without a filter) to the preview Service.
 - `off`, or no `incoming` in targetless mode: no route.
@@ -13,16 +17,21 @@ Routes attached to a Service (GAMMA) carry the key-scoped traffic:
 Precedence across environments on one target (Gateway API HTTPRoute rules): all our rules
 match the path prefix `/`, so the next criterion decides, "largest number of header
 matches": every environment's header rule (one header match) beats every catch-all (none),
-whichever route it lives in. Two environments on one target therefore never shadow each
-other as long as their headers differ (their keys do), and removing one route leaves the
-others and the catch-all behaviour intact. Ties between identical rules go to the oldest
-route, which only matters for two filterless `mirror` environments on one target: only the
-oldest one gets the copy.
+whichever route it lives in. Default filters of different keys never match the same
+request (short of a baggage header naming both keys), so environments never shadow each
+other, and removing one route leaves the others and the catch-all behaviour intact. A
+request matching two environments' header rules goes to the oldest route: that happens
+when a user filter also matches another key's header (`crossing_keys` finds those, from
+the `preview-env.dev/header-example` annotation each route carries; see `route_headers`),
+and for two filterless `mirror` environments on one target, where only the oldest one gets
+the copy.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +45,11 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 _FILTER = re.compile(r"^\^?(?P<name>[A-Za-z0-9!#$%&'*+.^_`|~-]+):\s?(?P<value>.*?)\$?$")
 _REGEX_META = set(".^$*+?()[]{}|\\")
+_OWS = r"[ \t]*"  # W3C baggage optional whitespace
+SESSION_MEMBER = "mirrord-session"
+ANNOTATION_HEADER_EXAMPLE = f"{naming.DOMAIN}/header-example"
+_HTTP_APP_PROTOCOLS = {"http", "https", "kubernetes.io/h2c", "kubernetes.io/ws"}
+_TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class HeaderMatch:
     name: str
     value: str
     regex: bool
+    example: str | None = None  # a concrete matching value, when known
 
     def as_match(self) -> dict[str, str]:
         return {
@@ -55,6 +70,8 @@ class HeaderMatch:
 
     def example_value(self) -> str | None:
         """A concrete header value that matches, for share links and `status` hints."""
+        if self.example is not None:
+            return self.example
         if not self.regex:
             return self.value
         core = self.value.removeprefix(".*").removesuffix(".*")
@@ -63,9 +80,20 @@ class HeaderMatch:
             return None
         return literal
 
+    def matches(self, value: str) -> bool:
+        """Whether a header value matches (full-match, as Envoy does; Python `re`)."""
+        return bool(re.fullmatch(self.value, value)) if self.regex else self.value == value
 
-def default_filter(key: str) -> str:
-    return f"^baggage: .*mirrord-session={re.escape(key)}.*$"
+
+def default_filter(key: str) -> HeaderMatch:
+    """`baggage` holding the whole W3C baggage member `mirrord-session=<key>`."""
+    member = rf"{_OWS}{SESSION_MEMBER}{_OWS}={_OWS}{re.escape(key)}{_OWS}"
+    return HeaderMatch(
+        name="baggage",
+        value=f"^(?:.*,)?{member}(?:[;,].*)?$",
+        regex=True,
+        example=f"{SESSION_MEMBER}={key}",
+    )
 
 
 def parse_header_filter(text: str) -> HeaderMatch:
@@ -74,7 +102,7 @@ def parse_header_filter(text: str) -> HeaderMatch:
     if not match or "|" in match.group("name"):
         raise BadInput(
             f"header_filter {text!r} cannot be expressed as a Gateway API header match: use "
-            "one header, like ^x-preview: pr-42$ or ^baggage: .*mirrord-session=pr-42.*$"
+            "one header, like ^x-preview: pr-42$"
         )
     value = match.group("value")
     if "|" in value and re.search(r"(^|[^\\])\|.*:", value):
@@ -97,7 +125,7 @@ def effective_filter(incoming: IncomingFeature | None, key: str) -> HeaderMatch 
     raw = incoming.http_filter.header_filter
     if raw:
         return parse_header_filter(raw)
-    return parse_header_filter(default_filter(key)) if incoming.mode == "steal" else None
+    return default_filter(key) if incoming.mode == "steal" else None
 
 
 def _routed_ports(
@@ -127,6 +155,9 @@ def service_routes(
     if incoming is None or incoming.mode == "off":
         return []
     header = effective_filter(incoming, key)
+    example = header.example_value() if header else None
+    if example is not None:
+        annotations = {**annotations, ANNOTATION_HEADER_EXAMPLE: example}
     routes = []
     for service in target_services:
         name = service["metadata"]["name"]
@@ -189,16 +220,16 @@ def share_route(
     key: str,
     incoming: IncomingFeature | None,
     gateway: str,
-    domain: str,
+    host: str,
     preview_service: Mapping[str, Any],
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
 ) -> dict[str, Any]:
-    """`<key>.<domain>` on `gateway` (ns/name): adds the key header, routes to the preview."""
+    """`host` on `gateway` (ns/name): sets the key header, routes to the preview's HTTP port."""
     gw_namespace, _, gw_name = gateway.partition("/")
     if not gw_name:
         raise BadInput(f"--gateway {gateway!r}: use NAMESPACE/NAME")
-    header = effective_filter(incoming, key) or parse_header_filter(default_filter(key))
+    header = effective_filter(incoming, key) or default_filter(key)
     value = header.example_value()
     if value is None:
         raise BadInput(
@@ -206,7 +237,6 @@ def share_route(
             "share link; use a filter like ^x-preview: <key>$"
         )
     meta = preview_service["metadata"]
-    port = preview_service["spec"]["ports"][0]["port"]
     return {
         "apiVersion": ROUTE_API_VERSION,
         "kind": "HTTPRoute",
@@ -218,26 +248,58 @@ def share_route(
         },
         "spec": {
             "parentRefs": [{"name": gw_name, "namespace": gw_namespace}],
-            "hostnames": [share_host(key, domain)],
+            "hostnames": [host],
             "rules": [
                 {
                     "filters": [
                         {
                             "type": "RequestHeaderModifier",
                             "requestHeaderModifier": {
-                                "add": [{"name": header.name, "value": value}]
+                                "set": [{"name": header.name, "value": value}]
                             },
                         }
                     ],
-                    "backendRefs": [{"name": meta["name"], "port": port}],
+                    "backendRefs": [{"name": meta["name"], "port": http_port(preview_service)}],
                 }
             ],
         },
     }
 
 
-def share_host(key: str, domain: str) -> str:
-    return f"{key}.{domain.strip('.')}"
+def _is_http(port: Mapping[str, Any]) -> bool:
+    """An explicit appProtocol decides; without one, the port name (Istio's convention)."""
+    if port.get("appProtocol"):
+        return str(port["appProtocol"]).lower() in _HTTP_APP_PROTOCOLS
+    name = str(port.get("name") or "")
+    return name in ("http", "https", "web") or name.startswith(("http-", "https-"))
+
+
+def http_port(service: Mapping[str, Any]) -> int:
+    """The Service's first HTTP port number; BadInput when none is recognizably HTTP."""
+    ports = service.get("spec", {}).get("ports", [])
+    for port in ports:
+        if _is_http(port):
+            return int(port["port"])
+    meta = service["metadata"]
+    seen = ", ".join(
+        f"{p['port']} (name {p.get('name') or '-'}, appProtocol {p.get('appProtocol') or '-'})"
+        for p in ports
+    )
+    raise BadInput(
+        f"share link: service {meta['namespace']}/{meta['name']} has no HTTP port (name a "
+        f"port 'http' or set appProtocol: http); its ports: {seen or 'none'}"
+    )
+
+
+def share_host(key: str, domain: str, token: str | None) -> str:
+    """`<key>-<token>.<domain>`, or the stable, guessable `<key>.<domain>` without a token."""
+    label = f"{key}-{token}" if token else key
+    return f"{label}.{domain.strip('.')}"
+
+
+def new_share_token() -> str:
+    """10 random lowercase letters and digits (about 51 bits), safe in a DNS label."""
+    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(10))
 
 
 def service_traffic(service: ServiceSpec, key: str) -> str | None:
@@ -247,7 +309,7 @@ def service_traffic(service: ServiceSpec, key: str) -> str | None:
 
 def share_links(env: EnvironmentSpec) -> list[str]:
     return [
-        f"http://{share_host(env.key, s.share.domain)}"
+        f"http://{share_host(env.key, s.share.domain, getattr(s.share, 'token', None))}"
         for s in env.services
         if s.share is not None and s.routing
     ]
@@ -263,3 +325,75 @@ def traffic_hint(incoming: IncomingFeature | None, key: str) -> str | None:
     value = header.example_value()
     shown = f"{header.name}: {value}" if value is not None else f"{header.name} ~ {header.value}"
     return f"{incoming.mode}: send header '{shown}'"
+
+
+def crossing_keys(
+    header: HeaderMatch, own_key: str, others: Mapping[str, HeaderMatch]
+) -> list[str]:
+    """The other keys whose example header `header` also matches: it would take their traffic.
+
+    `others` maps each environment key to its effective header on the same target.
+    """
+    crossed = []
+    for key, other in others.items():
+        example = other.example_value()
+        if key == own_key or example is None or other.name.lower() != header.name.lower():
+            continue
+        if header.matches(example):
+            crossed.append(key)
+    return sorted(crossed)
+
+
+def route_headers(routes: Sequence[Mapping[str, Any]]) -> dict[str, HeaderMatch]:
+    """Each environment's header match in `routes` (HTTPRoutes on one target Service), by key.
+
+    Routes without a key label or a header match (filterless mirror, share) are skipped.
+    """
+    found: dict[str, HeaderMatch] = {}
+    for route in routes:
+        meta = route.get("metadata", {})
+        key = (meta.get("labels") or {}).get(naming.LABEL_KEY)
+        headers = [
+            h
+            for rule in route.get("spec", {}).get("rules", [])
+            for m in rule.get("matches", [])
+            for h in m.get("headers", [])
+        ]
+        if not key or not headers:
+            continue
+        first = headers[0]
+        found[key] = HeaderMatch(
+            name=first["name"],
+            value=first["value"],
+            regex=first.get("type") == "RegularExpression",
+            example=(meta.get("annotations") or {}).get(ANNOTATION_HEADER_EXAMPLE),
+        )
+    return found
+
+
+def serving_problem(routes: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why these routes carry no traffic yet, from their `status.parents` as controllers
+    write it; None when a controller accepted every route for every parent. Declaring a
+    route proves nothing: without a mesh (GAMMA) or gateway accepting it, it is inert."""
+    for route in routes:
+        meta = route.get("metadata", {})
+        where = f"HTTPRoute {meta.get('namespace')}/{meta.get('name')}"
+        statuses = (route.get("status") or {}).get("parents") or []
+        for ref in route.get("spec", {}).get("parentRefs", []):
+            mine = [s for s in statuses if (s.get("parentRef") or {}).get("name") == ref["name"]]
+            if not mine:
+                return (
+                    f"no controller accepted {where} (parent {ref.get('kind', 'Gateway')} "
+                    f"{ref['name']}): is a mesh (GAMMA) or gateway implementation installed?"
+                )
+            for status in mine:
+                conditions = {c.get("type"): c for c in status.get("conditions") or []}
+                accepted = conditions.get("Accepted") or {}
+                if accepted.get("status") != "True":
+                    why = accepted.get("reason") or "no Accepted condition"
+                    detail = accepted.get("message")
+                    return (
+                        f"{status.get('controllerName', 'the controller')} did not accept "
+                        f"{where}: {why}" + (f" ({detail})" if detail else "")
+                    )
+    return None

@@ -27,10 +27,13 @@ class LabelRules(_Frozen):
 
 
 class ShareLink(_Frozen):
-    """A host `<key>.<domain>` on a Gateway (`namespace/name`) that reaches the preview."""
+    """A host on a Gateway (`namespace/name`) that reaches the preview: `<key>-<token>.<domain>`,
+    unguessable and kept for the environment's life, or `<key>.<domain>` when `token` is None
+    (`--stable-share-host`)."""
 
     gateway: str
     domain: str
+    token: str | None = None
 
 
 class ServiceSpec(_Frozen):

@@ -1,19 +1,18 @@
-"""What `status` shows, computed from records, live pods and stack summaries (pure)."""
+"""What `status` shows, computed from the backend's specs, live pods and stack summaries (pure)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming, routing
-from preview_stack.derive import spec_from_record
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
-State = Literal["live", "updating", "failed", "expired"]
+State = Literal["live", "updating", "failed", "expired", "unknown"]
 
 
 class PodStatus(BaseModel):
@@ -39,6 +38,11 @@ class EnvironmentStatus(BaseModel):
     ttl: str = Field(description="`42m remaining`, `infinite` or `expired`")
     reason: str | None = None
     links: list[str] = Field(default_factory=list, description="share links")
+    routes_problem: str | None = Field(
+        default=None,
+        alias="routesProblem",
+        description="why the routes carry no traffic (no mesh or gateway accepted them)",
+    )
 
 
 def pod_reason(pod: Mapping[str, Any]) -> str | None:
@@ -62,24 +66,39 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _spec_of(record: Mapping[str, Any]) -> EnvironmentSpec | None:
-    """A record's spec; an unreadable record is left out of `status`, not fatal."""
-    try:
-        return spec_from_record(record)
-    except ValueError:
-        return None
+def ignored_records(
+    records: Sequence[Mapping[str, Any]],
+    specs: Mapping[str, EnvironmentSpec | None],
+    is_ours: Callable[[Mapping[str, Any]], bool],
+) -> list[str]:
+    """Records claiming to be one of our environments' but not where that environment
+    keeps its own (`ns/name`): planted or stale copies. Never read, only reported."""
+    found = []
+    for record in records:
+        meta = record.get("metadata", {})
+        key = (meta.get("labels") or {}).get(naming.LABEL_KEY, "")
+        if not is_ours(record):
+            continue
+        spec = specs.get(key)
+        where = (meta.get("namespace"), meta.get("name"))
+        if spec is None or where != (spec.record_namespace(), naming.record_name(key)):
+            found.append(f"{where[0]}/{where[1]}")
+    return sorted(found)
 
 
 def summarize(
     *,
-    records: Sequence[Mapping[str, Any]],
+    specs: Mapping[str, EnvironmentSpec | Exception | None],
     pods: Sequence[Mapping[str, Any]],
     stacks: Mapping[str, bool],
     now: dt.datetime,
     only_key: str | None = None,
+    unlisted: Collection[str] = (),
+    not_served: Mapping[str, str] | None = None,
 ) -> list[EnvironmentStatus]:
-    """`stacks` maps each stack name in the backend to whether an update is running."""
-    specs = {s.key: s for s in (_spec_of(r) for r in records) if s is not None}
+    """`specs` are read from the backend (the authority): key -> spec, None for a stack
+    with nothing committed, or the error reading it. `stacks` maps each stack name to
+    whether an update is running; `unlisted` are namespaces whose pods we may not list."""
     pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
         key = pod.get("metadata", {}).get("labels", {}).get(naming.LABEL_KEY)
@@ -92,13 +111,18 @@ def summarize(
     for key in keys:
         spec = specs.get(key)
         updating = stacks.get(key, False)
-        if spec is None:
+        if not isinstance(spec, EnvironmentSpec):
+            reason = None
+            if isinstance(spec, Exception):
+                reason = str(spec)
+            elif not updating:
+                reason = "the stack has no live objects in this cluster"
             result.append(
                 EnvironmentStatus(
                     key=key,
                     state="updating" if updating else "failed",
                     ttl="unknown",
-                    reason=None if updating else "the stack has no live objects in this cluster",
+                    reason=reason,
                 )
             )
             continue
@@ -128,6 +152,9 @@ def summarize(
             state = "updating"
         elif ttl == "expired":
             state = "expired"
+        elif hidden := sorted({sv.namespace for sv in spec.services} & set(unlisted)):
+            state = "unknown"
+            reason = f"no rights to list pods in {', '.join(hidden)}"
         elif not pod_statuses or not all(p.ready for p in pod_statuses):
             state = "failed"
             unready = [p for p in pod_statuses if not p.ready]
@@ -149,6 +176,7 @@ def summarize(
                 ttl=ttl,
                 reason=reason,
                 links=routing.share_links(spec),
+                routes_problem=(not_served or {}).get(key),
             )
         )
     return result

@@ -34,7 +34,8 @@ CONTROLLERS = (
     "garbage-collector-controller,namespace-controller,deployment-controller,endpoints-controller,"
     "replicaset-controller,statefulset-controller,endpointslice-controller,"
     "endpointslice-mirroring-controller,serviceaccount-controller,"
-    "root-ca-certificate-publisher-controller,job-controller,cronjob-controller"
+    "root-ca-certificate-publisher-controller,job-controller,cronjob-controller,"
+    "clusterrole-aggregation-controller"  # fills the built-in admin/edit/view roles
 )
 _PR_SET_PDEATHSIG = 1
 

@@ -43,7 +43,8 @@ def cli_argv(*args: str) -> list[str]:
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), **(extra or {})}
+    # No mesh accepts routes on the test bed: a short wait before `start` says so.
+    return {"PREVIEW_ENV_ROUTE_WAIT": "1", **os.environ, "PYTHONPATH": str(REPO), **(extra or {})}
 
 
 def spawn_cli(*args: str, **popen: Any) -> subprocess.Popen[str]:

@@ -20,7 +20,7 @@ from preview_stack.changes import (
 )
 from preview_stack.config import TargetPath
 from preview_stack.errors import BadInput, NotFound
-from preview_stack.reaping import expired, parse_locks
+from preview_stack.reaping import parse_locks
 from preview_stack.spec import ServiceSpec
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -123,16 +123,6 @@ def test_lock_errors_name_holders_on_every_backend() -> None:
     ]
     assert locks[0].timestamp == dt.datetime(2026, 11, 27, 11, 0, tzinfo=dt.UTC)
     assert "root@host-b (pid 4242)" in locks[0].describe()
-
-
-def test_a_record_with_a_naive_time_is_ignored_not_a_crash() -> None:
-    naive = {
-        "metadata": {
-            "labels": {naming.LABEL_KEY: "x"},
-            "annotations": {naming.ANNOTATION_EXPIRES_AT: "2020-01-01T00:00:00"},
-        }
-    }
-    assert expired([naive], NOW) == []
 
 
 def test_backend_urls_parse_like_pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

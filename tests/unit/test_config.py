@@ -112,6 +112,7 @@ def test_bad_configs_name_the_problem(tmp_path: Path, name: str, text: str, mess
         config.load(write(tmp_path, name, text), {"key": "k"})
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+    assert str(error.value).count(name) == 1
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -149,3 +150,154 @@ def test_declared_key_survives_templates_that_break_the_raw_document(tmp_path: P
     path = write(tmp_path, "m.yaml", "feature:\n  preview:\n    image: acme/search:{{ key }}\n")
     assert config.declared_key(path) is None
     assert config.load(path, {"key": "k1"}).feature.preview.image == "acme/search:k1"
+
+
+# Templating is Tera-compatible (mirrord renders the same file with Tera), and a value is
+# always data: it is put into the parsed document, never into the text.
+HOSTILE = [
+    'x", "target": "deployment/admin',
+    "x\ntarget: deployment/admin",
+    'x"""\ntarget = "deployment/admin"\n#',
+    "x]\n[target]\npath = 'deployment/admin'",
+    "x} # : ' \"",
+]
+
+
+@pytest.mark.parametrize("branch", HOSTILE)
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("m.json", '{"target": "deployment/users", "key": "{{ git_branch }}"}'),
+        ("m.yaml", "target: deployment/users\nkey: {{ git_branch }}\n"),
+        ("m.yml", "target: deployment/users\nkey: '{{ git_branch }}'\n"),
+        ("m.toml", 'target = "deployment/users"\nkey = "{{ git_branch }}"\n'),
+        ("n.toml", "target = \"deployment/users\"\nkey = '''{{ git_branch }}'''\n"),
+        ("o.toml", 'target = "deployment/users"\nkey = """{{ git_branch }}"""\n'),
+    ],
+)
+def test_hostile_values_cannot_change_the_shape(
+    tmp_path: Path, name: str, text: str, branch: str
+) -> None:
+    parsed = config.load(write(tmp_path, name, text), {"key": "k", "git_branch": branch})
+    assert parsed.key == branch
+    assert str(parsed.target.path) == "deployment/users"
+    assert config.ignored_fields(parsed) == []
+
+
+def test_hostile_value_as_key_and_in_list(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "m.yaml",
+        "feature:\n  env:\n    include: [{{ git_branch }}, B]\n"
+        "    override:\n      {{ git_branch }}: '{{ git_branch }}'\n",
+    )
+    branch = "a, c]\n  target: deployment/admin"
+    parsed = config.load(path, {"git_branch": branch})
+    assert parsed.target.path is None
+    assert parsed.feature.env.include == [branch, "B"]
+    assert parsed.feature.env.override == {branch: branch}
+
+
+def test_bare_numeric_template_in_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        "m.json",
+        '{"feature": {"preview": {"ttl_mins": {{ get_env(name="TTL", default="60") }},'
+        ' "replicas": {{ get_env(name="REPLICAS", default=2) }}}}}',
+    )
+    monkeypatch.delenv("TTL", raising=False)
+    assert config.load(path, {}).feature.preview.ttl_seconds() == 3600
+    assert config.load(path, {}).feature.preview.replicas == 2
+    monkeypatch.setenv("TTL", "infinite")
+    assert config.load(path, {}).feature.preview.ttl_seconds() is None
+    monkeypatch.setenv("TTL", '1, "replicas": 20')
+    with pytest.raises(BadInput, match="ttl_mins"):
+        config.load(path, {})
+
+
+def test_template_next_to_an_unquoted_number_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.yaml", "feature:\n  preview:\n    ttl_mins: {{ a }}_{{ b }}\n")
+    with pytest.raises(BadInput, match=r"feature\.preview\.ttl_mins: .*unquoted number"):
+        config.load(path, {"a": "1", "b": "2"})
+
+
+def test_get_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        "m.yaml",
+        "key: \"{{ get_env(name='MIRRORD_TEAM') }}-{{ get_env(name='SUFFIX', default='x') }}\"\n",
+    )
+    monkeypatch.setenv("MIRRORD_TEAM", "blue")
+    monkeypatch.delenv("SUFFIX", raising=False)
+    assert config.load(path, {}).key == "blue-x"
+    monkeypatch.setenv("SUFFIX", "y")
+    assert config.load(path, {}).key == "blue-y"
+    monkeypatch.delenv("MIRRORD_TEAM")
+    with pytest.raises(BadInput, match=r"m\.yaml:1: environment variable MIRRORD_TEAM is not set"):
+        config.load(path, {})
+
+
+@pytest.mark.parametrize(
+    ("branch", "expected"), [("feat/x", "feat-x"), ("", "main"), (None, "main")]
+)
+def test_default_and_replace_filters(tmp_path: Path, branch: str | None, expected: str) -> None:
+    path = write(
+        tmp_path,
+        "m.json",
+        "{\"key\": \"{{ git_branch | default(value='main') | replace(from='/', to='-') }}\"}",
+    )
+    variables = {} if branch is None else {"git_branch": branch}
+    assert config.load(path, variables).key == expected
+
+
+def test_upper_lower_trim_and_tera_if(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "m.yaml",
+        "key: '{{ key | trim | upper }}-{{ key | trim | lower }}'\n"
+        "{% if unknown %}target: deployment/x{% else %}target: deployment/y{% endif %}\n",
+    )
+    parsed = config.load(path, {"key": " Ab "})
+    assert parsed.key == "AB-ab"
+    assert str(parsed.target.path) == "deployment/y"
+
+
+def test_unknown_variable_names_it_and_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.json", '{"target": "deployment/x",\n "key": "{{ user }}"}')
+    with pytest.raises(BadInput) as error:
+        config.load(path, {"key": "k", "git_branch": "main"})
+    assert str(error.value) == (
+        f"{path}:2: unknown template variable {{{{ user }}}} (known: git_branch, key)"
+    )
+
+
+@pytest.mark.parametrize("text", ['{"a": 1,\n "key": "{{ key }"}', '{"a": 1,\n "key": "{% if %}"}'])
+def test_template_syntax_error_names_file_and_line(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "m.json", text)
+    with pytest.raises(BadInput) as error:
+        config.load(path, {"key": "k"})
+    assert str(error.value).startswith(f"{path}:2: template syntax error: ")
+    assert "\n" not in str(error.value)
+
+
+def test_declared_key_with_get_env_and_placeholders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEAM", "blue")
+    path = write(tmp_path, "m.json", '{"key": "team-{{ get_env(name=\'TEAM\') }}"}')
+    assert config.declared_key(path) == "team-blue"
+    for key in ("{{ key }}", "x-{{ key | upper }}", "{{ key | default(value='d') }}"):
+        path.write_text(f'{{"key": "{key}"}}')
+        assert config.declared_key(path) is None
+    path.write_text('{"key": "{{ git_branch }}"}')
+    assert config.declared_key(path, {"git_branch": "feat"}) == "feat"
+
+
+def test_mirrord_branch_name_overrides_git_branch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.start import git_branch
+
+    monkeypatch.setenv("GITHUB_HEAD_REF", "pr-branch")
+    monkeypatch.setenv("MIRRORD_BRANCH_NAME", "override")
+    assert git_branch() == "override"
+    monkeypatch.delenv("MIRRORD_BRANCH_NAME")
+    assert git_branch() == "pr-branch"
