@@ -28,7 +28,10 @@ def main() -> None:
     cluster = Cluster(ClusterTarget(k8s_cfg.get("kubeconfig"), k8s_cfg.get("context")))
     mirrord_path = cfg.get("mirrordConfig")
     if mirrord_path:
-        parsed = mirrord_config.load(Path(mirrord_path), {"key": key, "git_branch": ""})
+        parsed = mirrord_config.load(
+            Path(mirrord_path),
+            {"key": key, "git_branch": os.environ.get("MIRRORD_BRANCH_NAME", "")},
+        )
         request = build_request(
             parsed, Flags(image=cfg.get("image")), default_namespace=cluster.default_namespace()
         )

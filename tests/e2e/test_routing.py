@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from preview_stack.routing import default_filter
 from tests.e2e.conftest import Cli, Kube
 from tests.e2e.test_start_status_clean import objects_of, stack_names
 from tests.support import wait_until
@@ -103,7 +104,7 @@ ROOT = {"path": {"type": "PathPrefix", "value": "/"}}
                                     {
                                         "type": "RegularExpression",
                                         "name": "baggage",
-                                        "value": r".*mirrord-session=rt\-steal\-default.*",
+                                        "value": default_filter("rt-steal-default").value,
                                     }
                                 ],
                             }
@@ -203,45 +204,6 @@ def test_two_environments_on_one_target_coexist(
     assert wait_until(lambda: routes_of(kube, "rt-one") == {})
     assert set(routes_of(kube, "rt-two")) == {"users-rt-two"}
     assert cli("clean", "-k", "rt-two").code == 0
-
-
-def test_share_link(cli: Cli, kube: Kube, staging: str, tmp_path: Path) -> None:
-    key = "rt-share"
-    doc = start(
-        cli,
-        config(tmp_path, "share", {"mode": "steal"}),
-        key,
-        "--gateway",
-        "infra/public",
-        "--share-domain",
-        "preview.example.com",
-    )
-    assert doc["links"] == ["http://rt-share.preview.example.com"]
-    share = routes_of(kube, key)["share-rt-share"]
-    assert share["hostnames"] == ["rt-share.preview.example.com"]
-    assert share["parentRefs"] == [
-        {
-            "group": "gateway.networking.k8s.io",
-            "kind": "Gateway",
-            "name": "public",
-            "namespace": "infra",
-        }
-    ]
-    [rule] = share["rules"]
-    assert rule["filters"] == [
-        {
-            "type": "RequestHeaderModifier",
-            "requestHeaderModifier": {
-                "add": [{"name": "baggage", "value": "mirrord-session=rt-share"}]
-            },
-        }
-    ]
-    assert rule["backendRefs"][0]["name"] == "users-rt-share"
-    status = cli("status", "-k", key, "--output", "json").json()
-    assert status[0]["links"] == ["http://rt-share.preview.example.com"]
-    assert "send header 'baggage: mirrord-session=rt-share'" in status[0]["pods"][0]["traffic"]
-    assert cli("clean", "-k", key).code == 0
-    assert wait_until(lambda: routes_of(kube, key) == {})
 
 
 def test_inexpressible_filter_fails_cleanly(

@@ -4,6 +4,7 @@ and a reaper the cluster itself keeps to preview-env's objects."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -336,8 +337,8 @@ def test_the_cluster_keeps_the_reaper_to_preview_env_objects(
     started = cli("start", "-t", "deployment/users", "-n", "staging", "-i", "u:2", "-k", key)
     assert started.code == 0, started.stderr
     name = f"users-{key}"
+    assert cli("extend", "-k", key, "--ttl", "1s").code == 0  # due (an update: labels re-set)
     testbed.kubectl("-n", "staging", "label", "deployment", name, f"{naming.LABEL_MANAGED_BY}-")
-    assert cli("extend", "-k", key, "--ttl", "1s").code == 0
     try:
         reaped = cli(
             "--kubeconfig", str(reaper), "reap", "-o", "json", env={"KUBECONFIG": str(reaper)}
@@ -353,3 +354,270 @@ def test_the_cluster_keeps_the_reaper_to_preview_env_objects(
         assert cli("clean", "-k", key).code == 0
     with pytest.raises(ApiException):
         kube.apps.read_namespaced_deployment(name, "staging")
+
+
+# ------------------------------------------------------------------ traffic never crosses keys
+ROUTES = ("gateway.networking.k8s.io", "v1")
+
+
+def live_routes(kube: Kube, key: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = kube.custom.list_namespaced_custom_object(
+        *ROUTES, "staging", "httproutes", label_selector=f"{naming.LABEL_KEY}={key}"
+    )["items"]
+    return found
+
+
+def steal_config(tmp_path: Path, name: str, header_filter: str | None = None) -> str:
+    incoming: dict[str, Any] = {"mode": "steal"}
+    if header_filter:
+        incoming["http_filter"] = {"header_filter": header_filter}
+    return write_config(
+        tmp_path,
+        name,
+        {
+            "target": {"path": "deployment/users", "namespace": "staging"},
+            "feature": {"network": {"incoming": incoming}},
+        },
+    )
+
+
+def test_default_filters_never_cross_keys_and_a_crossing_filter_is_named(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    import re2  # the engine Envoy's Gateway API implementation matches headers with
+
+    keys = ["sx-1", "sx-12"]
+    default = steal_config(tmp_path, "default")
+    try:
+        for key in keys:
+            assert cli("start", "-f", default, "-i", f"users:{key}", "-k", key).code == 0
+        for key in keys:
+            (route,) = live_routes(kube, key)
+            (header,) = route["spec"]["rules"][0]["matches"][0]["headers"]
+            assert header["name"] == "baggage"
+            for other in keys:
+                for value in (
+                    f"mirrord-session={other}",
+                    f"a=b, mirrord-session={other};p=1",
+                    f"xmirrord-session={other}",
+                ):
+                    expected = other == key and not value.startswith("x")
+                    assert bool(re2.fullmatch(header["value"], value)) is expected, value
+        wide = steal_config(tmp_path, "wide", "^baggage: .*mirrord-session=sx-1.*$")
+        warned = cli("start", "-f", wide, "-i", "users:wide", "-k", "sx-wide")
+        keys.append("sx-wide")
+        assert warned.code == 0, warned.stderr
+        lines = [line for line in warned.stderr.splitlines() if line.startswith("warning:")]
+        assert len(lines) == 1 and "sx-1, sx-12" in lines[0], warned.stderr
+    finally:
+        for key in keys:
+            assert cli("clean", "-k", key).code == 0
+
+
+# ------------------------------------------------------------------ templating
+def test_a_hostile_branch_name_cannot_change_the_config(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    hostile = 'x", "target": "deployment/orders", "y": "\n#'
+    path = tmp_path / "mirrord.json"
+    path.write_text(
+        """{
+  "target": {"path": "deployment/users/container/app", "namespace": "staging"},
+  "feature": {
+    "preview": {"image": "users:{{ get_env(name='PREVIEW_TAG', default='latest') }}"},
+    "env": {"override": {
+      "BRANCH": "{{ git_branch }}",
+      "RELEASE": "{{ git_branch | default(value='main') | replace(from='/', to='-') }}"
+    }}
+  }
+}"""
+    )
+    key = "sec-branch"
+    env = {"MIRRORD_BRANCH_NAME": hostile, "PREVIEW_TAG": "pr-9"}
+    started = cli("start", "-f", str(path), "-k", key, "-o", "json", env=env)
+    try:
+        assert started.code == 0, started.stderr
+        (pod,) = started.json()["pods"]
+        assert (pod["target"], pod["image"]) == ("deployment/users", "users:pr-9")
+        live = kube.apps.read_namespaced_deployment(f"users-{key}", "staging")
+        app = next(c for c in live.spec.template.spec.containers if c.name == "app")
+        values = {e.name: e.value for e in app.env}
+        assert values["BRANCH"] == hostile
+        assert values["RELEASE"] == hostile.replace("/", "-")
+        assert "y" not in values
+    finally:
+        assert cli("clean", "-k", key).code == 0
+
+
+# ------------------------------------------------------------------ share links
+def test_share_links_are_unguessable_stable_for_life_and_http_only(
+    cli: Cli, kube: Kube, staging: str, testbed: Testbed, tmp_path: Path
+) -> None:
+    import re
+
+    share = ("--gateway", "infra/public", "--share-domain", "preview.example.com")
+    config = steal_config(tmp_path, "share")
+    key = "sec-share"
+    first = cli("start", "-f", config, "-i", "users:1", "-k", key, "-o", "json", *share)
+    try:
+        assert first.code == 0, first.stderr
+        (link,) = first.json()["links"]
+        assert re.fullmatch(rf"http://{key}-[a-z0-9]{{10}}\.preview\.example\.com", link)
+        again = cli("start", "-f", config, "-i", "users:2", "-k", key, "-o", "json", *share)
+        assert again.code == 0 and again.json()["links"] == [link]  # kept for life
+        shown = cli("status", "-k", key, "-o", "json")
+        assert shown.json()[0]["links"] == [link]
+        route = next(r for r in live_routes(kube, key) if r["spec"].get("hostnames"))
+        (rule,) = route["spec"]["rules"]
+        modifier = rule["filters"][0]["requestHeaderModifier"]
+        assert modifier == {"set": [{"name": "baggage", "value": f"mirrord-session={key}"}]}
+    finally:
+        assert cli("clean", "-k", key).code == 0
+
+    # Opt-in stable host; another backend's environment cannot take it.
+    stable = "sec-stable"
+    mine = cli("start", "-f", config, "-i", "u:1", "-k", stable, "--stable-share-host", *share)
+    try:
+        assert mine.code == 0, mine.stderr
+        assert f"http://{stable}.preview.example.com" in mine.stdout
+        orders = write_config(
+            tmp_path,
+            "orders",
+            {
+                "target": {"path": "deployment/orders", "namespace": "staging"},
+                "feature": {"network": {"incoming": {"mode": "steal"}}},
+            },
+        )
+        other = {"PULUMI_BACKEND_URL": f"file://{tmp_path / 'other'}"}
+        taken = cli(
+            "start",
+            "-f",
+            orders,
+            "-i",
+            "o:1",
+            "-k",
+            stable,
+            "--stable-share-host",
+            *share,
+            env=other,
+        )
+        assert taken.code == 1 and "held by environment 'sec-stable'" in taken.stderr
+        assert len([x for x in taken.stderr.splitlines() if x.startswith("error:")]) == 1
+    finally:
+        assert cli("clean", "-k", stable).code == 0
+
+    # A target whose Service has no HTTP port gets no share link.
+    app = {"app": "grpc"}
+    apply(
+        testbed,
+        [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "grpc", "namespace": "staging"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": app},
+                    "template": {
+                        "metadata": {"labels": app},
+                        "spec": {"containers": [{"name": "grpc", "image": "grpc:1"}]},
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "grpc", "namespace": "staging"},
+                "spec": {
+                    "selector": app,
+                    "ports": [{"name": "grpc", "port": 9090, "appProtocol": "grpc"}],
+                },
+            },
+        ],
+    )
+    refused = cli(
+        "start", "-t", "deployment/grpc", "-n", "staging", "-i", "g:1", "-k", "sec-grpc", *share
+    )
+    assert refused.code == 2 and "no HTTP port" in refused.stderr
+    assert objects_of(kube, "sec-grpc") == []
+
+
+# ------------------------------------------------------------------ honest routes
+def _accept_routes_of(kube: Kube, key: str, stop: Any) -> None:
+    """What a mesh controller does: write Accepted into each route's status.parents."""
+    import datetime as dt
+
+    while not stop.is_set():
+        for route in live_routes(kube, key):
+            if (route.get("status") or {}).get("parents"):
+                continue
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            parents = [
+                {
+                    "parentRef": ref,
+                    "controllerName": "example.com/mesh",
+                    "conditions": [
+                        {
+                            "type": "Accepted",
+                            "status": "True",
+                            "reason": "Accepted",
+                            "message": "",
+                            "lastTransitionTime": now,
+                            "observedGeneration": route["metadata"]["generation"],
+                        }
+                    ],
+                }
+                for ref in route["spec"]["parentRefs"]
+            ]
+            with contextlib.suppress(ApiException):
+                kube.custom.patch_namespaced_custom_object_status(
+                    *ROUTES,
+                    "staging",
+                    "httproutes",
+                    route["metadata"]["name"],
+                    {"status": {"parents": parents}},
+                )
+        stop.wait(0.3)
+
+
+def test_routes_nothing_serves_are_reported_not_claimed(
+    cli: Cli, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    import threading
+
+    config = steal_config(tmp_path, "honest")
+    key = "sec-unserved"
+    started = cli("start", "-f", config, "-i", "users:1", "-k", key)
+    try:
+        assert started.code == 0, started.stderr
+        assert "routes declared but not served: no controller accepted" in started.stdout
+        assert "send header" not in started.stdout
+        shown = cli("status", "-k", key, "-o", "json").json()
+        assert "no controller accepted" in shown[0]["routesProblem"]
+    finally:
+        assert cli("clean", "-k", key).code == 0
+
+    served = "sec-served"
+    stop = threading.Event()
+    controller = threading.Thread(target=_accept_routes_of, args=(kube, served, stop))
+    controller.start()
+    try:
+        ok = cli(
+            "start",
+            "-f",
+            config,
+            "-i",
+            "users:1",
+            "-k",
+            served,
+            env={"PREVIEW_ENV_ROUTE_WAIT": "30"},
+        )
+        assert ok.code == 0, ok.stderr
+        assert f"Traffic: steal: send header 'baggage: mirrord-session={served}'" in ok.stdout
+        assert "not served" not in ok.stdout
+        shown = cli("status", "-k", served, "-o", "json").json()
+        assert shown[0]["routesProblem"] is None
+    finally:
+        stop.set()
+        controller.join()
+        assert cli("clean", "-k", served).code == 0
