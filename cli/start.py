@@ -132,8 +132,8 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[Star
         if (meta.get("labels") or {}).get(naming.LABEL_STACK) != stack_id:
             continue  # the same key in another backend
         service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
-        if service is None:
-            continue
+        if service is None or meta.get("namespace") != service.namespace:
+            continue  # labels can be copied: only pods where the environment runs
         pods.append(
             StartedPod(
                 name=meta["name"],

@@ -64,13 +64,26 @@ def status(
         found = labels.get(naming.LABEL_KEY, "")
         return found in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(found)
 
-    pods = [p for p in cluster.preview_pods(key, namespaces) if ours(p)]
+    homes = {
+        k: {v.namespace for v in s.services}
+        for k, s in specs.items()
+        if isinstance(s, EnvironmentSpec)
+    }
+
+    def ours_here(obj: Mapping[str, Any]) -> bool:
+        """Ours, and where the backend says the environment runs: labels are copyable, so a
+        labelled pod or route in someone else's namespace is not this environment's."""
+        meta = obj.get("metadata", {})
+        found = (meta.get("labels") or {}).get(naming.LABEL_KEY, "")
+        return ours(obj) and meta.get("namespace") in homes.get(found, set())
+
+    pods = [p for p in cluster.preview_pods(key, namespaces) if ours_here(p)]
     routes_by_key: dict[str, list[dict[str, Any]]] = {}
     selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}" + (
         f",{naming.LABEL_KEY}={key}" if key else ""
     )
     for route in cluster.routes(selector, namespaces):
-        if ours(route):
+        if ours_here(route):
             routes_by_key.setdefault(route["metadata"]["labels"][naming.LABEL_KEY], []).append(
                 route
             )

@@ -103,7 +103,23 @@ def test_planted_records_never_steer_start_status_or_reap(
     malformed["metadata"]["name"] = "malformed-record"
     malformed["metadata"]["annotations"] = {naming.ANNOTATION_EXPIRES_AT: "2020-01-01T00:00"}
     malformed["data"] = {naming.RECORD_DATA_KEY: "{not json"}
-    apply(testbed, [planted, malformed])
+    genuine_pod = kube.core.list_namespaced_pod(
+        "staging", label_selector=f"{naming.LABEL_KEY}={key}"
+    ).items[0]
+    lookalike = {  # a pod with the environment's labels, never Ready, elsewhere
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "lookalike",
+            "namespace": "default",
+            "labels": dict(genuine_pod.metadata.labels),
+        },
+        "spec": {
+            "nodeSelector": {"disktype": "none"},
+            "containers": [{"name": "c", "image": "evil:1"}],
+        },
+    }
+    apply(testbed, [planted, malformed, lookalike])
     try:
         orders = write_config(tmp_path, "orders", {"target": {"path": "deployment/orders"}})
         second = cli(
@@ -112,6 +128,7 @@ def test_planted_records_never_steer_start_status_or_reap(
         assert second.code == 0, second.stderr
         images = sorted(p["image"] for p in second.json()["pods"])
         assert images == ["orders:plant", "users:plant"]
+        assert all(p["namespace"] == "staging" for p in second.json()["pods"])
         assert deployments_with_image(kube, "evil:1") == []
 
         shown = cli("status", "-k", key, "-o", "json")
@@ -130,6 +147,7 @@ def test_planted_records_never_steer_start_status_or_reap(
         testbed.kubectl(
             "delete", "configmap", "-n", "default", naming.record_name(key), "malformed-record"
         )
+        testbed.kubectl("delete", "pod", "-n", "default", "lookalike", "--wait=false")
         assert cli("clean", "-k", key).code == 0
 
 
