@@ -133,6 +133,11 @@ class Testbed:
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_HOME": str(self.pulumi_home),
             **{f"PREVIEW_ENV_{k.upper()}_IMAGE": image.name for k, image in self.images.items()},
+            **(
+                {"PREVIEW_ENV_NODE_NETNS": node.Paths.of(self.state_dir).netns_name}
+                if self.real_node
+                else {}
+            ),
         }
 
     @property
@@ -361,17 +366,24 @@ class Testbed:
 
     def _start_real_node(self, pki: Pki, deadline: float) -> None:
         tc = self.toolchain
-        self.images = build_all()
-        node.start(
-            self,
-            pki,
-            self.images,
-            deadline,
-            kubelet=tc.kubelet,
-            kube_proxy=tc.kube_proxy,
-            python=sys.executable,
-            free_port=free_port,
-        )
+        try:
+            self.images = build_all()
+            node.start(
+                self,
+                pki,
+                self.images,
+                deadline,
+                kubelet=tc.kubelet,
+                kube_proxy=tc.kube_proxy,
+                python=sys.executable,
+                free_port=free_port,
+            )
+        except (RuntimeError, OSError) as exc:  # TestbedError (a RuntimeError) included
+            raise TestbedError(
+                f"the real node did not come up (it needs root, containerd, runc and the CNI"
+                f" plugins: scripts/toolchain/system-packages.sh): {exc}\n"
+                f"logs:\n{self.logs_summary()}"
+            ) from exc
 
     def _default_sa_exists(self) -> bool:
         try:
