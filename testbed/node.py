@@ -111,9 +111,31 @@ def start(
 ) -> None:
     """Start the node's processes through `bed` and wait until the Node is Ready."""
     paths = Paths.of(bed.state_dir)
-    root = paths.root
     for d in ("containerd", "cni", "kubelet", "kube-proxy", "pod-logs", "ipam"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+        (paths.root / d).mkdir(parents=True, exist_ok=True)
+    _network(paths)
+    kubelet_port = free_port()
+    relay = [python, "-m", "testbed.netns", f"--netns={paths.netns}"]
+    relay += [f"--in={bed.apiserver_port}", f"--out={kubelet_port}"]
+    bed._spawn(
+        "node-relay",
+        relay,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    bed._wait("node-relay", deadline, lambda: _connectable(kubelet_port))
+    _containerd(bed, paths, images, deadline)
+    server = f"https://127.0.0.1:{bed.apiserver_port}"  # the relay's end in the namespace
+    _kubelet(bed, paths, pki, server, kubelet, kubelet_port)
+    proxy_client = pki.issue("kube-proxy", "system:kube-proxy")
+    kubeconfig = paths.root / "kube-proxy" / "kubeconfig"
+    kubeconfig.write_text(_kubeconfig(server, pki.ca.cert, proxy_client))
+    proxy_conf = paths.root / "kube-proxy" / "config.json"
+    proxy_conf.write_text(json.dumps(_kube_proxy_config(kubeconfig)))
+    bed._spawn("kube-proxy", _nsenter(paths, [str(kube_proxy), f"--config={proxy_conf}"]), _env())
+    _initialize(bed, deadline)
+
+
+def _network(paths: Paths) -> None:
     _run(["ip", "netns", "add", paths.netns_name])
     _in_netns(paths, ["ip", "link", "set", "lo", "up"])
     # The CNI bridge made in advance (the plugin adopts it), so the Service range can be
@@ -125,80 +147,53 @@ def start(
     _in_netns(paths, ["ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE])
     # Pod to Service to pod on the same bridge needs bridged traffic to see iptables.
     _in_netns(paths, ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"])
+    (paths.root / "cni" / "10-preview-env.conflist").write_text(json.dumps(_cni_config(paths)))
 
-    kubelet_port = free_port()
-    bed._spawn(
-        "node-relay",
-        [
-            python,
-            "-m",
-            "testbed.netns",
-            f"--netns={paths.netns}",
-            f"--in={bed.apiserver_port}",
-            f"--out={kubelet_port}",
-        ],
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-    bed._wait("node-relay", deadline, lambda: _connectable(kubelet_port))
 
-    config = root / "containerd.toml"
+def _containerd(bed: Bed, paths: Paths, images: dict[str, Image], deadline: float) -> None:
+    config = paths.root / "containerd.toml"
     config.write_text(_containerd_config(paths, images["pause"].name))
-    env = {"PATH": _path()}  # runc, the shim, iptables, conntrack live in sbin dirs
-    bed._spawn("containerd", _nsenter(paths, ["containerd", f"--config={config}"]), env)
+    bed._spawn("containerd", _nsenter(paths, ["containerd", f"--config={config}"]), _env())
     bed._wait("containerd", deadline, lambda: _ctr_ok(paths))
     for image in images.values():
         _ctr(paths, "images", "import", str(image.archive))
 
-    (root / "cni" / "10-preview-env.conflist").write_text(json.dumps(_cni_config(paths)))
-    server = f"https://127.0.0.1:{bed.apiserver_port}"  # the relay's end in the namespace
-    node_client = pki.issue("kubelet-client", f"system:node:{NAME}", groups=("system:nodes",))
-    serving = pki.issue("kubelet-serving", NAME, server=True, hosts=("127.0.0.1", NAME))
-    kubelet_conf = root / "kubelet" / "config.json"
-    kubelet_conf.write_text(
-        json.dumps(_kubelet_config(paths, kubelet_port, pki.ca.cert, serving), indent=1)
-    )
-    (root / "kubelet" / "kubeconfig").write_text(_kubeconfig(server, pki.ca.cert, node_client))
-    bed._spawn(
-        "kubelet",
-        _nsenter(
-            paths,
-            [
-                str(kubelet),
-                f"--config={kubelet_conf}",
-                f"--kubeconfig={root / 'kubelet' / 'kubeconfig'}",
-                f"--root-dir={root / 'kubelet'}",
-                f"--hostname-override={NAME}",
-                "--cloud-provider=external",
-                f"--node-labels={LABEL}=real",
-            ],
-        ),
-        env,
-    )
-    proxy_client = pki.issue("kube-proxy", "system:kube-proxy")
-    (root / "kube-proxy" / "kubeconfig").write_text(_kubeconfig(server, pki.ca.cert, proxy_client))
-    proxy_conf = root / "kube-proxy" / "config.json"
-    proxy_conf.write_text(json.dumps(_kube_proxy_config(root / "kube-proxy" / "kubeconfig")))
-    bed._spawn("kube-proxy", _nsenter(paths, [str(kube_proxy), f"--config={proxy_conf}"]), env)
 
-    bed._wait(f"node {NAME} registered", deadline, lambda: _node_exists(bed))
-    # The cloud controller's part: the address the API server dials, then lift the taints
-    # that wait for it and for the (absent) node lifecycle controller.
-    addresses = {
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": NAME},
-            ]
-        }
-    }
-    bed.kubectl(
-        "patch", "node", NAME, "--subresource=status", "--type=merge", "-p", json.dumps(addresses)
+def _kubelet(bed: Bed, paths: Paths, pki: Pki, server: str, kubelet: Path, port: int) -> None:
+    client = pki.issue("kubelet-client", f"system:node:{NAME}", groups=("system:nodes",))
+    serving = pki.issue("kubelet-serving", NAME, server=True, hosts=("127.0.0.1", NAME))
+    root = paths.root / "kubelet"
+    (root / "config.json").write_text(
+        json.dumps(_kubelet_config(paths, port, pki.ca.cert, serving), indent=1)
     )
-    with contextlib.suppress(Exception):
+    (root / "kubeconfig").write_text(_kubeconfig(server, pki.ca.cert, client))
+    argv = [
+        str(kubelet),
+        f"--config={root / 'config.json'}",
+        f"--kubeconfig={root / 'kubeconfig'}",
+        f"--root-dir={root}",
+        f"--hostname-override={NAME}",
+        "--cloud-provider=external",  # see the module docstring: the bed sets the address
+        f"--node-labels={LABEL}=real",
+    ]
+    bed._spawn("kubelet", _nsenter(paths, argv), _env())
+
+
+def _initialize(bed: Bed, deadline: float) -> None:
+    """The cloud controller's part: the address the API server dials; then lift the taints
+    that wait for it and for the (absent) node lifecycle controller."""
+    bed._wait(f"node {NAME} registered", deadline, lambda: _node_exists(bed))
+    addresses = [
+        {"type": "InternalIP", "address": "127.0.0.1"},
+        {"type": "Hostname", "address": NAME},
+    ]
+    patch = json.dumps({"status": {"addresses": addresses}})
+    bed.kubectl("patch", "node", NAME, "--subresource=status", "--type=merge", "-p", patch)
+    with contextlib.suppress(RuntimeError):
         bed.kubectl("taint", "nodes", NAME, "node.cloudprovider.kubernetes.io/uninitialized-")
     remaining = max(5, int(deadline - time.monotonic()))
     bed.kubectl("wait", "--for=condition=Ready", "node", NAME, f"--timeout={remaining}s")
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(RuntimeError):
         bed.kubectl("taint", "nodes", NAME, "node.kubernetes.io/not-ready:NoSchedule-")
 
 
@@ -236,6 +231,8 @@ def stop_containers(state_dir: Path) -> None:
 def cleanup(state_dir: Path) -> None:
     """Remove what the node leaves outside its processes (after they were stopped)."""
     paths = Paths.of(state_dir)
+    if not paths.root.exists() and not paths.netns.exists():
+        return  # a bed without a real node
     if paths.runc_root.exists():  # containerd gone before it deleted its tasks
         for ns_root in paths.runc_root.iterdir():
             ids = _run(["runc", f"--root={ns_root}", "list", "-q"], check=False).split()
@@ -484,7 +481,7 @@ def _ctr_ok(paths: Paths) -> bool:
 def _node_exists(bed: Bed) -> bool:
     try:
         bed.kubectl("get", "node", NAME)
-    except Exception:
+    except RuntimeError:
         return False
     return True
 
@@ -497,6 +494,11 @@ def _connectable(port: int) -> bool:
 
 def _path() -> str:
     return SYSTEM_PATH + os.pathsep + os.environ.get("PATH", "")
+
+
+def _env() -> dict[str, str]:
+    """For the node's processes: runc, the shim, iptables and conntrack live in sbin dirs."""
+    return {"PATH": _path()}
 
 
 def _run(argv: list[str], *, check: bool = True) -> str:

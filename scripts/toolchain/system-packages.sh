@@ -18,6 +18,8 @@ have iptables || missing+=(iptables)
 have conntrack || missing+=(conntrack)
 have ip || missing+=(iproute2)
 have gcc || missing+=(gcc)
+have sysctl || missing+=(procps)
+have nsenter || missing+=(util-linux)
 [[ -e /usr/lib/x86_64-linux-gnu/libc.a || -n "$(compgen -G '/usr/lib/*/libc.a')" ]] || missing+=(libc6-dev)
 if [[ ${#missing[@]} -eq 0 ]]; then exit 0; fi
 if [[ $(id -u) -ne 0 ]]; then
