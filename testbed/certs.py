@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +129,25 @@ class Pki:
         )
         _write_key(pair.key, key)
         return pair
+
+
+def kubeconfig_yaml(server: str, ca: Path, user: str, client: KeyPair) -> str:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "testbed", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(client.cert),
+                    "client-key": str(client.key),
+                },
+            }
+        ],
+        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user}}],
+        "current-context": "testbed",
+    }
+    return json.dumps(doc, indent=2)

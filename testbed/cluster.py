@@ -1,5 +1,6 @@
 """A loopback Kubernetes control plane for tests: kine, kube-apiserver, controller-manager,
-scheduler and kwok, each a child process recorded by PID in one state directory.
+scheduler and kwok, each a child process recorded by PID in one state directory, plus one
+real node (testbed.node: containerd, kubelet, kube-proxy) unless PREVIEW_ENV_REAL_NODE=0.
 
 One implementation serves the pytest session fixture and `make testbed-up/down`. Every
 listener binds 127.0.0.1 on a port picked free; logs stay in `<state>/logs`.
@@ -16,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.certs import KeyPair, Pki
+from testbed import node
+from testbed.certs import Pki, kubeconfig_yaml
+from testbed.images import Image, build_all
 from testbed.toolchain import Toolchain
 
 LOOPBACK = "127.0.0.1"
@@ -69,9 +73,11 @@ class Process:
             return self.popen.poll() is None
         try:
             os.kill(self.pid, 0)
+            # A bed started by another process (make testbed-up) is reparented to init; a
+            # zombie that init has not reaped yet has exited all the same.
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         except OSError:
             return False
-        return True
 
     def log_tail(self, lines: int = 12, width: int = 300) -> str:
         try:
@@ -81,37 +87,26 @@ class Process:
             return "(no log)"
 
 
-def kubeconfig_yaml(server: str, ca: Path, user: str, client: KeyPair) -> str:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "testbed", "cluster": {"server": server, "certificate-authority": str(ca)}}
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate": str(client.cert),
-                    "client-key": str(client.key),
-                },
-            }
-        ],
-        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user}}],
-        "current-context": "testbed",
-    }
-    return json.dumps(doc, indent=2)
-
-
 class Testbed:
     """The control plane in `state_dir`. `start()` waits until it is healthy."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, state_dir: Path, toolchain: Toolchain, *, detached: bool = False) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        toolchain: Toolchain,
+        *,
+        detached: bool = False,
+        real_node: bool | None = None,
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self.toolchain = toolchain
         self.detached = detached  # survive the starting process (make testbed-up)
+        if real_node is None:
+            real_node = os.environ.get("PREVIEW_ENV_REAL_NODE", "1") not in {"0", "false", "no"}
+        self.real_node = real_node
+        self.images: dict[str, Image] = {}  # short name -> image imported into the real node
         self.processes: list[Process] = []
         self.pki_dir = self.state_dir / "pki"
         self.logs = self.state_dir / "logs"
@@ -137,10 +132,22 @@ class Testbed:
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_HOME": str(self.pulumi_home),
+            **{f"PREVIEW_ENV_{k.upper()}_IMAGE": image.name for k, image in self.images.items()},
+            **(
+                {"PREVIEW_ENV_NODE_NETNS": node.Paths.of(self.state_dir).netns_name}
+                if self.real_node
+                else {}
+            ),
         }
+
+    @property
+    def node_netns(self) -> Path:
+        """The real node's network namespace (pod and Service addresses live there)."""
+        return node.Paths.of(self.state_dir).netns
 
     def start(self, *, timeout: float = 120.0) -> None:
         if self.state_dir.exists():
+            node.cleanup(self.state_dir)  # a previous bed's mounts must go before rmtree
             shutil.rmtree(self.state_dir)
         for d in (self.pki_dir, self.logs, self.pulumi_state, self.pulumi_home):
             d.mkdir(parents=True, exist_ok=True)
@@ -163,11 +170,16 @@ class Testbed:
                 for entry in json.loads(pid_file.read_text())
             ]
         for proc in reversed(self.processes):
+            if proc.name == "containerd" and proc.alive():
+                node.stop_containers(self.state_dir)  # kubelet is stopped by now
             # SeaweedFS ignores SIGTERM for long seconds; its data is throwaway.
             _terminate(proc, grace=1.0 if proc.name == "seaweedfs" else 10.0)
         self.processes.clear()
         pid_file.unlink(missing_ok=True)
+        node.cleanup(self.state_dir)
         if not keep_state and self.state_dir.exists():
+            if node.mounts_under(self.state_dir):  # never delete through a live mount
+                raise TestbedError(f"mounts left under {self.state_dir}; not removing it")
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def user_kubeconfig(self, user: str, *, groups: tuple[str, ...] = ()) -> Path:
@@ -212,6 +224,9 @@ class Testbed:
             ),
         )
         admin = pki.issue("admin", "testbed-admin", groups=("system:masters",))
+        kubelet_client = pki.issue(
+            "apiserver-kubelet-client", "kube-apiserver", groups=("system:masters",)
+        )
         sa = pki.service_account_keys()
 
         kine_port = free_port()
@@ -239,15 +254,20 @@ class Testbed:
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={pki.ca.cert}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",  # Node: the real kubelet's own rights
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={node.SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--watch-cache=true",
+                # logs/exec: dial the node's InternalIP (127.0.0.1 for every node here)
+                # with a client certificate the real kubelet accepts.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
             ],
         )
         ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
@@ -333,14 +353,37 @@ class Testbed:
         )
         # The API server taints new Nodes not-ready; the node lifecycle controller (not run
         # here: kwok's fake heartbeats do not renew leases) would lift it once Ready.
-        for node in FAKE_NODES:
+        for fake in FAKE_NODES:
             with contextlib.suppress(TestbedError):
-                self.kubectl("taint", "nodes", node, "node.kubernetes.io/not-ready:NoSchedule-")
+                self.kubectl("taint", "nodes", fake, "node.kubernetes.io/not-ready:NoSchedule-")
         self.kubectl(
             "wait", "--for=condition=Established", "crd", "--all", f"--timeout={remaining}s"
         )
         self._wait("default service account", deadline, self._default_sa_exists)
+        if self.real_node:
+            self._start_real_node(pki, deadline)
         self._write_env_file()
+
+    def _start_real_node(self, pki: Pki, deadline: float) -> None:
+        tc = self.toolchain
+        try:
+            self.images = build_all()
+            node.start(
+                self,
+                pki,
+                self.images,
+                deadline,
+                kubelet=tc.kubelet,
+                kube_proxy=tc.kube_proxy,
+                python=sys.executable,
+                free_port=free_port,
+            )
+        except (RuntimeError, OSError) as exc:  # TestbedError (a RuntimeError) included
+            raise TestbedError(
+                f"the real node did not come up (it needs root, containerd, runc and the CNI"
+                f" plugins: scripts/toolchain/system-packages.sh): {exc}\n"
+                f"logs:\n{self.logs_summary()}"
+            ) from exc
 
     def _default_sa_exists(self) -> bool:
         try:
@@ -349,7 +392,7 @@ class Testbed:
             return False
         return True
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
@@ -360,6 +403,7 @@ class Testbed:
                 cwd=self.state_dir,
                 start_new_session=True,
                 preexec_fn=None if self.detached else _die_with_parent,
+                env=None if env is None else {**os.environ, **env},
             )
         proc = Process(name, argv, log, pid=popen.pid, popen=popen)
         self.processes.append(proc)
@@ -404,6 +448,7 @@ def _fake_nodes() -> Mapping[str, object]:
                     },
                     "labels": {
                         "type": "kwok",
+                        node.LABEL: "kwok",
                         "kubernetes.io/hostname": name,
                         "kubernetes.io/os": "linux",
                         "kubernetes.io/arch": "amd64",

@@ -12,6 +12,25 @@ BUILD_SCRIPT = REPO / "scripts" / "toolchain" / "build.sh"
 VERSIONS_FILE = REPO / "scripts" / "toolchain" / "versions.env"
 
 
+# What the real node takes from Debian (scripts/toolchain/system-packages.sh installs it).
+NODE_SYSTEM_FILES = tuple(
+    Path(p)
+    for p in (
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/bin/ctr",
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/loopback",
+        "/usr/sbin/iptables",
+        "/usr/sbin/conntrack",
+        "/usr/bin/nsenter",
+        "/usr/bin/gcc",
+    )
+)
+
+
 class ToolchainMissing(RuntimeError):
     """A binary of the test bed is not built and building it was not allowed or failed."""
 
@@ -47,6 +66,8 @@ class Toolchain:
     crds: Path
     actionlint: Path
     weed: Path  # SeaweedFS: the S3-compatible server of the s3:// backend tests
+    kubelet: Path  # the real node (testbed.node), same Kubernetes build
+    kube_proxy: Path
     pulumi_version: str
     kubernetes_provider_version: str
     kubernetes_version: str
@@ -76,6 +97,9 @@ class Toolchain:
             self.weed,
             self.pulumi_bin / "pulumi-language-python",
             self.pulumi_bin / "pulumi-language-python-exec",
+            self.kubelet,
+            self.kube_proxy,
+            *NODE_SYSTEM_FILES,
         ]
         return [p for p in required if not p.exists()]
 
@@ -102,6 +126,8 @@ def locate() -> Toolchain:
         / f"crds-gateway-{v['GATEWAY_API_VERSION']}-rollouts-{v['ARGO_ROLLOUTS_VERSION']}",
         actionlint=cache / f"actionlint-{v['ACTIONLINT_VERSION']}" / "bin" / "actionlint",
         weed=cache / f"seaweedfs-{v['SEAWEEDFS_VERSION']}" / "bin" / "weed",
+        kubelet=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kubelet",
+        kube_proxy=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kube-proxy",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],
@@ -117,7 +143,8 @@ def ensure(*, build: bool = True) -> Toolchain:
     if missing:
         listing = ", ".join(str(p) for p in missing)
         raise ToolchainMissing(
-            f"test bed binaries missing: {listing}; run scripts/toolchain/build.sh"
+            f"test bed binaries missing: {listing}; run scripts/toolchain/system-packages.sh"
+            " (Debian packages, as root) and scripts/toolchain/build.sh"
         )
     return toolchain
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from testbed import locate
+from testbed import node as real_node
+from testbed.images import build_all
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,9 @@ def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
     assert up.returncode == 0, up.stderr
     pids = {p["pid"] for p in json.loads((state / "pids.json").read_text())}
     try:
-        assert len(pids) == 5
+        # kine, apiserver, controller-manager, scheduler, kwok; relay, containerd, kubelet,
+        # kube-proxy (these three listen inside the node's namespace only).
+        assert len(pids) == 9
         addresses = listeners(pids)
         assert addresses, "the control plane listens somewhere"
         assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
@@ -59,9 +63,12 @@ def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
             timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.count(" Ready ") == 2
+        assert out.stdout.count(" Ready ") == 3
         assert locate().pulumi_version in out.stdout
         assert f"BACKEND=file://{state}/state" in out.stdout
+        _run_a_real_pod(state)  # so that down has shims, mounts and a pod netns to remove
+        assert real_node.shim_pids(state)
+        assert real_node.mounts_under(state)
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "testbed", "down", "--state", str(state)],
@@ -78,3 +85,32 @@ def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         ), pid
+    netns = real_node.Paths.of(state)
+    assert real_node.shim_pids(state) == []
+    assert real_node.mounts_under(state) == []
+    assert not netns.netns.exists(), "the node's network namespace (bridge, iptables) is left"
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True)
+    assert real_node.BRIDGE not in links.stdout
+    assert not [
+        link
+        for link in Path("/var/log/containers").glob("*.log")
+        if str(state) in os.readlink(link)
+    ]
+
+
+def _run_a_real_pod(state: Path) -> None:
+    image = build_all()["echo"].name  # cached: the name `up` imported
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {
+            **real_node.pod_placement(),
+            "containers": [{"name": "echo", "image": image, "imagePullPolicy": "Never"}],
+        },
+    }
+    kubectl = [str(locate().kubectl), "--kubeconfig", str(state / "kubeconfig")]
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(pod), text=True, check=True)
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Ready", "pod/echo", "--timeout=90s"], check=True
+    )

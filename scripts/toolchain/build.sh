@@ -3,8 +3,8 @@
 #
 #   scripts/toolchain/build.sh [component ...]     (default: all)
 #
-# Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kine, kwok, crds,
-# actionlint, seaweedfs. Each one is skipped when its outputs already exist. Prints one line per step
+# Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kubernetes-node,
+# kine, kwok, crds, actionlint, seaweedfs. Each one is skipped when its outputs already exist. Prints one line per step
 # with the time it took. Only the Go module proxy is needed.
 set -euo pipefail
 
@@ -127,9 +127,9 @@ PY
 }
 
 # ------------------------------------------------------- Kubernetes binaries
-build_kubernetes() {
-  local out="$CACHE/kubernetes-$KUBERNETES_VERSION/bin"
-  mkdir -p "$out"
+# kubernetes_wrapper PKG...: a wrapper module in . that requires k8s.io/kubernetes and
+# imports PKG... (so `go mod tidy` keeps what they need).
+kubernetes_wrapper() {
   local staging="v0${KUBERNETES_VERSION#v1}"
   go mod init preview-env/kubernetes >/dev/null 2>&1
   go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
@@ -140,18 +140,39 @@ build_kubernetes() {
   for m in $(sed -n 's#^\s*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$kmod"); do
     go mod edit -replace="$m=$m@$staging"
   done
-  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n' > tools.go
+  { printf 'package tools\n\nimport (\n'; printf '\t_ "%s"\n' "$@"; printf ')\n'; } > tools.go
   go mod tidy
+}
+
+kubernetes_ldflags() {
   local major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
   local minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
-  local ld="-s -w"
-  local pkg
+  local ld="-s -w" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   done
-  go build -trimpath -ldflags "$ld" -o "$out/" \
+  printf '%s' "$ld"
+}
+
+build_kubernetes() {
+  local out="$CACHE/kubernetes-$KUBERNETES_VERSION/bin"
+  mkdir -p "$out"
+  kubernetes_wrapper k8s.io/kubernetes/cmd/kube-apiserver/app \
+    k8s.io/kubernetes/cmd/kube-controller-manager/app \
+    k8s.io/kubernetes/cmd/kube-scheduler/app k8s.io/kubectl/pkg/cmd
+  go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+# kubelet and kube-proxy for the bed's one real node: same module and wrapper as the
+# control plane, a cache dir of their own so a cached control-plane build is never redone.
+build_kubernetes_node() {
+  local out="$CACHE/kubernetes-node-$KUBERNETES_VERSION/bin"
+  mkdir -p "$out"
+  kubernetes_wrapper "k8s.io/kubernetes/cmd/kubelet/app" "k8s.io/kubernetes/cmd/kube-proxy/app"
+  go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$out/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_kine() {
@@ -217,7 +238,7 @@ build_seaweedfs() {
   go build -trimpath -ldflags "-s -w" -o "$out/weed" "$mod/weed"
 }
 
-ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes pulumi-language-python actionlint seaweedfs)
+ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node pulumi-language-python actionlint seaweedfs)
 components=("$@"); [[ ${#components[@]} -eq 0 ]] && components=("${ALL[@]}")
 total=$SECONDS
 for c in "${components[@]}"; do
@@ -226,6 +247,7 @@ for c in "${components[@]}"; do
     pulumi-language-python) step pulumi-language-python "$CACHE/pulumi-$PULUMI_VERSION/bin/pulumi-language-python" -- build_pulumi_language_python ;;
     pulumi-kubernetes) step pulumi-kubernetes "$CACHE/pulumi-kubernetes-$PULUMI_KUBERNETES_VERSION/bin/pulumi-resource-kubernetes" -- build_pulumi_kubernetes ;;
     kubernetes) step kubernetes "$CACHE/kubernetes-$KUBERNETES_VERSION/bin/kubectl" -- build_kubernetes ;;
+    kubernetes-node) step kubernetes-node "$CACHE/kubernetes-node-$KUBERNETES_VERSION/bin/kube-proxy" -- build_kubernetes_node ;;
     kine) step kine "$CACHE/kine-$KINE_VERSION/bin/kine" -- build_kine ;;
     kwok) step kwok "$CACHE/kwok-$KWOK_VERSION/stages" -- build_kwok ;;
     crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION/argo-rollouts-rollout-crd.yaml" -- build_crds ;;

@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # Debian packages the test bed needs besides the Go-built toolchain: PostgreSQL (the
-# postgres:// backend of the sharing tests) and util-linux's unshare/setpriv (teammates on
-# their own host names; PostgreSQL run as its own user). Installs only what is missing.
+# postgres:// backend of the sharing tests), util-linux's unshare/setpriv (teammates on
+# their own host names; PostgreSQL run as its own user), and the real node's runtime:
+# containerd, runc, the CNI plugins, iptables/conntrack (kube-proxy), iproute2 (network
+# namespace and bridge clean-up) and a static libc for the pause image. Installs only what
+# is missing.
 set -euo pipefail
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+have containerd || missing+=(containerd)
+have runc || missing+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
+  missing+=(containernetworking-plugins)
+have iptables || missing+=(iptables)
+have conntrack || missing+=(conntrack)
+have ip || missing+=(iproute2)
+have gcc || missing+=(gcc)
+have sysctl || missing+=(procps)
+have nsenter || missing+=(util-linux)
+[[ -e /usr/lib/x86_64-linux-gnu/libc.a || -n "$(compgen -G '/usr/lib/*/libc.a')" ]] || missing+=(libc6-dev)
 if [[ ${#missing[@]} -eq 0 ]]; then exit 0; fi
 if [[ $(id -u) -ne 0 ]]; then
   echo "[toolchain] missing Debian packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]})" >&2

@@ -1,0 +1,3 @@
+module preview-env.local/echo
+
+go 1.22

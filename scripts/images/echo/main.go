@@ -1,0 +1,51 @@
+// echo: the test bed's HTTP echo server. Listens on $PORT (default 8080) and answers any
+// request with JSON holding its pod name (HOSTNAME), its environment and the request
+// headers, so tests can see which pod answered and what reached it. Logs one line at
+// start-up and one per request to stdout, so `kubectl logs` has something to show.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
+
+type reply struct {
+	Hostname string            `json:"hostname"`
+	Method   string            `json:"method"`
+	Path     string            `json:"path"`
+	Headers  map[string]string `json:"headers"`
+	Env      map[string]string `json:"env"`
+}
+
+func main() {
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	hostname, _ := os.Hostname()
+	if h := os.Getenv("HOSTNAME"); h != "" {
+		hostname = h
+	}
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		headers := map[string]string{"Host": r.Host}
+		for k, v := range r.Header {
+			headers[k] = strings.Join(v, ", ")
+		}
+		env := map[string]string{}
+		for _, kv := range os.Environ() {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		fmt.Printf("echo: %s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(reply{hostname, r.Method, r.URL.Path, headers, env})
+	})
+	fmt.Printf("echo: %s listening on :%s\n", hostname, port)
+	if err := http.ListenAndServe(":"+port, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,161 @@
+"""The bed's real node runs real containers: image, probes, Service, logs, pull errors.
+
+kwok nodes only pretend; these cases need behaviour, so they pin their pods to the real
+node with `testbed.node.pod_placement()` (a nodeSelector plus the toleration of its taint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from testbed import Testbed
+from testbed import node as real_node
+from tests.support import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def namespace(testbed: Testbed) -> Iterator[str]:
+    name = f"real-{uuid.uuid4().hex[:6]}"
+    testbed.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        testbed.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def _apply(testbed: Testbed, *docs: dict[str, Any]) -> None:
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(docs)}),
+    )
+
+
+def _echo(namespace: str, image: str) -> list[dict[str, Any]]:
+    labels = {"app": "echo"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "echo", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    **real_node.pod_placement(),
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "echo",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "env": [{"name": "GREETING", "value": "from-the-real-node"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ready", "port": 8080},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": namespace},
+        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    return [deployment, service]
+
+
+def test_echo_on_the_real_node_serves_through_its_service(testbed: Testbed, namespace: str) -> None:
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    _apply(testbed, *_echo(namespace, image))
+    testbed.kubectl("rollout", "status", "deployment/echo", "-n", namespace, "--timeout=90s")
+
+    pods = json.loads(
+        testbed.kubectl("get", "pods", "-n", namespace, "-l", "app=echo", "-o", "json")
+    )
+    (pod,) = pods["items"]
+    assert pod["spec"]["nodeName"] == real_node.NAME
+    pod_name = pod["metadata"]["name"]
+    cluster_ip = json.loads(
+        testbed.kubectl("get", "service", "echo", "-n", namespace, "-o", "json")
+    )["spec"]["clusterIP"]
+
+    answers: list[dict[str, Any]] = []
+
+    def answered() -> bool:
+        # kube-proxy writes the Service's rules a moment after the endpoints turn ready.
+        try:
+            status, body = real_node.http_get(
+                testbed.node_netns, f"http://{cluster_ip}/hello", {"X-Preview-Env": "probe-42"}
+            )
+        except OSError:
+            return False
+        if status == 200:
+            answers.append(json.loads(body))
+        return status == 200
+
+    assert wait_until(answered, timeout=30), f"no answer from {cluster_ip}"
+    reply = answers[-1]
+    assert reply["hostname"] == pod_name
+    assert reply["path"] == "/hello"
+    assert reply["headers"]["X-Preview-Env"] == "probe-42"
+    assert reply["env"]["GREETING"] == "from-the-real-node"
+    assert reply["env"]["HOSTNAME"] == pod_name
+
+    # API server -> kubelet (through the bed's relay) -> containerd's log file.
+    logs = testbed.kubectl("logs", "-n", namespace, pod_name)
+    assert f"echo: {pod_name} listening on :8080" in logs
+    assert "echo: GET /hello from" in logs
+    assert "echo: GET /ready from" in logs  # the kubelet's readiness probe, for real
+
+
+def test_missing_image_is_err_image_never_pull(testbed: Testbed, namespace: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "missing", "namespace": namespace},
+        "spec": {
+            **real_node.pod_placement(),
+            "containers": [
+                {
+                    "name": "missing",
+                    "image": "preview-env.local/does-not-exist:0",
+                    "imagePullPolicy": "Never",
+                }
+            ],
+        },
+    }
+    _apply(testbed, pod)
+
+    def reason() -> str:
+        status = json.loads(testbed.kubectl("get", "pod", "missing", "-n", namespace, "-o", "json"))
+        for container in status.get("status", {}).get("containerStatuses", []):
+            return str(container.get("state", {}).get("waiting", {}).get("reason", ""))
+        return ""
+
+    assert wait_until(lambda: reason() == "ErrImageNeverPull", timeout=60), reason()
+
+
+def test_pods_that_do_not_choose_stay_on_kwok_nodes(testbed: Testbed) -> None:
+    nodes = json.loads(testbed.kubectl("get", "nodes", "-o", "json"))["items"]
+    kinds = {n["metadata"]["name"]: n["metadata"]["labels"].get(real_node.LABEL) for n in nodes}
+    assert kinds[real_node.NAME] == "real"
+    assert {k for name, k in kinds.items() if name != real_node.NAME} == {"kwok"}
+    (real,) = [n for n in nodes if n["metadata"]["name"] == real_node.NAME]
+    assert {"key": real_node.TAINT, "value": "true", "effect": "NoSchedule"} in real["spec"][
+        "taints"
+    ]
