@@ -147,7 +147,9 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[Star
     return sorted(pods, key=lambda p: (p.namespace, p.name))
 
 
-def _failure_reason(cluster: Cluster, key: str, service: ServiceSpec) -> str:
+def _failure(cluster: Cluster, key: str, service: ServiceSpec) -> tuple[str, str]:
+    """Why this target's pods are not Ready, and the failing container's last log lines
+    (indented, one per line; empty when it printed nothing)."""
     try:
         pods = [
             p
@@ -155,12 +157,17 @@ def _failure_reason(cluster: Cluster, key: str, service: ServiceSpec) -> str:
             if p["metadata"].get("labels", {}).get(naming.LABEL_TARGET) == service.target_label
         ]
     except PreviewError:
-        return "the cluster could not be read"
+        return "the cluster could not be read", ""
     unready = [p for p in pods if not pod_ready(p)]
-    if unready:
-        pod = unready[0]
-        return f"pod {pod['metadata']['name']} not Ready: {pod_reason(pod)}"
-    return "no pod became Ready" if not pods else ""
+    if not unready:
+        return ("no pod became Ready" if not pods else ""), ""
+    pod = unready[0]
+    reason = f"pod {pod['metadata']['name']} not Ready: {pod_reason(pod)}"
+    container, lines = cluster.log_tail(pod)
+    if not lines:
+        return reason, ""
+    shown = "\n".join(f"  | {line}" for line in lines)
+    return reason, f"\nlast log lines of container {container}:\n{shown}"
 
 
 def _check_routes_of_others(
@@ -377,8 +384,8 @@ def start(
             on_output=progress.on_output,
         )
     except DeployFailed as exc:
-        reason = _failure_reason(cluster, env_key, service)
-        why = f"{reason}; {exc}" if reason else str(exc)
+        reason, last_words = _failure(cluster, env_key, service)
+        why = (f"{reason}; {exc}" if reason else str(exc)) + last_words
         if keep_on_failure:
             raise DeployFailed(
                 f"{why} (kept; inspect it, then run `preview-env clean -k {env_key}`)"

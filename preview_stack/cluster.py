@@ -279,6 +279,28 @@ class Cluster:
                     return []
                 raise
 
+    def log_tail(self, pod: Mapping[str, Any], lines: int = 10) -> tuple[str, list[str]]:
+        """The container that is failing in `pod` and the last lines it printed (its
+        previous run when it restarted: a crash loop's current container has none yet)."""
+        statuses = pod.get("status", {}).get("containerStatuses") or []
+        failing = next((c for c in statuses if not c.get("ready")), None)
+        if failing is None:
+            return "", []
+        state = failing.get("state") or {}
+        previous = bool(failing.get("restartCount")) and not state.get("running")
+        meta = pod["metadata"]
+        try:
+            text = self.core.read_namespaced_pod_log(
+                meta["name"],
+                meta["namespace"],
+                container=failing["name"],
+                tail_lines=lines,
+                previous=previous,
+            )
+        except (ApiException, urllib3.exceptions.HTTPError, OSError):
+            return failing["name"], []  # no logs yet (never started, or the node is gone)
+        return failing["name"], str(text or "").splitlines()[-lines:]
+
     def has_gateway_api(self) -> bool:
         """Whether the cluster serves HTTPRoutes (gateway.networking.k8s.io/v1)."""
         with _errors("reading the cluster's API resources"):

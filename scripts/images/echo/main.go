@@ -2,6 +2,7 @@
 // request with JSON holding its pod name (HOSTNAME), its environment and the request
 // headers, so tests can see which pod answered and what reached it. Logs one line at
 // start-up and one per request to stdout, so `kubectl logs` has something to show.
+// ECHO_EXIT=N makes it print one line and exit with code N at once (a crash loop on demand).
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -21,6 +23,11 @@ type reply struct {
 }
 
 func main() {
+	if code := os.Getenv("ECHO_EXIT"); code != "" {
+		n, _ := strconv.Atoi(code)
+		fmt.Printf("echo: exiting with code %d as asked\n", n)
+		os.Exit(n)
+	}
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"

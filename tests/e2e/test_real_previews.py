@@ -1,0 +1,221 @@
+"""Previews on the real node, through the CLI: the derived pod really starts (volumes, env
+expansion, probes), serves requests, stays out of the target's Service, and failures say
+why with the container's own last words."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import Testbed
+from testbed import node as real_node
+from tests.e2e.conftest import Cli, Kube
+from tests.support import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def namespace(testbed: Testbed) -> Iterator[str]:
+    name = f"rp-{uuid.uuid4().hex[:6]}"
+    testbed.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        testbed.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def _shop(namespace: str, image: str) -> list[dict[str, Any]]:
+    """A target with ConfigMap and Secret volumes, envFrom, $(VAR) and a readiness probe."""
+    labels = {"app": "shop"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "shop-files", "namespace": namespace},
+            "data": {"greeting": "hello"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "shop-env", "namespace": namespace},
+            "data": {"REGION": "eu", "FEATURE_X": "on"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "shop-secret", "namespace": namespace},
+            "stringData": {"token": "t0k"},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "shop", "namespace": namespace},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        **real_node.pod_placement(),
+                        "terminationGracePeriodSeconds": 1,
+                        "volumes": [
+                            {"name": "files", "configMap": {"name": "shop-files"}},
+                            {"name": "secret", "secret": {"secretName": "shop-secret"}},
+                        ],
+                        "containers": [
+                            {
+                                "name": "shop",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                                "envFrom": [{"configMapRef": {"name": "shop-env"}}],
+                                "env": [
+                                    {"name": "DB_HOST", "value": "db.staging"},
+                                    {"name": "DATABASE_URL", "value": "postgres://$(DB_HOST)/app"},
+                                    {"name": "DROP_ME", "value": "1"},
+                                ],
+                                "volumeMounts": [
+                                    {"name": "files", "mountPath": "/etc/shop"},
+                                    {"name": "secret", "mountPath": "/etc/secret"},
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/ready", "port": "http"},
+                                    "periodSeconds": 1,
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "shop", "namespace": namespace},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+def _config(tmp_path: Path, namespace: str, override: dict[str, str]) -> str:
+    path = tmp_path / "mirrord.json"
+    path.write_text(
+        json.dumps(
+            {
+                "target": {"path": "deployment/shop/container/shop", "namespace": namespace},
+                "feature": {
+                    "preview": {"creation_timeout_secs": 45},
+                    "env": {"exclude": ["DROP_ME"], "override": override},
+                },
+            }
+        )
+    )
+    return str(path)
+
+
+def _answers(testbed: Testbed, ip: str, count: int) -> list[dict[str, Any]]:
+    replies: list[dict[str, Any]] = []
+
+    def ask() -> bool:
+        try:
+            status, body = real_node.http_get(testbed.node_netns, f"http://{ip}/")
+        except OSError:
+            return False
+        if status == 200:
+            replies.append(json.loads(body))
+        return len(replies) >= count
+
+    assert wait_until(ask, timeout=45), f"{len(replies)} answers from {ip}"
+    return replies
+
+
+def _pod_names(kube: Kube, namespace: str, selector: str) -> set[str]:
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=selector).items
+    return {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
+
+
+def test_a_real_preview_starts_serves_and_stays_isolated(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+) -> None:
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
+        ),
+    )
+    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    key = "rp-live"
+    config = _config(tmp_path, namespace, {"MODE": "preview"})
+    started = cli("start", "-f", config, "-i", image, "-k", key, "--routing", "none", "-o", "json")
+    assert started.code == 0, started.stderr
+    (pod,) = started.json()["pods"]
+    assert pod["ready"]
+    assert kube.core.read_namespaced_pod(pod["name"], namespace).spec.node_name == real_node.NAME
+    try:
+        preview_ip = kube.core.read_namespaced_service(f"shop-{key}", namespace).spec.cluster_ip
+        target_ip = kube.core.read_namespaced_service("shop", namespace).spec.cluster_ip
+        targets = _pod_names(kube, namespace, "app=shop")
+        assert pod["name"] not in targets and len(targets) == 2
+
+        replies = _answers(testbed, preview_ip, 6)
+        assert {r["hostname"] for r in replies} == {pod["name"]}  # only the preview
+        env = replies[0]["env"]
+        assert "DROP_ME" not in env  # excluded
+        assert env["MODE"] == "preview"  # overridden
+        assert env["PREVIEW_ENV_KEY"] == key
+        assert env["DATABASE_URL"] == "postgres://db.staging/app"  # $(VAR) still expands
+        assert env["REGION"] == "eu"  # envFrom kept
+
+        seen = {r["hostname"] for r in _answers(testbed, target_ip, 12)}
+        assert seen <= targets and pod["name"] not in seen  # the target never reaches it
+    finally:
+        assert cli("clean", "-k", key).code == 0
+
+
+def test_real_failures_are_named_with_the_containers_last_words(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+) -> None:
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
+        ),
+    )
+    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    config = _config(tmp_path, namespace, {})
+    missing = cli(
+        "start",
+        "-f",
+        config,
+        "-i",
+        "preview-env.local/missing:1",
+        "-k",
+        "rp-missing",
+        "--timeout",
+        "20",
+    )
+    assert missing.code == 1
+    assert "ErrImageNeverPull" in missing.stderr, missing.stderr
+
+    crashing = _config(tmp_path, namespace, {"ECHO_EXIT": "3"})
+    crashed = cli("start", "-f", crashing, "-i", image, "-k", "rp-crash", "--timeout", "40")
+    assert crashed.code == 1
+    assert "CrashLoopBackOff" in crashed.stderr, crashed.stderr
+    assert "echo: exiting with code 3 as asked" in crashed.stderr  # its last log lines
+    assert wait_until(lambda: _pod_names(kube, namespace, "preview-env.dev/key") == set())
