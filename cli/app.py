@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import clean, extend, reap, start, status
+from cli import clean, extend, logs, reap, start, status
 from cli.context import Settings
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("status")(status.status)
 app.command("clean")(clean.clean)
 app.command("extend")(extend.extend)
 app.command("reap")(reap.reap)
+app.command("logs")(logs.logs)
 
 
 def main() -> None:

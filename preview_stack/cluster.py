@@ -72,6 +72,45 @@ def _in_cluster(target: ClusterTarget) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class PodLogs:
+    """One preview container's log, read through the API server (`pods/log`)."""
+
+    core: Any
+    pod: str
+    namespace: str
+    container: str
+    tail: int | None = None
+    since_seconds: int | None = None
+
+    def lines(self, *, follow: bool = False) -> Iterator[str]:
+        """Its lines as they are read: all of them at once, or as they come with `follow`."""
+        options: dict[str, Any] = {"container": self.container, "_preload_content": False}
+        if follow:
+            options["follow"] = True
+        if self.tail is not None:
+            options["tail_lines"] = self.tail
+        if self.since_seconds is not None:
+            options["since_seconds"] = self.since_seconds
+        with _errors(f"reading the logs of pod {self.namespace}/{self.pod}"):
+            try:
+                response = self.core.read_namespaced_pod_log(self.pod, self.namespace, **options)
+            except ApiException as exc:
+                if exc.status in (400, 404):  # not started yet, or gone meanwhile
+                    return
+                raise
+            pending = b""
+            try:
+                for chunk in response.stream(4096):
+                    pending += chunk
+                    *whole, pending = pending.split(b"\n")
+                    yield from (line.decode(errors="replace") for line in whole)
+            finally:
+                response.release_conn()
+            if pending:
+                yield pending.decode(errors="replace")
+
+
 class Cluster:
     """Reads from one cluster. Everything returns plain JSON dicts."""
 
@@ -279,6 +318,47 @@ class Cluster:
                     return []
                 raise
 
+    def pod_logs(
+        self,
+        key: str,
+        stack_id: str,
+        services: Collection[tuple[str, str, str]],
+        *,
+        container: str | None = None,
+        tail: int | None = None,
+        since_seconds: int | None = None,
+    ) -> list[PodLogs]:
+        """The logs of this stack's preview pods of `services` (namespace, target label,
+        image): the container running the preview image unless `container` names one."""
+        wanted = {(ns, label): image for ns, label, image in services}
+        found = []
+        for pod in self.preview_pods(key, {ns for ns, _, _ in services}):
+            meta, spec = pod["metadata"], pod.get("spec", {})
+            labels = meta.get("labels") or {}
+            image = wanted.get((meta["namespace"], labels.get(naming.LABEL_TARGET, "")))
+            if image is None or labels.get(naming.LABEL_STACK) != stack_id:
+                continue
+            if meta.get("deletionTimestamp"):
+                continue
+            names = [c["name"] for c in spec.get("initContainers", []) + spec["containers"]]
+            if container is not None and container not in names:
+                raise NotFound(
+                    f"pod {meta['name']} has no container {container!r} "
+                    f"(containers: {', '.join(names)})"
+                )
+            own = next((c["name"] for c in spec["containers"] if c.get("image") == image), None)
+            found.append(
+                PodLogs(
+                    self.core,
+                    meta["name"],
+                    meta["namespace"],
+                    container or own or spec["containers"][0]["name"],
+                    tail,
+                    since_seconds,
+                )
+            )
+        return sorted(found, key=lambda p: (p.namespace, p.pod))
+
     def log_tail(self, pod: Mapping[str, Any], lines: int = 10) -> tuple[str, list[str]]:
         """The container that is failing in `pod` and the last lines it printed (its
         previous run when it restarted: a crash loop's current container has none yet)."""
@@ -287,7 +367,8 @@ class Cluster:
         if failing is None:
             return "", []
         state = failing.get("state") or {}
-        previous = bool(failing.get("restartCount")) and not state.get("running")
+        # Waiting to restart: the lines are the previous run's; ended or running: this run's.
+        previous = bool(failing.get("restartCount")) and "waiting" in state
         meta = pod["metadata"]
         try:
             text = self.core.read_namespaced_pod_log(

@@ -50,10 +50,20 @@ def pod_reason(pod: Mapping[str, Any]) -> str | None:
     status = pod.get("status", {})
     for container in status.get("containerStatuses", []) or []:
         state = container.get("state", {}) or {}
+        ended = (container.get("lastState") or {}).get("terminated") or state.get("terminated")
+        last = (
+            f" (container {container.get('name')} last ended: {ended.get('reason', 'unknown')}, "
+            f"exit code {ended.get('exitCode')})"
+            if ended
+            else ""
+        )
+        if container.get("restartCount") and not state.get("running"):
+            # Between restarts the state flips from terminated to waiting: a crash loop.
+            return f"CrashLoopBackOff: restarted {container['restartCount']} times{last}"
         for kind in ("waiting", "terminated"):
             if state.get(kind) and state[kind].get("reason"):
                 detail = state[kind].get("message")
-                return f"{state[kind]['reason']}" + (f": {detail}" if detail else "")
+                return f"{state[kind]['reason']}" + (f": {detail}" if detail else "") + last
     for condition in status.get("conditions", []) or []:
         if condition.get("status") != "True" and condition.get("reason"):
             return f"{condition['reason']}: {condition.get('message', '')}".rstrip(": ")

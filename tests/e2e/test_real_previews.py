@@ -181,6 +181,18 @@ def test_a_real_preview_starts_serves_and_stays_isolated(
 
         seen = {r["hostname"] for r in _answers(testbed, target_ip, 12)}
         assert seen <= targets and pod["name"] not in seen  # the target never reaches it
+
+        # `logs`: what the container printed, through the API server and the kubelet.
+        prefix = f"[{pod['name']}/shop]"
+        got = cli("logs", "-k", key)
+        assert got.code == 0, got.stderr
+        assert f"{prefix} echo: {pod['name']} listening on :8080" in got.stdout
+        assert f"{prefix} echo: GET / from" in got.stdout
+        last = cli("logs", "-k", key, "-t", "deployment/shop", "--tail", "1")
+        assert last.code == 0 and len(last.stdout.splitlines()) == 1
+        unknown = cli("logs", "-k", key, "-t", "deployment/nope")
+        assert unknown.code == 2 and "targets: deployment/shop" in unknown.stderr
+        _follows_until_interrupted(testbed, key, preview_ip, prefix)
     finally:
         assert cli("clean", "-k", key).code == 0
 
@@ -218,4 +230,38 @@ def test_real_failures_are_named_with_the_containers_last_words(
     assert crashed.code == 1
     assert "CrashLoopBackOff" in crashed.stderr, crashed.stderr
     assert "echo: exiting with code 3 as asked" in crashed.stderr  # its last log lines
+    assert "last ended: Error, exit code 3" in crashed.stderr
     assert wait_until(lambda: _pod_names(kube, namespace, "preview-env.dev/key") == set())
+
+
+def _follows_until_interrupted(testbed: Testbed, key: str, ip: str, prefix: str) -> None:
+    """`logs -f` prints a request's line as it happens, and Ctrl-C ends it with exit 0."""
+    import signal
+    import subprocess
+    import threading
+
+    from tests.e2e.conftest import spawn_cli
+
+    marker = f"/followed-{uuid.uuid4().hex[:8]}"
+    follower = spawn_cli("logs", "-k", key, "-f", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = threading.Event()
+
+    def read() -> None:
+        assert follower.stdout is not None
+        for line in follower.stdout:
+            if line.startswith(prefix) and marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert wait_until(
+            lambda: (
+                real_node.http_get(testbed.node_netns, f"http://{ip}{marker}")[0] == 200
+                and seen.wait(1)
+            ),
+            timeout=30,
+        )
+    finally:
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=20) == 0
