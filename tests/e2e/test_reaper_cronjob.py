@@ -124,6 +124,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
     job = "reap-now"
     time.sleep(max(0.0, 3 - (time.monotonic() - started)))  # the 2s TTL is over
     testbed.kubectl("-n", NS, "create", "job", job, "--from=cronjob/preview-env-reaper")
+    triggered = time.monotonic()
     try:
         assert wait_until(lambda: _job_state(testbed, job) != "Running", timeout=300), _pod_report(
             testbed, job
@@ -134,6 +135,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
         assert "reaped 1," in logs and "failed 0" in logs, logs
         assert key not in backend.stack_keys()
         assert wait_until(lambda: objects_of(kube, key) == []), objects_of(kube, key)
+        ran = time.monotonic() - triggered
     finally:
         testbed.kubectl("-n", NS, "delete", "job", job, "--ignore-not-found", "--wait=false")
         testbed.kubectl(
@@ -145,4 +147,5 @@ def test_the_example_cronjob_reaps_an_expired_environment(
             "preview-env-backend",
             "--ignore-not-found",
         )
-    print(f"reaper image {image.name}: built and imported in {built:.0f}s")
+    print(f"\nreaper image {image.name}: built (or found) and imported in {built:.0f}s;")
+    print(f"job created to environment gone: {ran:.0f}s; the pod's log:\n{logs}")
