@@ -8,6 +8,12 @@ the toolchain cache by a hash of everything that goes into it, and that hash is 
 a changed source gives a new name and a stale image is never used.
 
 `python -m testbed.images` builds them and prints their names.
+
+The `reaper` image (the example CronJob's, built on demand by `reaper()`, not at bed start)
+is bigger: the host's own Python interpreter (binary, standard library, the shared libraries
+`ldd` reports) at its host prefix, the project installed from its wheel with
+requirements.lock as constraints, and the toolchain's pulumi, language host and Kubernetes
+provider on PATH. Its layer is streamed to disk, never held in memory.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.toolchain import REPO, cache_dir, versions
+from testbed.toolchain import REPO, Toolchain, cache_dir, versions
 
 REGISTRY = "preview-env.local"
 ECHO_SOURCE = REPO / "scripts" / "images" / "echo"
@@ -151,6 +157,279 @@ def oci_archive(name: str, path: str, binary: bytes, user: str, ports: tuple[str
     return _tar(files)
 
 
+# ------------------------------------------------------------------ the reaper image
+# What the reaper's Python does not need from the standard library (and _tkinter would
+# drag in X11).
+_STDLIB_SKIP = frozenset(
+    {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip"}
+)
+REAPER_UID = "10001"
+PROJECT_SOURCES = ("cli", "preview_stack", "pyproject.toml", "requirements.lock")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One layer member: a host file to copy, literal bytes, a symlink, or a directory."""
+
+    source: Path | None = None
+    data: bytes | None = None
+    link: str | None = None
+    mode: int = 0o644
+
+
+def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
+    """`preview-env reap` as a container: Python, the project, pulumi and the provider."""
+    root = (cache or cache_dir()) / "images"
+    binaries = _reaper_binaries(toolchain)
+    key = _key(
+        sys.version.encode(),
+        sys.base_prefix.encode(),
+        *(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode() for p in binaries.values()),
+        *(f"{p.relative_to(REPO)}".encode() + p.read_bytes() for p in _project_files()),
+    )
+    tag = key[:16]
+    name = f"{REGISTRY}/reaper:{tag}"
+    archive = root / f"reaper-{tag}.tar"
+    if archive.exists():
+        return Image(name, archive)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        work = Path(tmp)
+        site = _install_project(work)
+        entries = _python_runtime()
+        site_dir = Path(sys.base_prefix) / "lib" / f"python{_pyver()}" / "site-packages"
+        for path in sorted(site.rglob("*")):
+            if (
+                path.is_file()
+                and not path.is_symlink()
+                and path.relative_to(site).parts[0] != "bin"
+            ):
+                entries[str(site_dir / path.relative_to(site))] = _Entry(path, mode=_mode(path))
+        for target, source in binaries.items():
+            entries[f"/usr/local/bin/{target}"] = _Entry(source, mode=0o755)
+        python = f"{sys.base_prefix}/bin/python{_pyver()}"
+        for alias in ("python", "python3"):
+            entries[f"/usr/local/bin/{alias}"] = _Entry(link=python)
+        env_binary = Path("/usr/bin/env")  # pulumi-language-python-exec's shebang
+        entries["/usr/bin/env"] = _Entry(env_binary, mode=0o755)
+        entries.update(_shared_libraries([python, str(env_binary), *_elf_files(entries)]))
+        entries["/etc/passwd"] = _Entry(
+            data=f"root:x:0:0:root:/root:/bin/sh\nreaper:x:{REAPER_UID}:{REAPER_UID}:"
+            "preview-env reaper:/tmp:/bin/sh\n".encode()
+        )
+        entries["/etc/group"] = _Entry(data=f"root:x:0:\nreaper:x:{REAPER_UID}:\n".encode())
+        entries["/tmp"] = _Entry(mode=0o1777)
+        layer = work / "layer.tar"
+        _write_layer(layer, entries)
+        config: dict[str, object] = {
+            "Entrypoint": ["/usr/local/bin/python3", "-m", "cli"],
+            "Env": [
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "HOME=/tmp",
+                "PULUMI_HOME=/tmp/pulumi-home",
+                "PULUMI_SKIP_UPDATE_CHECK=true",
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true",
+                "PYTHONDONTWRITEBYTECODE=1",
+                "PYTHONUNBUFFERED=1",
+            ],
+            "User": f"{REAPER_UID}:{REAPER_UID}",
+            "WorkingDir": "/tmp",
+        }
+        partial = work / "image.tar"
+        _write_oci(partial, name, layer, config)
+        os.replace(partial, archive)
+    return Image(name, archive)
+
+
+def _pyver() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _reaper_binaries(toolchain: Toolchain) -> dict[str, Path]:
+    bin_dir = toolchain.pulumi_bin
+    return {
+        "pulumi": bin_dir / "pulumi",
+        "pulumi-language-python": bin_dir / "pulumi-language-python",
+        "pulumi-language-python-exec": bin_dir / "pulumi-language-python-exec",
+        "pulumi-resource-kubernetes": toolchain.kubernetes_provider,
+    }
+
+
+def _project_files() -> list[Path]:
+    files: list[Path] = []
+    for name in PROJECT_SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            files += [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        else:
+            files.append(path)
+    return sorted(files)
+
+
+def _install_project(work: Path) -> Path:
+    """The project's wheel and its dependencies (requirements.lock pins) in `work/site`."""
+    wheels, site = work / "wheels", work / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)])
+    wheel = next(wheels.glob("preview_env-*.whl"))
+    constraints = ["-c", str(REPO / "requirements.lock")]
+    _run([*pip, "install", "--target", str(site), *constraints, str(wheel)])
+    return site
+
+
+def _python_runtime() -> dict[str, _Entry]:
+    """This interpreter: its binary, libpython and its standard library (with the
+    bytecode already compiled for this version, since the image's root is read-only)."""
+    prefix = Path(sys.base_prefix)
+    ver = _pyver()
+    entries: dict[str, _Entry] = {}
+    binary = prefix / "bin" / f"python{ver}"
+    entries[str(binary)] = _Entry(binary, mode=0o755)
+    for lib in (prefix / "lib").glob(f"libpython{ver}*.so*"):
+        entries[str(lib)] = (
+            _Entry(link=os.readlink(lib)) if lib.is_symlink() else _Entry(lib, mode=0o755)
+        )
+    stdlib = prefix / "lib" / f"python{ver}"
+    tag = f".cpython-{sys.version_info.major}{sys.version_info.minor}.pyc"
+    for path in sorted(stdlib.rglob("*")):
+        rel = path.relative_to(stdlib)
+        if rel.parts[0] in _STDLIB_SKIP or rel.parts[0].startswith("config-"):
+            continue
+        if path.is_symlink() or not path.is_file() or "_tkinter" in path.name:
+            continue
+        if "__pycache__" in rel.parts and not path.name.endswith(tag):
+            continue  # optimized (-O) bytecode: never used
+        entries[str(path)] = _Entry(path, mode=_mode(path))
+    return entries
+
+
+def _mode(path: Path) -> int:
+    return 0o755 if os.access(path, os.X_OK) else 0o644
+
+
+def _elf_files(entries: dict[str, _Entry]) -> list[str]:
+    """Sources of extension modules and shared objects among `entries`."""
+    return [
+        str(e.source)
+        for name, e in entries.items()
+        if e.source is not None and (name.endswith(".so") or ".so." in name)
+    ]
+
+
+def _shared_libraries(files: list[str]) -> dict[str, _Entry]:
+    """The libraries `ldd` resolves for `files`, at the paths it reports, and the loader."""
+    found: set[str] = set()
+    for start in range(0, len(files), 200):
+        out = subprocess.run(
+            ["ldd", *files[start : start + 200]], capture_output=True, text=True, check=False
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+                found.add(parts[2])
+            elif parts and parts[0].startswith("/") and "ld-linux" in parts[0]:
+                found.add(parts[0])
+    prefix = sys.base_prefix + "/"
+    return {
+        lib: _Entry(Path(os.path.realpath(lib)), mode=0o755)
+        for lib in sorted(found)
+        if not lib.startswith(prefix)  # libpython is already there
+    }
+
+
+def _write_layer(out: Path, entries: dict[str, _Entry]) -> None:
+    """A reproducible tar of `entries` (absolute names), streamed to `out`."""
+    names = {n.lstrip("/"): e for n, e in entries.items()}
+    dirs = sorted({str(p) for n in names for p in Path(n).parents} - {"."} - set(names))
+    with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for n in sorted(names):
+            e = names[n]
+            info = tarfile.TarInfo(n)
+            info.mode = e.mode
+            if e.link is not None:
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, e.link, 0o777
+                tar.addfile(info)
+            elif e.data is not None:
+                info.size = len(e.data)
+                tar.addfile(info, io.BytesIO(e.data))
+            elif e.source is not None:
+                info.size = e.source.stat().st_size
+                with e.source.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _write_oci(out: Path, name: str, layer: Path, image_config: dict[str, object]) -> None:
+    """The OCI layout tar of one layer file and its config, streamed to `out`."""
+    layer_digest = _file_digest(layer)
+    config = _json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": image_config,
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }
+    )
+    layer_desc: dict[str, object] = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": layer_digest,
+        "size": layer.stat().st_size,
+    }
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [layer_desc],
+        }
+    )
+    manifest_desc = _descriptor("application/vnd.oci.image.manifest.v1+json", manifest)
+    manifest_desc["platform"] = {"architecture": "amd64", "os": "linux"}
+    manifest_desc["annotations"] = {
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+    }
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [manifest_desc],
+        }
+    )
+    small = {
+        "oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
+        "index.json": index,
+        **{f"blobs/sha256/{_digest(b).split(':')[1]}": b for b in (config, manifest)},
+    }
+    with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in ("blobs", "blobs/sha256"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for n, data in sorted(small.items()):
+            info = tarfile.TarInfo(n)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo(f"blobs/sha256/{layer_digest.split(':')[1]}")
+        info.size, info.mode = layer.stat().st_size, 0o644
+        with layer.open("rb") as f:
+            tar.addfile(info, f)
+
+
 def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
     """A reproducible tar: fixed owner and times, parents listed, sorted names."""
     buf = io.BytesIO()
@@ -214,3 +493,8 @@ if __name__ == "__main__":
         sys.exit("go not found on PATH")
     for short, image in build_all().items():
         print(f"{short}\t{image.name}\t{image.archive}")
+    if "--reaper" in sys.argv[1:]:
+        from testbed.toolchain import locate
+
+        image = reaper(locate())
+        print(f"reaper\t{image.name}\t{image.archive}")

@@ -6,6 +6,9 @@ machine's own network, two beds never collide, and deleting the namespace remove
 The control plane listens on the host's 127.0.0.1 only, which a process inside the
 namespace cannot reach; the relay (`python -m testbed.netns`) bridges exactly the ports
 named on its command line: the API server into the namespace, the kubelet out of it.
+Inward ports listen on 127.0.0.1 inside the namespace and on each `--bind` address, e.g.
+the bridge's gateway, which pods reach (the in-cluster API server endpoint, a shared
+Pulumi backend for the reaper CronJob).
 
 A socket belongs to the namespace its creating thread was in, so `socket_in` switches the
 calling thread for the `socket()` call only.
@@ -92,19 +95,22 @@ async def _serve(listen: socket.socket, target_ns: Path | None, port: int) -> No
         await server.serve_forever()
 
 
-def _listener(netns: Path | None, port: int) -> socket.socket:
+def _listener(netns: Path | None, port: int, address: str = "127.0.0.1") -> socket.socket:
     sock = socket_in(netns)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((address, port))
     sock.listen(128)
     return sock
 
 
-async def _main(netns: Path, inward: list[int], outward: list[int]) -> None:
+async def _main(
+    netns: Path, inward: list[int], outward: list[int], binds: list[str] | None = None
+) -> None:
     # Bind everything before serving, so the parent can wait for the outward ports.
-    jobs = [_serve(_listener(netns, p), None, p) for p in inward]
+    addresses = ["127.0.0.1", *(binds or [])]
+    jobs = [_serve(_listener(netns, p, a), None, p) for p in inward for a in addresses]
     jobs += [_serve(_listener(None, p), netns, p) for p in outward]
-    print(f"relay: in {inward} out {outward} via {netns}", flush=True)
+    print(f"relay: in {inward} at {addresses} out {outward} via {netns}", flush=True)
     await asyncio.gather(*jobs)
 
 
@@ -127,8 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="namespace 127.0.0.1:PORT reachable at 127.0.0.1:PORT on the host",
     )
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        help="also listen for the inward ports on this address inside the namespace",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(_main(args.netns, args.inward, args.outward))
+    asyncio.run(_main(args.netns, args.inward, args.outward, args.bind))
     return 0
 
 

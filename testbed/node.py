@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -116,7 +117,8 @@ def start(
     _network(paths)
     kubelet_port = free_port()
     relay = [python, "-m", "testbed.netns", f"--netns={paths.netns}"]
-    relay += [f"--in={bed.apiserver_port}", f"--out={kubelet_port}"]
+    # The API server also on the gateway: the `kubernetes` Service's endpoint for pods.
+    relay += [f"--in={bed.apiserver_port}", f"--out={kubelet_port}", f"--bind={GATEWAY}"]
     bed._spawn(
         "node-relay",
         relay,
@@ -133,6 +135,48 @@ def start(
     proxy_conf.write_text(json.dumps(_kube_proxy_config(kubeconfig)))
     bed._spawn("kube-proxy", _nsenter(paths, [str(kube_proxy), f"--config={proxy_conf}"]), _env())
     _initialize(bed, deadline)
+    _kubernetes_endpoint(bed)
+
+
+def _kubernetes_endpoint(bed: Bed) -> None:
+    """Give the `kubernetes` Service (10.96.0.1:443, in the serving certificate) the relay's
+    end on the bridge gateway as its endpoint, so pods use the in-cluster configuration
+    through kube-proxy. The API server keeps no endpoints itself here
+    (--endpoint-reconciler-type=none: it advertises 127.0.0.1, which pods cannot reach)."""
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "testbed.preview-env.dev",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "port": bed.apiserver_port, "protocol": "TCP"}],
+    }
+    bed.kubectl("apply", "-f", "-", input_text=json.dumps(slice_))
+
+
+def relay_to_pods(bed: Bed, port: int, deadline: float) -> str:
+    """Carry host 127.0.0.1:`port` (a shared backend) to the bridge gateway, where pods on
+    the real node reach it; returns that `host:port`. One relay process per port, stopped
+    with the bed."""
+    paths = Paths.of(bed.state_dir)
+    argv = [sys.executable, "-m", "testbed.netns", f"--netns={paths.netns}"]
+    argv += [f"--in={port}", f"--bind={GATEWAY}"]
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    bed._spawn(f"relay-{port}", argv, env=env)
+    bed._wait(f"relay-{port}", deadline, lambda: _connectable_in(paths.netns, GATEWAY, port))
+    return f"{GATEWAY}:{port}"
+
+
+def import_image(state_dir: Path, image: Image) -> None:
+    """Import an image built after the node started (testbed.images.reaper) into it."""
+    _ctr(Paths.of(state_dir), "images", "import", str(image.archive))
 
 
 def _network(paths: Paths) -> None:
@@ -484,6 +528,12 @@ def _node_exists(bed: Bed) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _connectable_in(netns: Path, host: str, port: int) -> bool:
+    with socket_in(netns) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _connectable(port: int) -> bool:
