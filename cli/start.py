@@ -144,8 +144,7 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[Star
                 namespace=meta["namespace"],
                 target=service.display_target,
                 image=service.image,
-                # A CronJob's preview runs to completion (its Job at start).
-                ready=pod_ready(pod) or pod.get("status", {}).get("phase") == "Succeeded",
+                ready=pod_ready(pod),
                 traffic=service_traffic(service, env.key),
             )
         )

@@ -457,6 +457,8 @@ class Cluster:
                     meta = item.metadata
                     if (kind, meta.namespace, meta.name) in keep:
                         continue
+                    if meta.owner_references:
+                        continue  # a CronJob's runs, a files Secret: they go with their owner
                     try:
                         delete(meta.name, meta.namespace, body=body)
                     except ApiException as exc:

@@ -42,6 +42,7 @@ _RUNTIME_ANNOTATION = re.compile(
 _TEMPLATE_RUNTIME_ANNOTATION = ("kubectl.kubernetes.io/", "deployment.kubernetes.io/")
 FILES_VOLUME = "preview-env-files"
 SECRET_FILES_VOLUME = "preview-env-secret-files"
+FILES_OWNER_ANNOTATION = f"{naming.DOMAIN}/owned-by-configmap"
 
 
 @dataclass(frozen=True)
@@ -501,18 +502,23 @@ def files_object_name(workload: str, key: str, *, secret: bool) -> str:
 
 
 def file_objects(env: EnvironmentSpec, spec: ServiceSpec, workload: str) -> list[Manifest]:
-    """The ConfigMap (config_mounts) and Secret (secret_mounts) holding the files."""
+    """The ConfigMap (config_mounts) and Secret (secret_mounts) holding the files. The
+    ConfigMap is there whenever the Secret is: it owns the Secret (see program.py)."""
     manifests: list[Manifest] = []
     for secret in (False, True):
         files = [f for f in spec.files if f.secret == secret]
-        if not files:
+        if not spec.files or (secret and not files):
             continue
-        meta = {
+        meta: dict[str, Any] = {
             "name": files_object_name(workload, env.key, secret=secret),
             "namespace": spec.namespace,
             "labels": object_labels(env.key, spec, "files"),
             "annotations": object_annotations(env, spec),
         }
+        if secret:  # the ConfigMap that owns it (program.py): deleted with it
+            meta["annotations"][FILES_OWNER_ANNOTATION] = files_object_name(
+                workload, env.key, secret=False
+            )
         if secret:
             manifests.append(
                 {
@@ -587,13 +593,6 @@ def preview_pod(
     _replace_claims(pod, target, spec, env, workload)
     _mount_files(pod, spec, env, workload)
     return pod
-
-
-def preview_pod_spec(target: TargetWorkload, spec: ServiceSpec, key: str) -> dict[str, Any]:
-    env = EnvironmentSpec(
-        key=key, owner="", created_at="", expires_at=None, ttl_seconds=None, services=[spec]
-    )
-    return preview_pod(target, spec, env).spec
 
 
 def derivation_notes(env: EnvironmentSpec, spec: ServiceSpec, target: TargetWorkload) -> list[str]:

@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from preview_stack import naming
 from preview_stack.derive import (
+    FILES_OWNER_ANNOTATION,
     Manifest,
     TargetWorkload,
     derive_service,
@@ -106,8 +107,12 @@ class PreviewEnvironment(pulumi.ComponentResource):
             "Job": k8s.batch.v1.Job,
         }
         needs: dict[str, list[pulumi.Resource]] = {}
-        # Workloads last: they depend on their files and claims.
-        ordered = sorted(manifests, key=lambda m: m["kind"] in workloads)
+        files_maps: dict[tuple[str, str], k8s.core.v1.ConfigMap] = {}
+        # Files' ConfigMaps before the Secrets they own, workloads last (they need both).
+        rank = {"ConfigMap": 0, "Secret": 1}
+        ordered = sorted(
+            manifests, key=lambda m: 3 if m["kind"] in workloads else rank.get(m["kind"], 2)
+        )
         for manifest in ordered:
             child = pulumi.ResourceOptions(parent=self)
             name = _resource_name(manifest)
@@ -142,24 +147,44 @@ class PreviewEnvironment(pulumi.ComponentResource):
                     self.resources[-1]
                 )
             elif kind == "ConfigMap":
-                self.resources.append(
-                    k8s.core.v1.ConfigMap(
-                        name,
-                        metadata=meta,
-                        data=manifest["data"],
-                        binary_data=manifest.get("binaryData"),
-                        opts=child,
-                    )
+                config_map = k8s.core.v1.ConfigMap(
+                    name,
+                    metadata=meta,
+                    data=manifest["data"],
+                    binary_data=manifest.get("binaryData"),
+                    opts=child,
                 )
+                self.resources.append(config_map)
                 if naming.ANNOTATION_TARGET in meta.get("annotations", {}):  # files
                     needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(
-                        self.resources[-1]
+                        config_map
                     )
+                    files_maps[(meta["namespace"], meta["name"])] = config_map
             elif kind == "Secret":  # secret_mounts: encrypted in the state, never shown
                 data = {k: pulumi.Output.secret(v) for k, v in manifest["data"].items()}
+                # Owned by the files ConfigMap and left to the garbage collector on delete:
+                # Pulumi's delete await watches the object, and the reaper may only get
+                # Secrets (never list or watch them). Deleting the ConfigMap removes it.
+                owner_name = meta["annotations"][FILES_OWNER_ANNOTATION]
+                owner = files_maps[(meta["namespace"], owner_name)]
+                owned = {
+                    **meta,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "name": owner_name,
+                            "uid": owner.metadata.apply(lambda m: m.uid),
+                        }
+                    ],
+                }
                 self.resources.append(
                     k8s.core.v1.Secret(
-                        name, metadata=meta, type=manifest["type"], data=data, opts=child
+                        name,
+                        metadata=owned,
+                        type=manifest["type"],
+                        data=data,
+                        opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
                     )
                 )
                 needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(

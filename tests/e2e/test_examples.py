@@ -57,7 +57,8 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     for verb, resource, allowed in [
         ("list", "configmaps", "yes"),
         ("delete", "deployments.apps", "yes"),
-        ("list", "secrets", "no"),  # get and delete only: what a stack names
+        ("list", "secrets", "no"),  # get only: what a stack names (refresh)
+        ("delete", "secrets", "no"),  # the garbage collector removes ours
         ("delete", "persistentvolumeclaims", "yes"),
         ("delete", "cronjobs.batch", "yes"),
         ("delete", "jobs.batch", "yes"),
@@ -92,7 +93,8 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     reaper_kubeconfig = tmp_path / "reaper-kubeconfig"
     reaper_kubeconfig.write_text(json.dumps(admin))
 
-    # With files: the reaper removes the environment's Secret (get and delete, no list).
+    # With files: the environment's Secret goes too (the reaper only gets Secrets; the
+    # files ConfigMap owns it).
     config = json.loads((EXAMPLES / "mirrord.json").read_text())
     config["feature"]["preview"]["secret_mounts"] = [{"path": "/run/secrets/t", "text": "x"}]
     config["feature"]["preview"]["config_mounts"] = [{"path": "/etc/app.conf", "text": "y"}]

@@ -372,6 +372,9 @@ def test_config_and_secret_mounts() -> None:
     assert config_map["data"] == {"f0-app.yaml": "a: 1\n"}
     assert config_map["binaryData"] == {"f1-logo.png": base64.b64encode(b"\x89PNG\xff").decode()}
     assert secret["data"] == {"f0-token": base64.b64encode(b"s3cr3t").decode()}
+    # The ConfigMap owns the Secret (the garbage collector deletes it with the ConfigMap).
+    owner = secret["metadata"]["annotations"]["preview-env.dev/owned-by-configmap"]
+    assert owner == config_map["metadata"]["name"]
     pod = pod_of(manifests)
     app = pod["containers"][0]
     assert {
@@ -550,3 +553,19 @@ def test_spec_files_round_trip() -> None:
     env = env_with(spec)
     assert EnvironmentSpec.model_validate_json(env.model_dump_json()) == env
     assert isinstance(pod_template_of(CRONJOB), TargetWorkload)
+
+
+def test_a_completed_job_pod_counts_as_ready() -> None:
+    from preview_stack.status import pod_ready
+
+    assert pod_ready({"status": {"phase": "Succeeded", "conditions": []}})
+    assert not pod_ready({"status": {"phase": "Running", "conditions": []}})
+
+
+def test_secret_mounts_alone_still_get_their_owning_config_map() -> None:
+    spec = service(files=[FileMount(path="/s", data="eA==", text=True, secret=True)])
+    from tests.unit.test_derive import TARGET
+
+    target = replace(pod_template_of(TARGET), env_sources={"configmap/users-config": []})
+    kinds = [m["kind"] for m in derive_service(env_with(spec), spec, target, [])]
+    assert kinds.count("ConfigMap") == 1 and kinds.count("Secret") == 1
