@@ -238,7 +238,18 @@ def container_env(
             var = {"name": name, "value": rules.override[name]}
         seen.add(name)
         result.append(var)
-    result += [{"name": n, "value": v} for n, v in rules.override.items() if n not in seen]
+    # An override of a variable envFrom defines goes first (where envFrom's are: before
+    # every `env` entry, so `$(VAR)` there sees the override); new ones go last.
+    from_env_from = set()
+    for source in env_from:
+        ref = _env_from_ref(source)
+        keys = sources.get(ref or "", "")
+        if not isinstance(keys, str):
+            from_env_from |= {f"{source.get('prefix', '')}{k}" for k in keys}
+    missing = [n for n in rules.override if n not in seen]
+    first = [{"name": n, "value": rules.override[n]} for n in missing if n in from_env_from]
+    last = [{"name": n, "value": rules.override[n]} for n in missing if n not in from_env_from]
+    result = first + result + last
     result.append({"name": naming.ENV_KEY_VAR, "value": key})
     return result, env_from
 

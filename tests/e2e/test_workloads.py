@@ -225,6 +225,13 @@ def _check_preview(
         names = {p.metadata.name for p in pods}
         for service in target_services:
             assert not _endpoint_pods(kube, service) & names, service
+        # A headless target Service gets a headless preview Service, and only then.
+        for preview in kube.core.list_namespaced_service(
+            NS, label_selector=f"{naming.LABEL_KEY}={key}"
+        ).items:
+            of = preview.metadata.annotations[f"{naming.DOMAIN}/previews-service"]
+            headless = kube.core.read_namespaced_service(of, NS).spec.cluster_ip == "None"
+            assert (preview.spec.cluster_ip == "None") is headless, of
         assert _target_state(kube, batch, case.target) == before
         return dict(doc)
     finally:
@@ -439,3 +446,18 @@ def test_cronjob_preview_runs_once_at_start(
     assert job.status.succeeded == 1
     assert job.spec.template.spec.containers[0].image == "preview:pr"
     assert "app.kubernetes.io/component" not in (job.spec.template.metadata.labels or {})
+
+
+def test_start_says_what_it_changed(cli: Cli, kube: Kube, corpus: dict[str, Any]) -> None:
+    key = "wl-text"
+    started = cli("start", "-t", "statefulset/pg", "-n", NS, "-i", "pg:pr", "-k", key)
+    try:
+        assert started.code == 0, started.stderr
+        assert "Changed from statefulset/pg:" in started.stdout
+        assert (
+            "• volume data: claim template data replaced by an emptyDir (sizeLimit 8Gi)"
+            in started.stdout
+        )
+    finally:
+        assert cli("clean", "-k", key).code == 0
+    assert wait_until(lambda: _owned(kube, corpus["batch"], key) == [])

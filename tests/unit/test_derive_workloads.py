@@ -569,3 +569,17 @@ def test_secret_mounts_alone_still_get_their_owning_config_map() -> None:
     target = replace(pod_template_of(TARGET), env_sources={"configmap/users-config": []})
     kinds = [m["kind"] for m in derive_service(env_with(spec), spec, target, [])]
     assert kinds.count("ConfigMap") == 1 and kinds.count("Secret") == 1
+
+
+def test_override_of_an_env_from_variable_comes_before_env_references() -> None:
+    obj = envfrom_target({"configMapRef": {"name": "db-config"}})
+    spec = db(env=EnvRules(override={"NAME": "preview", "NEW": "1"}))
+    pod = pod_of(derived(obj, spec, env_sources={"configmap/db-config": ["NAME"]}))
+    assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "db-config"}}]
+    assert [v["name"] for v in pod["containers"][0]["env"]] == [
+        "NAME",  # from envFrom: first, so URL's $(NAME) sees the override
+        "HOST",
+        "URL",
+        "NEW",
+        naming.ENV_KEY_VAR,
+    ]
