@@ -24,7 +24,7 @@ from preview_stack import naming
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
-from preview_stack.derive import TargetWorkload
+from preview_stack.derive import TargetWorkload, derivation_notes
 from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
 from preview_stack.program import manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
@@ -67,6 +67,10 @@ class StartResult(BaseModel):
     pods: list[StartedPod]
     expires_at: str | None = Field(alias="expiresAt")
     links: list[str] = Field(default_factory=list)
+    changes: list[str] = Field(
+        default_factory=list,
+        description="what was changed from the target's pod (storage, host ports, ...)",
+    )
     routes_problem: str | None = Field(
         default=None,
         alias="routesProblem",
@@ -340,7 +344,12 @@ def start(
         share_domain=share_domain,
         share_token=None if stable_share_host else new_share_token(),
     )
-    request = build_request(parsed, flags, default_namespace=cluster.default_namespace())
+    request = build_request(
+        parsed,
+        flags,
+        default_namespace=cluster.default_namespace(),
+        read_file=mirrord_config.read_local_file,
+    )
     service = request.service
 
     progress.line(
@@ -348,7 +357,7 @@ def start(
     )
     reader = CachedReader(cluster)
     cluster.check_namespace(service.namespace)
-    reader.workload(service)  # target, container and namespace exist
+    workload = reader.workload(service)  # target, container and namespace exist
     change = AddService(service=service, ttl_seconds=request.ttl_seconds, owner=owner())
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stack_id = stacks.stack_id(env_key)
@@ -357,6 +366,7 @@ def start(
     alone = apply_change(change, env_key, None, now)
     assert alone is not None
     manifests = manifests_for(alone, reader, stack_id)
+    changes = derivation_notes(alone, service, workload) if workload else []
     if any(m["kind"] == "HTTPRoute" for m in manifests) and not cluster.has_gateway_api():
         raise BadInput(
             "the cluster has no Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) "
@@ -417,6 +427,7 @@ def start(
         pods=_pods_of(cluster, env, stack_id),
         expires_at=env.expires_at,
         links=share_links(env),
+        changes=changes,
         routes_problem=not_served,
     )
     if not text:
@@ -439,6 +450,10 @@ def start(
     else:
         for hint in sorted({p.traffic for p in result.pods if p.traffic}):
             out_console.print(f"  Traffic: {hint}", markup=False)
+    if changes:
+        out_console.print(f"  Changed from {service.display_target}:")
+        for note in changes:
+            out_console.print(f"    • {note}", markup=False)
     for link in result.links:
         out_console.print(
             f"  Share link: {link}" + (" (not served yet)" if not_served else ""), markup=False

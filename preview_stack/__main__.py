@@ -33,7 +33,10 @@ def main() -> None:
             {"key": key, "git_branch": os.environ.get("MIRRORD_BRANCH_NAME", "")},
         )
         request = build_request(
-            parsed, Flags(image=cfg.get("image")), default_namespace=cluster.default_namespace()
+            parsed,
+            Flags(image=cfg.get("image")),
+            default_namespace=cluster.default_namespace(),
+            read_file=mirrord_config.read_local_file,
         )
         services = [request.service]
     else:

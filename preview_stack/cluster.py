@@ -5,6 +5,7 @@ Thin: it fetches objects as Kubernetes-native JSON dicts and maps client errors 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from preview_stack import naming
-from preview_stack.derive import TargetWorkload, pod_template_of
+from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
 from preview_stack.errors import NotFound, PreviewError, Unreachable
 from preview_stack.spec import ServiceSpec
 
@@ -132,6 +133,7 @@ class Cluster:
         self.api: Any = kclient.ApiClient(configuration)
         self.core: Any = kclient.CoreV1Api(self.api)
         self.apps: Any = kclient.AppsV1Api(self.api)
+        self.batch: Any = kclient.BatchV1Api(self.api)
         self.custom: Any = kclient.CustomObjectsApi(self.api)
         # Namespaces this identity may not list in (see `_list`): reported, not fatal.
         self.unlisted: set[str] = set()
@@ -177,6 +179,9 @@ class Cluster:
         elif kind == "pod":
             obj = self._json(self.core.read_namespaced_pod(name, namespace))
             obj.setdefault("kind", "Pod")
+        elif kind == "cronjob":
+            obj = self._json(self.batch.read_namespaced_cron_job(name, namespace))
+            obj.setdefault("kind", "CronJob")
         else:
             obj = dict(
                 self.custom.get_namespaced_custom_object(
@@ -193,6 +198,8 @@ class Cluster:
             items = self.apps.list_namespaced_stateful_set(namespace).items
         elif kind == "pod":
             items = self.core.list_namespaced_pod(namespace).items
+        elif kind == "cronjob":
+            items = self.batch.list_namespaced_cron_job(namespace).items
         else:
             listed = self.custom.list_namespaced_custom_object(
                 *_ROLLOUTS[:2], namespace, _ROLLOUTS[2]
@@ -226,7 +233,51 @@ class Cluster:
                 ref_kind = str(ref.get("kind", "Deployment")).lower()
                 inner = self._read(ref_kind, ref["name"], ns)
                 obj = {**obj, "spec": {**obj["spec"], "template": inner["spec"]["template"]}}
-        return pod_template_of(obj)
+            workload = pod_template_of(obj)
+            return dataclasses.replace(
+                workload,
+                claims=self._claims(ns, claim_names(workload.pod_spec)),
+                env_sources={
+                    ref: self._env_source_keys(ns, ref)
+                    for ref in env_source_refs(workload.pod_spec)
+                },
+            )
+
+    def _claims(self, namespace: str, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The specs of the claims the target mounts (class, size, access modes): those this
+        identity may read."""
+        claims = {}
+        for name in names:
+            try:
+                found = self._json(
+                    self.core.read_namespaced_persistent_volume_claim(name, namespace)
+                )
+            except ApiException as exc:
+                if exc.status in (403, 404):
+                    continue
+                raise
+            claims[name] = found.get("spec", {})
+        return claims
+
+    def _env_source_keys(self, namespace: str, ref: str) -> list[str] | str:
+        """The keys of an envFrom source ("configmap/NAME" or "secret/NAME"), or why they
+        cannot be read. Only key names leave this function: Secret values are dropped here."""
+        kind, name = ref.split("/", 1)
+        try:
+            if kind == "configmap":
+                obj = self.core.read_namespaced_config_map(name, namespace)
+                keys = [*(obj.data or {}), *(obj.binary_data or {})]
+            else:
+                obj = self.core.read_namespaced_secret(name, namespace)
+                keys = list(obj.data or {})
+                del obj
+        except ApiException as exc:
+            if exc.status == 404:
+                return "not found"
+            if exc.status == 403:
+                return f"403 Forbidden: no get rights on {kind}s"
+            raise
+        return sorted(keys)
 
     def services(self, namespace: str) -> list[dict[str, Any]]:
         with _errors(f"listing services in {namespace}"):
@@ -406,6 +457,17 @@ class Cluster:
                     found = self._json(self.core.read_namespaced_service(name, namespace))
                 elif kind == "ConfigMap":
                     found = self._json(self.core.read_namespaced_config_map(name, namespace))
+                elif kind == "PersistentVolumeClaim":
+                    found = self._json(
+                        self.core.read_namespaced_persistent_volume_claim(name, namespace)
+                    )
+                elif kind == "CronJob":
+                    found = self._json(self.batch.read_namespaced_cron_job(name, namespace))
+                elif kind == "Job":
+                    found = self._json(self.batch.read_namespaced_job(name, namespace))
+                elif kind == "Secret":
+                    secret = self.core.read_namespaced_secret(name, namespace)
+                    found = {"metadata": self._json(secret.metadata)}  # never its values
                 else:
                     return None  # routes are named after the preview Service, checked above
             except ApiException as exc:
@@ -461,13 +523,45 @@ class Cluster:
                 self.core.list_namespaced_config_map,
                 self.core.delete_namespaced_config_map,
             ),
+            (
+                "secret",  # file mounts; not listable by the reaper: Pulumi's state decides
+                self.core.list_secret_for_all_namespaces,
+                self.core.list_namespaced_secret,
+                self.core.delete_namespaced_secret,
+            ),
+            (
+                "persistentvolumeclaim",
+                self.core.list_persistent_volume_claim_for_all_namespaces,
+                self.core.list_namespaced_persistent_volume_claim,
+                self.core.delete_namespaced_persistent_volume_claim,
+            ),
+            (
+                "cronjob",
+                self.batch.list_cron_job_for_all_namespaces,
+                self.batch.list_namespaced_cron_job,
+                self.batch.delete_namespaced_cron_job,
+            ),
+            (
+                "job",
+                self.batch.list_job_for_all_namespaces,
+                self.batch.list_namespaced_job,
+                self.batch.delete_namespaced_job,
+            ),
         ]
         with _errors(f"removing leftover objects of {key}"):
             for kind, list_all, list_namespaced, delete in kinds:
-                for item in self._list(list_all, list_namespaced, selector, namespaces):
+                try:
+                    listed = self._list(list_all, list_namespaced, selector, namespaces)
+                except ApiException as exc:
+                    if exc.status != 403:
+                        raise
+                    continue  # e.g. the reaper may not list Secrets
+                for item in listed:
                     meta = item.metadata
                     if (kind, meta.namespace, meta.name) in keep:
                         continue
+                    if meta.owner_references:
+                        continue  # a CronJob's runs, a files Secret: they go with their owner
                     try:
                         delete(meta.name, meta.namespace, body=body)
                     except ApiException as exc:

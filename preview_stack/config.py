@@ -6,7 +6,9 @@ warning (previews ignore it) rather than refused, so one config serves both tool
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from preview_stack import template
 from preview_stack.errors import BadInput
 from preview_stack.ttl import INFINITE
 
-TARGET_KINDS = ("deployment", "statefulset", "rollout", "pod")
+TARGET_KINDS = ("deployment", "statefulset", "rollout", "pod", "cronjob")
 
 
 class _Model(BaseModel):
@@ -30,7 +32,7 @@ class TargetPath(BaseModel):
     """`deployment/users[/container/app]`, parsed."""
 
     model_config = ConfigDict(frozen=True)
-    kind: Literal["deployment", "statefulset", "rollout", "pod"]
+    kind: Literal["deployment", "statefulset", "rollout", "pod", "cronjob"]
     name: str
     container: str | None = None
 
@@ -80,6 +82,38 @@ class LabelRules(_Model):
     exclude: list[str] = Field(default_factory=list)
 
 
+class FileMountConfig(_Model):
+    """One file injected into the chosen container: `path` (absolute, in the container) and
+    exactly one payload: `text`, `binary` (base64) or `from_file` (a local path, relative
+    to the working directory)."""
+
+    path: str
+    text: str | None = None
+    binary: str | None = None
+    from_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> FileMountConfig:
+        given = [n for n in ("text", "binary", "from_file") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"file {self.path!r}: give exactly one of text, binary (base64) or from_file"
+            )
+        if not self.path.startswith("/") or self.path.endswith("/") or "/../" in self.path:
+            raise ValueError(f"file path {self.path!r} must be an absolute file path")
+        if self.binary is not None:
+            try:
+                base64.b64decode(self.binary, validate=True)
+            except ValueError:
+                raise ValueError(f"file {self.path!r}: binary is not valid base64") from None
+        return self
+
+
+class CronJobFeature(_Model):
+    schedule: str | None = None
+    trigger_on_start: bool = True
+
+
 class PreviewFeature(_Model):
     image: str | None = None
     ttl_mins: int | Literal["infinite"] | None = None
@@ -87,6 +121,18 @@ class PreviewFeature(_Model):
     creation_timeout_secs: int = Field(default=60, gt=0, le=600)
     replicas: int = Field(default=1, ge=1, le=20)
     labels: LabelRules = Field(default_factory=LabelRules)
+    volumes: Literal["ephemeral", "persistent"] = "ephemeral"
+    config_mounts: list[FileMountConfig] = Field(default_factory=list)
+    secret_mounts: list[FileMountConfig] = Field(default_factory=list)
+    cronjob: CronJobFeature = Field(default_factory=CronJobFeature)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> PreviewFeature:
+        paths = [m.path for m in [*self.config_mounts, *self.secret_mounts]]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise ValueError(f"files mounted twice: {', '.join(twice)}")
+        return self
 
     @model_validator(mode="after")
     def _one_ttl(self) -> PreviewFeature:
@@ -110,6 +156,7 @@ class EnvFeature(_Model):
     include: list[str] | str | None = None
     exclude: list[str] | str | None = None
     override: dict[str, str] = Field(default_factory=dict)
+    env_file: str | None = None
 
     @field_validator("include", "exclude", mode="after")
     @classmethod
@@ -254,3 +301,50 @@ def declared_key(path: Path, variables: Mapping[str, str] | None = None) -> str 
         return None
     key = rendered.data.get("key") if isinstance(rendered.data, dict) else None
     return key if isinstance(key, str) and rendered.resolved(key) else None
+
+
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+
+
+def parse_dotenv(text: str, *, source: str) -> dict[str, str]:
+    """A dotenv file (`feature.env.env_file`, as in mirrord): `KEY=value` lines, optional
+    `export `, `#` comments, 'single' (literal) or "double" (escapes) quotes."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _DOTENV_LINE.match(line)
+        if not match:
+            raise BadInput(
+                f"{source}:{number}: not a KEY=value line; quote values with spaces or "
+                "comment the line out with #"
+            )
+        name, raw = match.groups()
+        if raw[:1] in ("'", '"'):
+            quote = raw[0]
+            end = raw.find(quote, 1)
+            while quote == '"' and end > 0 and raw[end - 1] == "\\":
+                end = raw.find(quote, end + 1)
+            rest = raw[end + 1 :].strip() if end > 0 else ""
+            if end < 0 or (rest and not rest.startswith("#")):
+                raise BadInput(f"{source}:{number}: unterminated or trailing text after {quote}")
+            value = raw[1:end]
+            if quote == '"':
+                value = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m[1], m[0]), value)
+        else:
+            value = re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+        values[name] = value
+    return values
+
+
+def read_local_file(path: str, *, what: str) -> bytes:
+    """A file the config points at (`env_file`, `from_file`), relative to the working
+    directory; a missing one is bad input naming the field."""
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise BadInput(
+            f"{what} {path!r} cannot be read ({exc.strerror or exc}); paths are relative to "
+            "the working directory"
+        ) from None

@@ -15,7 +15,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from preview_stack import naming
-from preview_stack.derive import Manifest, TargetWorkload, derive_service, record_manifest
+from preview_stack.derive import (
+    FILES_OWNER_ANNOTATION,
+    Manifest,
+    TargetWorkload,
+    derive_service,
+    pod_template_of_manifest,
+    record_manifest,
+)
 from preview_stack.errors import BadInput
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
@@ -48,20 +55,27 @@ def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = ""
     if stack_id:
         for manifest in manifests:
             manifest["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
-            if manifest["kind"] == "Deployment":  # pods too: status tells owners apart
-                template = manifest["spec"]["template"]["metadata"]
-                template.setdefault("labels", {})[naming.LABEL_STACK] = stack_id
+            template = pod_template_of_manifest(manifest)
+            if template is not None:  # pods too: status tells owners apart
+                template["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
+            if manifest["kind"] == "CronJob":  # and the Jobs the CronJob makes
+                job_meta = manifest["spec"]["jobTemplate"].setdefault("metadata", {})
+                job_meta.setdefault("labels", {})[naming.LABEL_STACK] = stack_id
     return manifests
 
 
-def _with_secret_values(spec: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """The Deployment spec with the values of `names` (env overrides: often tokens or URLs
+def _with_secret_values(manifest: Manifest, names: set[str]) -> dict[str, Any]:
+    """The workload's spec with the values of `names` (env overrides: often tokens or URLs
     with passwords) as Pulumi secrets: encrypted in the state, `[secret]` in diffs. The
     provider then marks the outputs holding them secret too."""
+    spec: dict[str, Any] = manifest["spec"]
     if not names:
         return spec
-    spec = copy.deepcopy(spec)
-    pod = spec["template"]["spec"]
+    copied = copy.deepcopy(manifest)
+    template = pod_template_of_manifest(copied)
+    assert template is not None
+    spec = copied["spec"]
+    pod = template["spec"]
     for container in pod.get("containers", []) + pod.get("initContainers", []):
         for var in container.get("env") or []:
             if var.get("name") in names and "value" in var:
@@ -87,38 +101,96 @@ class PreviewEnvironment(pulumi.ComponentResource):
         timeouts = {s.target_id: s.creation_timeout_secs for s in env.services}
         overrides = {s.target_id: set(s.env.override) for s in env.services}
         self.resources: list[pulumi.CustomResource] = []
-        for manifest in manifests:
+        workloads = {
+            "Deployment": k8s.apps.v1.Deployment,
+            "CronJob": k8s.batch.v1.CronJob,
+            "Job": k8s.batch.v1.Job,
+        }
+        needs: dict[str, list[pulumi.Resource]] = {}
+        files_maps: dict[tuple[str, str], k8s.core.v1.ConfigMap] = {}
+        # Files' ConfigMaps before the Secrets they own, workloads last (they need both).
+        rank = {"ConfigMap": 0, "Secret": 1}
+        ordered = sorted(
+            manifests, key=lambda m: 3 if m["kind"] in workloads else rank.get(m["kind"], 2)
+        )
+        for manifest in ordered:
             child = pulumi.ResourceOptions(parent=self)
             name = _resource_name(manifest)
             kind = manifest["kind"]
-            if kind == "Deployment":
-                target = manifest["metadata"]["annotations"].get(naming.ANNOTATION_TARGET, "")
+            meta = manifest["metadata"]
+            if kind in workloads:
+                target = meta["annotations"].get(naming.ANNOTATION_TARGET, "")
                 seconds = timeouts.get(target, 60)
                 child = pulumi.ResourceOptions(
                     parent=self,
                     custom_timeouts=pulumi.CustomTimeouts(
                         create=f"{seconds}s", update=f"{seconds}s"
                     ),
+                    # A Job's pod template is immutable: a new image replaces it, in place.
+                    delete_before_replace=kind == "Job",
+                    # Its files and claims first (and, on destroy, gone after it).
+                    depends_on=needs.get(target, []),
                 )
-                spec = _with_secret_values(manifest["spec"], overrides.get(target, set()))
-                self.resources.append(
-                    k8s.apps.v1.Deployment(
-                        name, metadata=manifest["metadata"], spec=spec, opts=child
-                    )
-                )
+                spec = _with_secret_values(manifest, overrides.get(target, set()))
+                self.resources.append(workloads[kind](name, metadata=meta, spec=spec, opts=child))
             elif kind == "Service":
                 self.resources.append(
-                    k8s.core.v1.Service(
-                        name, metadata=manifest["metadata"], spec=manifest["spec"], opts=child
+                    k8s.core.v1.Service(name, metadata=meta, spec=manifest["spec"], opts=child)
+                )
+            elif kind == "PersistentVolumeClaim":
+                self.resources.append(
+                    k8s.core.v1.PersistentVolumeClaim(
+                        name, metadata=meta, spec=manifest["spec"], opts=child
                     )
+                )
+                needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(
+                    self.resources[-1]
                 )
             elif kind == "ConfigMap":
+                config_map = k8s.core.v1.ConfigMap(
+                    name,
+                    metadata=meta,
+                    data=manifest["data"],
+                    binary_data=manifest.get("binaryData"),
+                    opts=child,
+                )
+                self.resources.append(config_map)
+                if naming.ANNOTATION_TARGET in meta.get("annotations", {}):  # files
+                    needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(
+                        config_map
+                    )
+                    files_maps[(meta["namespace"], meta["name"])] = config_map
+            elif kind == "Secret":  # secret_mounts: encrypted in the state, never shown
+                data = {k: pulumi.Output.secret(v) for k, v in manifest["data"].items()}
+                # Owned by the files ConfigMap and left to the garbage collector on delete:
+                # Pulumi's delete await watches the object, and the reaper may only get
+                # Secrets (never list or watch them). Deleting the ConfigMap removes it.
+                owner_name = meta["annotations"][FILES_OWNER_ANNOTATION]
+                owner = files_maps[(meta["namespace"], owner_name)]
+                owned = {
+                    **meta,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "name": owner_name,
+                            "uid": owner.metadata.apply(lambda m: m.uid),
+                        }
+                    ],
+                }
                 self.resources.append(
-                    k8s.core.v1.ConfigMap(
-                        name, metadata=manifest["metadata"], data=manifest["data"], opts=child
+                    k8s.core.v1.Secret(
+                        name,
+                        metadata=owned,
+                        type=manifest["type"],
+                        data=data,
+                        opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
                     )
                 )
-            else:  # routes and other kinds arrive with later features
+                needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(
+                    self.resources[-1]
+                )
+            else:  # routes
                 self.resources.append(
                     k8s.apiextensions.CustomResource(
                         name,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from preview_stack import naming
-from preview_stack.config import MirrordConfig, TargetPath
+from preview_stack.config import FileMountConfig, MirrordConfig, TargetPath, parse_dotenv
 from preview_stack.errors import BadInput
 from preview_stack.reaping import MAX_CREATION_TIMEOUT_SECONDS
-from preview_stack.spec import EnvRules, LabelRules, ServiceSpec, ShareLink
+from preview_stack.spec import CronJobRules, EnvRules, FileMount, LabelRules, ServiceSpec, ShareLink
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration
 
 
@@ -60,7 +61,48 @@ def resolve_key(
     raise BadInput("could not generate a free key; pass -k/--key")
 
 
-def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str) -> Request:
+ReadFile = Callable[..., bytes]  # (path, *, what) -> bytes; BadInput when unreadable
+
+
+def _no_files(path: str, *, what: str) -> bytes:
+    raise BadInput(f"{what} {path!r}: local files are not read here")
+
+
+def _files(mounts: Sequence[FileMountConfig], *, secret: bool, read: ReadFile) -> list[FileMount]:
+    field = "secret_mounts" if secret else "config_mounts"
+    files = []
+    for mount in mounts:
+        if mount.text is not None:
+            payload, text = mount.text.encode(), True
+        elif mount.binary is not None:
+            payload, text = base64.b64decode(mount.binary), False
+        else:
+            assert mount.from_file is not None
+            payload = read(mount.from_file, what=f"feature.preview.{field} from_file")
+            try:
+                payload.decode()
+                text = True
+            except UnicodeDecodeError:
+                text = False
+        files.append(
+            FileMount(
+                path=mount.path,
+                data=base64.b64encode(payload).decode(),
+                text=text,
+                secret=secret,
+            )
+        )
+    return files
+
+
+def build_request(
+    config: MirrordConfig,
+    flags: Flags,
+    *,
+    default_namespace: str,
+    read_file: ReadFile = _no_files,
+) -> Request:
+    """`read_file` reads the local files the config names (env_file, from_file)."""
     preview = config.feature.preview
     target: TargetPath | None
     if flags.target is not None:
@@ -100,6 +142,22 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
             raise BadInput(f"--gateway {flags.gateway!r}: use NAMESPACE/NAME")
         share = ShareLink(gateway=flags.gateway, domain=flags.share_domain, token=flags.share_token)
     env = config.feature.env
+    from_env_file: dict[str, str] = {}
+    if env.env_file:
+        raw = read_file(env.env_file, what="feature.env.env_file")
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise BadInput(f"feature.env.env_file {env.env_file!r} is not UTF-8 text") from None
+        from_env_file = parse_dotenv(text, source=env.env_file)
+    files = _files(preview.config_mounts, secret=False, read=read_file)
+    files += _files(preview.secret_mounts, secret=True, read=read_file)
+    kind = target.kind if target else None
+    if kind != "cronjob" and preview.cronjob.schedule is not None:
+        raise BadInput(
+            "feature.preview.cronjob.schedule applies to cronjob/NAME targets only; "
+            "remove it or target a CronJob"
+        )
     service = ServiceSpec(
         target=target,
         namespace=namespace,
@@ -108,7 +166,8 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
         env=EnvRules(
             include=env.include if isinstance(env.include, list) else None,
             exclude=env.exclude if isinstance(env.exclude, list) else None,
-            override=dict(env.override),
+            # env_file values are overrides too (stored as secrets); the config's win.
+            override={**from_env_file, **env.override},
         ),
         labels=LabelRules(
             include=list(preview.labels.include), exclude=list(preview.labels.exclude)
@@ -117,5 +176,10 @@ def build_request(config: MirrordConfig, flags: Flags, *, default_namespace: str
         creation_timeout_secs=flags.timeout or preview.creation_timeout_secs,
         routing=flags.routing,
         share=share,
+        volumes=preview.volumes,
+        files=files,
+        cronjob=CronJobRules(
+            schedule=preview.cronjob.schedule, trigger_on_start=preview.cronjob.trigger_on_start
+        ),
     )
     return Request(service=service, ttl_seconds=ttl_seconds)

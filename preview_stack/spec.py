@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +37,21 @@ class ShareLink(_Frozen):
     token: str | None = None
 
 
+class FileMount(_Frozen):
+    """A file injected into the chosen container: from feature.preview.config_mounts (a
+    ConfigMap of the environment) or secret_mounts (a Secret: never in the record)."""
+
+    path: str
+    data: str  # base64 of the payload
+    text: bool  # UTF-8 text (ConfigMap `data`) or bytes (`binaryData`)
+    secret: bool = False
+
+
+class CronJobRules(_Frozen):
+    schedule: str | None = None  # None: the target's
+    trigger_on_start: bool = True
+
+
 class ServiceSpec(_Frozen):
     """One preview workload: a target replaced by `image`, or a targetless image."""
 
@@ -49,6 +65,9 @@ class ServiceSpec(_Frozen):
     creation_timeout_secs: int = 60
     routing: bool = True  # False: `--routing none`, the preview Service alone
     share: ShareLink | None = None
+    volumes: Literal["ephemeral", "persistent"] = "ephemeral"
+    files: list[FileMount] = Field(default_factory=list)
+    cronjob: CronJobRules = Field(default_factory=CronJobRules)
 
     @property
     def target_id(self) -> str:

@@ -72,6 +72,9 @@ def pod_reason(pod: Mapping[str, Any]) -> str | None:
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Ready, or run to completion (the Job a CronJob preview starts with)."""
+    if pod.get("status", {}).get("phase") == "Succeeded":
+        return True
     conditions = pod.get("status", {}).get("conditions", []) or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 

@@ -39,6 +39,9 @@ CONTROLLERS = (
     "replicaset-controller,statefulset-controller,endpointslice-controller,"
     "endpointslice-mirroring-controller,serviceaccount-controller,"
     "root-ca-certificate-publisher-controller,job-controller,cronjob-controller,"
+    # Claims bind to volumes (no provisioner: static ones) and are freed once unused.
+    "persistentvolume-binder-controller,persistentvolume-protection-controller,"
+    "persistentvolumeclaim-protection-controller,"
     "clusterrole-aggregation-controller"  # fills the built-in admin/edit/view roles
 )
 _PR_SET_PDEATHSIG = 1
@@ -435,7 +438,7 @@ class Testbed:
 
 def _fake_nodes() -> Mapping[str, object]:
     items = []
-    for name in FAKE_NODES:
+    for index, name in enumerate(FAKE_NODES):
         items.append(
             {
                 "apiVersion": "v1",
@@ -452,6 +455,8 @@ def _fake_nodes() -> Mapping[str, object]:
                         "kubernetes.io/hostname": name,
                         "kubernetes.io/os": "linux",
                         "kubernetes.io/arch": "amd64",
+                        # One zone per node: zone spread constraints mean something here.
+                        "topology.kubernetes.io/zone": f"zone-{index}",
                     },
                 },
                 "status": {

@@ -61,7 +61,8 @@ CASES = [
         "container-not-found",
         ["-f", CONFIG, "-i", "x:1", "-t", "deployment/users/container/nope"],
         2,
-        "container 'nope' not found in deployment/users (containers: app, envoy)",
+        "container 'nope' not found in deployment/users "
+        "(containers: app, envoy; init containers: migrate)",
     ),
     (
         "namespace-not-found",

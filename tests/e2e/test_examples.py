@@ -57,7 +57,12 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     for verb, resource, allowed in [
         ("list", "configmaps", "yes"),
         ("delete", "deployments.apps", "yes"),
-        ("get", "secrets", "no"),
+        ("list", "secrets", "no"),  # get only: what a stack names (refresh)
+        ("delete", "secrets", "no"),  # the garbage collector removes ours
+        ("delete", "persistentvolumeclaims", "yes"),
+        ("delete", "cronjobs.batch", "yes"),
+        ("delete", "jobs.batch", "yes"),
+        ("create", "secrets", "no"),
         ("create", "deployments.apps", "no"),
         ("patch", "services", "no"),
     ]:
@@ -88,10 +93,16 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     reaper_kubeconfig = tmp_path / "reaper-kubeconfig"
     reaper_kubeconfig.write_text(json.dumps(admin))
 
+    # With files: the environment's Secret goes too (the reaper only gets Secrets; the
+    # files ConfigMap owns it).
+    config = json.loads((EXAMPLES / "mirrord.json").read_text())
+    config["feature"]["preview"]["secret_mounts"] = [{"path": "/run/secrets/t", "text": "x"}]
+    config["feature"]["preview"]["config_mounts"] = [{"path": "/etc/app.conf", "text": "y"}]
+    (tmp_path / "mirrord.json").write_text(json.dumps(config))
     started = cli(
         "start",
         "-f",
-        str(EXAMPLES / "mirrord.json"),
+        str(tmp_path / "mirrord.json"),
         "-i",
         "users:rbac",
         "-k",
@@ -113,6 +124,10 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     assert {r["key"]: r["outcome"] for r in reaped.json()["results"]} == {"rbac-reap": "reaped"}
     assert "rbac-reap" not in stack_names()
     assert wait_until(lambda: objects_of(kube, "rbac-reap") == [])
+    secrets = kube.core.list_secret_for_all_namespaces(
+        label_selector="preview-env.dev/key=rbac-reap"
+    )
+    assert secrets.items == []
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -88,7 +88,12 @@ def test_start_status_replace_add_and_clean(cli: Cli, kube: Kube, staging: str) 
     assert env[naming.ENV_KEY_VAR] == "e2e-one"
     assert env["LOG_LEVEL"] == "debug" and env["PREVIEW_OF"] == "users-e2e-one"
     assert "FEATURE_FLAGS" not in env and "DATABASE_URL" in env  # exclude, valueFrom kept
-    assert app.env_from[0].config_map_ref.name == "users-config"
+    # exclude applies to envFrom too: users-config's keys become references (no envFrom).
+    assert not app.env_from
+    refs = {e.name: e.value_from.config_map_key_ref for e in app.env if e.value_from}
+    assert refs["ORDERS_URL"].name == "users-config" and refs["ORDERS_URL"].key == "ORDERS_URL"
+    names = [e.name for e in app.env]
+    assert names.index("LOG_LEVEL") < names.index("SERVICE_NAME")  # overridden in place
     assert app.readiness_probe.http_get.path == "/ready"
     assert preview.spec.template.spec.service_account_name == "users"
     assert preview.spec.template.spec.init_containers[0].name == "migrate"

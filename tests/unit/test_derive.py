@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -80,7 +81,8 @@ def service(**changes: Any) -> ServiceSpec:
 
 
 def derive(spec: ServiceSpec) -> list[dict[str, Any]]:
-    return derive_service(env_with(spec), spec, pod_template_of(TARGET), SERVICES)
+    target = replace(pod_template_of(TARGET), env_sources={"configmap/users-config": ["DB_HOST"]})
+    return derive_service(env_with(spec), spec, target, SERVICES)
 
 
 def test_image_replaced_only_in_the_chosen_container() -> None:
@@ -118,6 +120,10 @@ def test_env_include_exclude_override() -> None:
     )
     env = derive(spec)[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [
+        {
+            "name": "DB_HOST",
+            "valueFrom": {"configMapKeyRef": {"name": "users-config", "key": "DB_HOST"}},
+        },
         {"name": "DB_URL", "value": "pg"},
         {"name": "MODE", "value": "preview"},
         {"name": naming.ENV_KEY_VAR, "value": "pr-42"},
