@@ -591,9 +591,13 @@ def _database_base(user: str, home: str, entries: dict[str, _Entry]) -> dict[str
     for applet in applets:
         if applet != "busybox" and f"/bin/{applet}" not in entries:
             base[f"/bin/{applet}"] = _Entry(link="busybox")
-    for path in _tree(Path("/usr/share/zoneinfo")):
-        rel = path.relative_to("/usr/share/zoneinfo")
-        if rel.parts[0] not in ("right", "posix"):
+    zoneinfo = Path("/usr/share/zoneinfo")
+    for path in sorted(zoneinfo.rglob("*")):
+        if path.relative_to(zoneinfo).parts[0] in ("right", "posix"):
+            continue
+        if path.is_symlink():  # UTC -> Etc/UTC and the like
+            base[str(path)] = _Entry(link=os.readlink(path))
+        elif path.is_file():
             base[str(path)] = _Entry(path, mode=0o644)
     base["/etc/passwd"] = _Entry(
         data=f"root:x:0:0:root:/root:/bin/sh\n{user}:x:{DB_UID}:{DB_UID}::{home}:/bin/sh\n".encode()
