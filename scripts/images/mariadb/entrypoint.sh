@@ -67,4 +67,14 @@ if [ ! -d "$datadir/mysql" ]; then
   umask 022
   echo "entrypoint: initialised $datadir"
 fi
+if [ -n "$init" ]; then
+  # The init file holds the passwords: gone once the server has read it (it does so
+  # before it answers a ping, access denied or not).
+  (
+    until mariadb-admin --no-defaults --socket=/tmp/mysqld.sock ping --silent >/dev/null 2>&1; do
+      sleep 1
+    done
+    rm -f "$init"
+  ) &
+fi
 exec mariadbd $opts --bind-address=0.0.0.0 --port=3306 ${init:+--init-file=$init} "$@"
