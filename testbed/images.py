@@ -14,6 +14,21 @@ is bigger: the host's own Python interpreter (binary, standard library, the shar
 `ldd` reports) at its host prefix, the project installed from its wheel with
 requirements.lock as constraints, and the toolchain's pulumi, language host and Kubernetes
 provider on PATH. Its layer is streamed to disk, never held in memory.
+
+The database images, built on demand like the reaper's by `postgres()` and `mariadb()`, are
+the host's Debian packages (system-packages.sh installs them) copied at their own paths:
+`preview-env.local/postgres:<hash>` has PostgreSQL 15's server and clients (postgres,
+initdb, pg_ctl, psql, pg_dump, pg_restore, pg_isready), its extension modules and
+/usr/share/postgresql/15; `preview-env.local/mariadb:<hash>` has mariadbd, the mariadb,
+mariadb-admin and mariadb-dump clients and /usr/share/mysql. Both have the shared libraries
+`ldd` reports, /usr/share/zoneinfo, Debian's busybox-static as /bin/sh and its applets,
+and an entrypoint script (scripts/images/<engine>/entrypoint.sh) that, like the official
+images', initialises an empty data directory as uid 999 from POSTGRES_USER /
+POSTGRES_PASSWORD / POSTGRES_DB or MARIADB_ROOT_PASSWORD / MARIADB_USER / MARIADB_PASSWORD
+/ MARIADB_DATABASE, then runs the server in the foreground on 0.0.0.0 (5432, 3306) with
+password authentication; any other command (`psql ...`, `mariadb ...`) runs as given. Their
+tag hashes each file's path, size and modification time, so a package upgrade gives a new
+name. Run `python -m testbed.images --databases` to build them.
 """
 
 from __future__ import annotations
@@ -488,6 +503,153 @@ def _run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()[-2000:]}")
 
 
+# ------------------------------------------------------------------ the database images
+IMAGE_SOURCES = REPO / "scripts" / "images"
+DB_UID = "999"
+PG_VERSION = "15"
+PG_PREFIX = Path("/usr/lib/postgresql") / PG_VERSION
+PG_BINARIES = ("postgres", "initdb", "pg_ctl", "psql", "pg_dump", "pg_restore", "pg_isready")
+MARIADB_BINARIES = (
+    "/usr/sbin/mariadbd",
+    "/usr/bin/mariadb",
+    "/usr/bin/mariadb-admin",
+    "/usr/bin/mariadb-dump",
+)
+BUSYBOX = Path("/bin/busybox")
+ENTRYPOINT = "/usr/local/bin/docker-entrypoint.sh"
+
+
+def postgres(cache: Path | None = None) -> Image:
+    """PostgreSQL 15 from the host's Debian packages: server, clients and entrypoint."""
+    entries: dict[str, _Entry] = {}
+    for binary in PG_BINARIES:
+        path = PG_PREFIX / "bin" / binary
+        entries[str(path)] = _Entry(path, mode=0o755)
+    # Extension modules; not the JIT (libLLVM alone is >100 MB): without it, jit is off.
+    for path in _tree(PG_PREFIX / "lib"):
+        if "bitcode" not in path.parts and not path.name.startswith("llvmjit"):
+            entries[str(path)] = _Entry(path, mode=_mode(path))
+    for path in _tree(Path("/usr/share/postgresql") / PG_VERSION):
+        if "man" not in path.parts:
+            entries[str(path)] = _Entry(path, mode=0o644)
+    entries.update(_database_base("postgres", "/var/lib/postgresql", entries))
+    entries["/var/run/postgresql"] = _Entry(mode=0o1777)
+    config: dict[str, object] = {
+        "Entrypoint": [ENTRYPOINT],
+        "Cmd": ["postgres"],
+        "Env": [
+            f"PATH={PG_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin",
+            "PGDATA=/var/lib/postgresql/data",
+            "TZ=UTC",
+        ],
+        "ExposedPorts": {"5432/tcp": {}},
+        "StopSignal": "SIGINT",  # fast shutdown, as the official image
+    }
+    return _host_image(cache, "postgres", entries, config)
+
+
+def mariadb(cache: Path | None = None) -> Image:
+    """MariaDB from the host's Debian packages: mariadbd, the clients and entrypoint."""
+    missing = [b for b in MARIADB_BINARIES if not Path(b).exists()]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} missing: install mariadb-server and mariadb-client "
+            "(scripts/toolchain/system-packages.sh)"
+        )
+    entries: dict[str, _Entry] = {b: _Entry(Path(b), mode=0o755) for b in MARIADB_BINARIES}
+    for path in _tree(Path("/usr/share/mysql")):
+        if path.suffix in (".sys", ".xml", ".sql"):
+            entries[str(path)] = _Entry(path, mode=0o644)
+    entries.update(_database_base("mysql", "/var/lib/mysql", entries))
+    config: dict[str, object] = {
+        "Entrypoint": [ENTRYPOINT],
+        "Cmd": ["mariadbd"],
+        "Env": ["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/bin", "TZ=UTC"],
+        "ExposedPorts": {"3306/tcp": {}},
+    }
+    return _host_image(cache, "mariadb", entries, config)
+
+
+def _tree(top: Path) -> list[Path]:
+    """Regular files under `top`, sorted (symlinks and directories left out)."""
+    if not top.is_dir():
+        raise RuntimeError(f"{top} missing (scripts/toolchain/system-packages.sh installs it)")
+    return sorted(p for p in top.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _database_base(user: str, home: str, entries: dict[str, _Entry]) -> dict[str, _Entry]:
+    """What both database images share: the shared libraries of `entries`' ELF files,
+    busybox as /bin/sh and its applets, zoneinfo, the service user and the entrypoint."""
+    if not BUSYBOX.exists():
+        raise RuntimeError("/bin/busybox missing: install busybox-static")
+    elf = [str(e.source) for e in entries.values() if e.source is not None and _is_elf(e.source)]
+    base = _shared_libraries([*elf, str(BUSYBOX)])  # none when static, as Debian's
+    base[str(BUSYBOX)] = _Entry(BUSYBOX, mode=0o755)
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "busybox" and f"/bin/{applet}" not in entries:
+            base[f"/bin/{applet}"] = _Entry(link="busybox")
+    zoneinfo = Path("/usr/share/zoneinfo")
+    for path in sorted(zoneinfo.rglob("*")):
+        if path.relative_to(zoneinfo).parts[0] in ("right", "posix"):
+            continue
+        if path.is_symlink():  # UTC -> Etc/UTC and the like
+            base[str(path)] = _Entry(link=os.readlink(path))
+        elif path.is_file():
+            base[str(path)] = _Entry(path, mode=0o644)
+    base["/etc/passwd"] = _Entry(
+        data=f"root:x:0:0:root:/root:/bin/sh\n{user}:x:{DB_UID}:{DB_UID}::{home}:/bin/sh\n".encode()
+    )
+    base["/etc/group"] = _Entry(data=f"root:x:0:\n{user}:x:{DB_UID}:\n".encode())
+    base["/tmp"] = _Entry(mode=0o1777)
+    base[home] = _Entry(mode=0o755)
+    engine = "postgres" if user == "postgres" else "mariadb"
+    script = IMAGE_SOURCES / engine / "entrypoint.sh"
+    base[ENTRYPOINT] = _Entry(data=script.read_bytes(), mode=0o755)
+    return base
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def _host_image(
+    cache: Path | None, short: str, entries: dict[str, _Entry], config: dict[str, object]
+) -> Image:
+    """An image of `entries` (host files at their paths), cached by a hash of each entry."""
+    root = (cache or cache_dir()) / "images"
+    key = _key(_json(config), *(_fingerprint(n, e) for n, e in sorted(entries.items())))
+    tag = key[:16]
+    name = f"{REGISTRY}/{short}:{tag}"
+    archive = root / f"{short}-{tag}.tar"
+    if archive.exists():
+        return Image(name, archive)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        layer = Path(tmp) / "layer.tar"
+        _write_layer(layer, entries)
+        partial = Path(tmp) / "image.tar"
+        _write_oci(partial, name, layer, config)
+        os.replace(partial, archive)
+    return Image(name, archive)
+
+
+def _fingerprint(name: str, e: _Entry) -> bytes:
+    if e.source is not None:
+        st = e.source.stat()
+        what = f"file {e.source}:{st.st_size}:{st.st_mtime_ns}".encode()
+    elif e.data is not None:
+        what = b"data " + e.data
+    elif e.link is not None:
+        what = f"link {e.link}".encode()
+    else:
+        what = b"directory"
+    return f"{name} {e.mode:o} ".encode() + what
+
+
 if __name__ == "__main__":
     if shutil.which("go") is None:
         sys.exit("go not found on PATH")
@@ -498,3 +660,7 @@ if __name__ == "__main__":
 
         image = reaper(locate())
         print(f"reaper\t{image.name}\t{image.archive}")
+    if "--databases" in sys.argv[1:]:
+        for short, build in (("postgres", postgres), ("mariadb", mariadb)):
+            image = build()
+            print(f"{short}\t{image.name}\t{image.archive}")

@@ -3,8 +3,9 @@
 # postgres:// backend of the sharing tests), util-linux's unshare/setpriv (teammates on
 # their own host names; PostgreSQL run as its own user), and the real node's runtime:
 # containerd, runc, the CNI plugins, iptables/conntrack (kube-proxy), iproute2 (network
-# namespace and bridge clean-up) and a static libc for the pause image. Installs only what
-# is missing.
+# namespace and bridge clean-up), a static libc for the pause image, and what the database
+# images copy (testbed.images.postgres / mariadb): MariaDB's server and client and
+# busybox-static (their /bin/sh). Installs only what is missing.
 set -euo pipefail
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
@@ -21,6 +22,9 @@ have gcc || missing+=(gcc)
 have sysctl || missing+=(procps)
 have nsenter || missing+=(util-linux)
 [[ -e /usr/lib/x86_64-linux-gnu/libc.a || -n "$(compgen -G '/usr/lib/*/libc.a')" ]] || missing+=(libc6-dev)
+[[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server)
+[[ -x /usr/bin/mariadb && -x /usr/bin/mariadb-admin ]] || missing+=(mariadb-client)
+{ [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)
 if [[ ${#missing[@]} -eq 0 ]]; then exit 0; fi
 if [[ $(id -u) -ne 0 ]]; then
   echo "[toolchain] missing Debian packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]})" >&2
