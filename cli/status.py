@@ -139,6 +139,13 @@ def status(
             f"warning: ignored record {where}: not where its environment keeps its record "
             "(planted or stale); the backend is the authority"
         )
+    # A diy backend's stack list does not always say an update runs: its lock files do.
+    locks = {
+        k: ", ".join(lock.describe() for lock in holders)
+        for k in keys
+        if (holders := stacks.lock_holders(k))
+    }
+    keys = {k: busy or k in locks for k, busy in keys.items()}
     summaries = summarize(
         specs=specs,
         pods=pods,
@@ -147,11 +154,7 @@ def status(
         only_key=key,
         unlisted=cluster.unlisted,
         not_served=not_served,
-        locks={
-            k: ", ".join(lock.describe() for lock in holders)
-            for k, busy in keys.items()
-            if busy and (holders := stacks.lock_holders(k))
-        },
+        locks=locks,
         orphans=orphans,
     )
     if output is StatusFormat.json:
