@@ -87,6 +87,9 @@ def test_an_unschedulable_pod_is_not_ready_and_says_why(
 ) -> None:
     apply_unschedulable_target(testbed, "op-nowhere")
     key = "op-unsched"
+    # A first update that fails records no spec (its stack has no outputs yet): add the
+    # unschedulable target to an environment that already runs.
+    start(cli, key, staging)
     try:
         started = cli(
             "start",
@@ -106,8 +109,9 @@ def test_an_unschedulable_pod_is_not_ready_and_says_why(
         env = states(cli, "-k", key)[key]
         assert env["state"] == "not-ready", env
         assert "Unschedulable" in env["reason"], env
-        assert [p["state"] for p in env["pods"]] == ["not-ready"]
-        assert env["pods"][0]["reason"].startswith("Unschedulable")
+        stuck = [p for p in env["pods"] if p["name"].startswith("op-nowhere-")]
+        assert [p["state"] for p in stuck] == ["not-ready"], env["pods"]
+        assert stuck[0]["reason"].startswith("Unschedulable")
         assert env["ttl"].endswith("remaining")
     finally:
         assert cli("clean", "-k", key).code == 0
