@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming, routing
-from preview_stack.spec import EnvironmentSpec
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
 State = Literal["starting", "ready", "not-ready", "updating", "expired", "orphaned"]
@@ -232,7 +232,7 @@ def summarize(
                     name=meta["name"],
                     namespace=meta["namespace"],
                     target=service.display_target if service else "unknown",
-                    image=service.image if service else "unknown",
+                    image=_running_image(pod, service),
                     ready=ready,
                     state=pod_phase,
                     phase=pod.get("status", {}).get("phase", "Unknown"),
@@ -335,3 +335,13 @@ def _md(text: str) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("`", "'").replace("\n", " ")
+
+
+def _running_image(pod: Mapping[str, Any], service: ServiceSpec | None) -> str:
+    """The image this pod runs (a failed update's new pod may differ from the spec)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    wanted = service.target.container if service and service.target else None
+    for container in containers:
+        if wanted is None or container.get("name") == wanted:
+            return str(container.get("image") or "unknown")
+    return service.image if service else "unknown"
