@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from cli.context import StaleLockAfter, check_stale_threshold, handles_errors, out_console, settings
+from cli.context import (
+    StaleLockAfter,
+    check_stale_threshold,
+    err_console,
+    handles_errors,
+    out_console,
+    settings,
+)
 from cli.output import Format, Progress, print_json
 from cli.stacks import connect
 from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget
-from preview_stack.errors import BadInput, NotFound
+from preview_stack.errors import BadInput, NotFound, PreviewError
 from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS
+from preview_stack.spec import EnvironmentSpec
+from preview_stack.status import matches
 from preview_stack.ttl import parse_duration
 
 
 @handles_errors
 def clean(
     ctx: typer.Context,
-    key: Annotated[str, typer.Option("-k", "--key", help="environment key")],
+    key: Annotated[str | None, typer.Option("-k", "--key", help="environment key")] = None,
+    glob: Annotated[
+        str | None,
+        typer.Option("--glob", help="every environment whose key matches this shell glob"),
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="every environment of this owner")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="with --glob/--owner: do not ask on a terminal")
+    ] = False,
     target: Annotated[
         str | None,
         typer.Option("-t", "--target", help="only this target's pods, e.g. deployment/users"),
@@ -31,8 +51,21 @@ def clean(
     """Destroy an environment and remove its stack. An unknown key is not an error.
 
     Objects already deleted by hand are fine. A lock left by a killed update is recovered
-    once it is older than --stale-lock-after and its holder is gone.
+    once it is older than --stale-lock-after and its holder is gone. --glob and --owner
+    select several environments (asking first on a terminal, unless --yes).
     """
+    if key is not None and (glob is not None or owner is not None):
+        raise BadInput(
+            "-k/--key and --glob/--owner are exclusive: give one environment or a selection"
+        )
+    if key is None and glob is None and owner is None:
+        raise BadInput(
+            "give -k KEY, or select environments with --glob PATTERN and/or --owner NAME"
+        )
+    if key is None:
+        if target is not None:
+            raise BadInput("-t/--target needs -k/--key: it removes one target of one environment")
+        return _bulk(ctx, glob, owner, yes=yes, stale_lock_after=stale_lock_after, output=output)
     problem = naming.key_problem(key)
     if problem:
         raise BadInput(f"invalid key: {problem}")
@@ -102,6 +135,78 @@ def clean(
         removed=["all"],
         message=f"Preview environment {key} destroyed and its stack removed.",
     )
+
+
+def _bulk(
+    ctx: typer.Context,
+    glob: str | None,
+    owner: str | None,
+    *,
+    yes: bool,
+    stale_lock_after: str,
+    output: Format,
+) -> None:
+    """Destroy every environment of this backend matching --glob and --owner, one by one;
+    one failure never stops the others (exit 1 at the end)."""
+    opts = settings(ctx)
+    text = output is Format.text
+    progress = Progress(enabled=text, verbose=opts.verbose)
+    cluster, stacks = connect(opts)
+    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
+    check_stale_threshold(stale)
+    keys = [k for k in stacks.environments() if matches(k, None, glob=glob, owner_filter=None)]
+    if owner is not None:
+        keys = [
+            k
+            for k, spec in stacks.specs(keys).items()
+            if isinstance(spec, EnvironmentSpec) and spec.owner == owner
+        ]
+    keys = sorted(keys)
+    wanted = " and ".join(
+        part
+        for part in (f"keys matching {glob!r}" if glob else "", f"owner {owner!r}" if owner else "")
+        if part
+    )
+    if not keys:
+        message = f"Nothing to clean: no environment with {wanted}."
+        if text:
+            out_console.print(message, markup=False)
+        else:
+            print_json({"cleaned": [], "failed": [], "message": message})
+        return
+    if not yes and sys.stdin.isatty():
+        err_console.print(f"Environments with {wanted}: {', '.join(keys)}", markup=False)
+        if not typer.confirm(f"Destroy these {len(keys)} environment(s)?", err=True):
+            raise typer.Exit(1)
+    cleaned, failed = [], []
+    for each in keys:
+        progress.line(f"Destroying preview environment: {each}")
+        try:
+            stacks.destroy(
+                each,
+                CachedReader(cluster),
+                on_event=progress.on_event,
+                on_output=progress.on_output,
+                stale_lock_after=stale,
+            )
+        except PreviewError as exc:
+            failed.append({"key": each, "reason": str(exc)})
+            progress.line(f"  failed: {exc}")
+            continue
+        cleaned.append(each)
+    message = f"Destroyed {len(cleaned)} environment(s)" + (
+        f"; {len(failed)} failed" if failed else ""
+    )
+    if text:
+        for each in cleaned:
+            out_console.print(f"destroyed {each}", markup=False)
+        for failure in failed:
+            out_console.print(f"failed    {failure['key']}: {failure['reason']}", markup=False)
+        out_console.print(message + ".", markup=False)
+    else:
+        print_json({"cleaned": cleaned, "failed": failed, "message": message})
+    if failed:
+        raise typer.Exit(1)
 
 
 def _report(text: bool, key: str, *, cleaned: bool, removed: list[str], message: str) -> None:

@@ -18,6 +18,12 @@ class Format(StrEnum):
     json = "json"
 
 
+class StatusFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
 def print_json(model: BaseModel | list[Any] | dict[str, Any]) -> None:
     if isinstance(model, BaseModel):
         sys.stdout.write(model.model_dump_json(indent=2, by_alias=True) + "\n")

@@ -31,8 +31,8 @@ from cli.start import CachedReader
 from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
-from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due
-from preview_stack.ttl import parse_duration, rfc3339
+from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expiring_within
+from preview_stack.ttl import parse_duration, remaining, rfc3339
 
 Outcome = Literal["reaped", "would-reap", "skipped", "failed"]
 
@@ -179,6 +179,53 @@ def _print_round(report: RoundReport, text: bool) -> None:
     )
 
 
+class Expiring(BaseModel):
+    key: str
+    owner: str
+    expiresAt: str
+    remaining: str
+
+
+class WarnReport(BaseModel):
+    checkedAt: str
+    warnBefore: str
+    expiring: list[Expiring]
+
+
+def _warn(ctx: typer.Context, horizon: int, shown: str, text: bool) -> None:
+    """The environments expiring within `horizon` seconds, from the backend's specs."""
+    _cluster, stacks = connect(settings(ctx))
+    now = dt.datetime.now(dt.UTC)
+    expiries = {}
+    for key, spec in stacks.specs(stacks.environments()).items():
+        if isinstance(spec, PreviewError):
+            err_console.print(f"warning: {spec}")
+        elif spec is not None:
+            expiries[key] = (spec.expiry(), spec.owner)
+    report = WarnReport(
+        checkedAt=rfc3339(now),
+        warnBefore=shown,
+        expiring=[
+            Expiring(
+                key=e.key,
+                owner=e.owner,
+                expiresAt=rfc3339(e.expires_at),
+                remaining=remaining(e.expires_at, now),
+            )
+            for e in expiring_within(expiries, now, horizon)
+        ],
+    )
+    if not text:
+        print_json(report)
+        return
+    for e in report.expiring:
+        out_console.print(
+            f"expiring {e.key}  (owner {e.owner}, expires {e.expiresAt}, {e.remaining})",
+            markup=False,
+        )
+    out_console.print(f"{len(report.expiring)} environment(s) expire within {shown}")
+
+
 @handles_errors
 def reap(
     ctx: typer.Context,
@@ -191,13 +238,29 @@ def reap(
         ),
     ] = None,
     stale_lock_after: StaleLockAfter = "30m",
+    warn_before: Annotated[
+        str | None,
+        typer.Option(
+            "--warn-before",
+            help="only list the environments that expire within DURATION (e.g. 2h), "
+            "touching nothing: for warning their owners",
+        ),
+    ] = None,
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Destroy every expired environment and remove its stack. Never touches unexpired ones.
 
     Exit 0 when everything due was reaped (or skipped because a live update holds it), 1 when
-    something due failed.
+    something due failed. With --warn-before, list what expires soon instead (exit 0).
     """
+    if warn_before is not None:
+        horizon = parse_duration(warn_before, allow_infinite=False)
+        if not horizon:
+            raise BadInput(f"--warn-before {warn_before!r}: give a duration such as 2h or 30m")
+        if every is not None or dry_run:
+            raise BadInput("--warn-before lists and removes nothing: drop --every/--dry-run")
+        _warn(ctx, horizon, warn_before, output is Format.text)
+        return
     if parallel < 1:
         raise BadInput(f"--parallel {parallel}: use 1 or more")
     interval = parse_duration(every, allow_infinite=False) if every else None

@@ -30,7 +30,13 @@ from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.latest import read_latest_spec
 from preview_stack.program import TargetReader, declare, manifests_for
-from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Lock, lock_is_stale, parse_locks
+from preview_stack.reaping import (
+    DEFAULT_STALE_LOCK_SECONDS,
+    Lock,
+    lock_from_json,
+    lock_is_stale,
+    parse_locks,
+)
 from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
@@ -138,6 +144,27 @@ class Stacks:
             lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
         )
         return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
+
+    def lock_holders(self, key: str) -> list[Lock]:
+        """Who holds `key`'s lock, read cheaply where it can be: a file backend keeps each
+        lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host, time),
+        read directly without taking or touching anything. Other backends (S3, Postgres,
+        Pulumi Cloud) give an empty list: the state then says only that the stack is
+        locked (a `pulumi` operation that would make the engine name the holder takes the
+        lock when it is free, which a read-only `status` must never do)."""
+        root = backends.file_backend_root(self.backend)
+        if root is None:
+            return []
+        folder = root / ".pulumi" / "locks" / self._organization() / naming.PROJECT / key
+        found = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                lock = lock_from_json(path.read_text(), str(path))
+            except OSError:
+                continue  # released while we looked
+            if lock is not None:
+                found.append(lock)
+        return found
 
     @property
     def _shown(self) -> str:

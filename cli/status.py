@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -10,12 +11,13 @@ import typer
 from rich.table import Table
 
 from cli.context import err_console, handles_errors, out_console, settings
-from cli.output import Format, print_json
+from cli.output import StatusFormat, print_json
 from cli.stacks import connect
 from preview_stack import naming
+from preview_stack.errors import BadInput, NotFound
 from preview_stack.routing import serving_problem
 from preview_stack.spec import EnvironmentSpec
-from preview_stack.status import ignored_records, summarize
+from preview_stack.status import ignored_records, markdown, matches, summarize
 
 
 @handles_errors
@@ -28,18 +30,38 @@ def status(
             "-n", "--namespace", help="only environments with a preview in this namespace"
         ),
     ] = None,
-    output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
+    glob: Annotated[
+        str | None, typer.Option("--glob", help="only keys matching this shell glob (pr-*)")
+    ] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="only this owner's")] = None,
+    output: Annotated[
+        StatusFormat,
+        typer.Option("-o", "--output", help="text, json, or markdown (a PR comment; needs -k)"),
+    ] = StatusFormat.text,
 ) -> None:
-    """List environments: pods, readiness, TTL remaining and state.
+    """List environments: state (starting, ready, not-ready, updating, expired, orphaned),
+    pods, TTL remaining.
 
     What each environment is comes from the backend (the authority), never from records in
     the cluster; pods are listed cluster-wide, or per namespace for namespace-scoped users.
     """
+    if output is StatusFormat.markdown and key is None:
+        raise BadInput("-o markdown renders one environment: give -k KEY")
     opts = settings(ctx)
     cluster, stacks = connect(opts)
-    keys = stacks.environments()
-    wanted = [k for k in keys if key is None or k == key]
+    every_key = stacks.environments()
+    keys = dict(every_key)
+    wanted = [
+        k
+        for k in keys
+        if (key is None or k == key) and matches(k, None, glob=glob, owner_filter=None)
+    ]
     specs = stacks.specs(wanted)
+    if owner is not None:
+        specs = {
+            k: s for k, s in specs.items() if isinstance(s, EnvironmentSpec) and s.owner == owner
+        }
+    keys = {k: v for k, v in keys.items() if k in specs}
     if namespace is not None:
         specs = {
             k: s
@@ -77,23 +99,53 @@ def status(
         found = (meta.get("labels") or {}).get(naming.LABEL_KEY, "")
         return ours(obj) and meta.get("namespace") in homes.get(found, set())
 
-    pods = [p for p in cluster.preview_pods(key, namespaces) if ours_here(p)]
+    # Orphans are looked for where we may list: cluster-wide, else the namespaces we know.
+    look_in = namespaces
+    all_pods = cluster.preview_pods(key, look_in)
+    pods = [p for p in all_pods if ours_here(p)]
     routes_by_key: dict[str, list[dict[str, Any]]] = {}
     selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}" + (
         f",{naming.LABEL_KEY}={key}" if key else ""
     )
-    for route in cluster.routes(selector, namespaces):
+    all_routes = cluster.routes(selector, look_in)
+    all_records = cluster.records(key, look_in)
+    known = every_key
+    orphans: dict[str, list[str]] = {}
+    for kind, objects in (("pod", all_pods), ("record", all_records), ("route", all_routes)):
+        for obj in objects:
+            meta = obj.get("metadata", {})
+            labels = meta.get("labels") or {}
+            found = labels.get(naming.LABEL_KEY, "")
+            if (
+                found
+                and found not in known
+                and labels.get(naming.LABEL_STACK) == stacks.stack_id(found)
+                and matches(found, None, glob=glob, owner_filter=None)
+                and owner is None
+                and (namespace is None or meta.get("namespace") == namespace)
+            ):
+                orphans.setdefault(found, []).append(
+                    f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+                )
+    for route in all_routes:
         if ours_here(route):
             routes_by_key.setdefault(route["metadata"]["labels"][naming.LABEL_KEY], []).append(
                 route
             )
     not_served = {k: problem for k, rs in routes_by_key.items() if (problem := serving_problem(rs))}
     committed = {k: s if isinstance(s, EnvironmentSpec) else None for k, s in specs.items()}
-    for where in ignored_records(cluster.records(key, namespaces), committed, ours):
+    for where in ignored_records(all_records, committed, ours):
         err_console.print(
             f"warning: ignored record {where}: not where its environment keeps its record "
             "(planted or stale); the backend is the authority"
         )
+    # A diy backend's stack list does not always say an update runs: its lock files do.
+    locks = {
+        k: ", ".join(lock.describe() for lock in holders)
+        for k in keys
+        if (holders := stacks.lock_holders(k))
+    }
+    keys = {k: busy or k in locks for k, busy in keys.items()}
     summaries = summarize(
         specs=specs,
         pods=pods,
@@ -102,9 +154,16 @@ def status(
         only_key=key,
         unlisted=cluster.unlisted,
         not_served=not_served,
+        locks=locks,
+        orphans=orphans,
     )
-    if output is Format.json:
+    if output is StatusFormat.json:
         print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])
+        return
+    if output is StatusFormat.markdown:
+        if not summaries:
+            raise NotFound(f"no preview environment {key!r} in this backend")
+        sys.stdout.write(markdown(summaries[0]))
         return
     if not summaries:
         out_console.print(
@@ -120,7 +179,7 @@ def status(
         "NAMESPACE",
         "TARGET",
         "IMAGE",
-        "READY",
+        "POD STATE",
         "TRAFFIC",
     ):
         table.add_column(column, no_wrap=True)
@@ -131,7 +190,7 @@ def status(
                 env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-", "-"
             )
         for index, pod in enumerate(env.pods):
-            ready = "yes" if pod.ready else f"no ({pod.reason})"
+            ready = pod.state if not pod.reason else f"{pod.state} ({pod.reason})"
             first = index == 0
             table.add_row(
                 env.key if first else "",
@@ -146,6 +205,8 @@ def status(
             )
     out_console.print(table)
     for env in summaries:
+        for orphan in env.orphans:
+            out_console.print(f"orphaned object of {env.key}: {orphan}", markup=False)
         if env.routes_problem:
             out_console.print(
                 f"routes of {env.key} declared but not served: {env.routes_problem}", markup=False

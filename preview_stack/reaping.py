@@ -12,8 +12,9 @@ MAX_CREATION_TIMEOUT_SECONDS).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from preview_stack.ttl import parse_rfc3339
@@ -82,3 +83,41 @@ def lock_is_stale(
     if lock.hostname == this_host and not pid_alive(lock.pid):
         return True
     return (now - lock.timestamp).total_seconds() >= threshold_seconds
+
+
+@dataclass(frozen=True)
+class Expiring:
+    key: str
+    expires_at: dt.datetime
+    owner: str
+
+
+def expiring_within(
+    expiries: Mapping[str, tuple[dt.datetime | None, str]], now: dt.datetime, seconds: float
+) -> list[Expiring]:
+    """Environments (key -> (expiry, owner)) still alive that expire within `seconds`:
+    the ones to warn. Already due ones are the reaper's, infinite ones never expire."""
+    horizon = now + dt.timedelta(seconds=seconds)
+    found = [
+        Expiring(key=key, expires_at=moment, owner=owner)
+        for key, (moment, owner) in expiries.items()
+        if moment is not None and now < moment <= horizon
+    ]
+    return sorted(found, key=lambda e: (e.expires_at, e.key))
+
+
+def lock_from_json(text: str, path: str) -> Lock | None:
+    """A lock file of Pulumi's diy backends (`.pulumi/locks/<org>/<project>/<stack>/*.json`:
+    pid, username, hostname, timestamp); None when it cannot be read."""
+    try:
+        doc = json.loads(text)
+        stamp = parse_rfc3339(str(doc["timestamp"]))
+        return Lock(
+            pid=int(doc["pid"]),
+            hostname=str(doc["hostname"]),
+            timestamp=stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC),
+            path=path,
+            user=str(doc.get("username", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None

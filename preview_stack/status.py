@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming, routing
-from preview_stack.spec import EnvironmentSpec
+from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
-State = Literal["live", "updating", "failed", "expired", "unknown"]
+State = Literal["starting", "ready", "not-ready", "updating", "expired", "orphaned"]
+PodState = Literal["starting", "ready", "not-ready"]
+# Waiting/terminated reasons and conditions that will not fix themselves: `not-ready`.
+FAILING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "ContainerCannotRun",
+        "StartError",
+        "OOMKilled",
+        "Error",
+        "Unschedulable",
+        "Evicted",
+    }
+)
+# A running container that is still not Ready this long after it started fails its
+# readiness probe (kubelet keeps the probe's own message in events, not in the pod).
+PROBE_GRACE_SECONDS = 30
 
 
 class PodStatus(BaseModel):
@@ -22,6 +46,7 @@ class PodStatus(BaseModel):
     target: str
     image: str
     ready: bool
+    state: PodState = "starting"
     phase: str
     reason: str | None = None
     traffic: str | None = Field(default=None, description="how requests reach this pod")
@@ -37,6 +62,14 @@ class EnvironmentStatus(BaseModel):
     expires_at: str | None = Field(default=None, alias="expiresAt")
     ttl: str = Field(description="`42m remaining`, `infinite` or `expired`")
     reason: str | None = None
+    locked_by: str | None = Field(
+        default=None,
+        alias="lockedBy",
+        description="`user@host (pid N) since TIME` of the running update holding the lock",
+    )
+    orphans: list[str] = Field(
+        default_factory=list, description="`kind namespace/name` of objects without a stack"
+    )
     links: list[str] = Field(default_factory=list, description="share links")
     routes_problem: str | None = Field(
         default=None,
@@ -79,6 +112,39 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def pod_state(pod: Mapping[str, Any], now: dt.datetime) -> tuple[PodState, str | None]:
+    """`ready`, `starting` (on its way: scheduling, pulling, creating, within the probe
+    grace) or `not-ready` with the cluster's reason (a crash loop, an image that cannot be
+    pulled, no node fits, OOMKilled, a failing readiness probe)."""
+    if pod_ready(pod):
+        return "ready", None
+    reason = pod_reason(pod) or "not Ready"
+    head = re.split(r"[\s:]", reason, maxsplit=1)[0]
+    status = pod.get("status", {})
+    if head in FAILING or status.get("phase") == "Failed":
+        return "not-ready", reason
+    for container in status.get("containerStatuses", []) or []:
+        running = (container.get("state") or {}).get("running")
+        if not running or container.get("ready"):
+            continue
+        if container.get("restartCount"):
+            ended = (container.get("lastState") or {}).get("terminated") or {}
+            return "not-ready", (
+                f"restarted {container['restartCount']} times, not Ready "
+                f"(container {container.get('name')} last ended: "
+                f"{ended.get('reason', 'unknown')}, exit code {ended.get('exitCode')})"
+            )
+        started = running.get("startedAt")
+        if started:
+            age = (now - parse_rfc3339(started)).total_seconds()
+            if age >= PROBE_GRACE_SECONDS:
+                return "not-ready", (
+                    f"readiness probe failing: container {container.get('name')} running "
+                    f"for {int(age)}s, not Ready"
+                )
+    return "starting", reason
+
+
 def ignored_records(
     records: Sequence[Mapping[str, Any]],
     specs: Mapping[str, EnvironmentSpec | None],
@@ -108,34 +174,52 @@ def summarize(
     only_key: str | None = None,
     unlisted: Collection[str] = (),
     not_served: Mapping[str, str] | None = None,
+    locks: Mapping[str, str] | None = None,
+    orphans: Mapping[str, Sequence[str]] | None = None,
 ) -> list[EnvironmentStatus]:
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
-    whether an update is running; `unlisted` are namespaces whose pods we may not list."""
+    whether an update is running; `unlisted` are namespaces whose pods we may not list;
+    `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
+    id for a key that has no stack (`kind namespace/name`)."""
+    locks = locks or {}
+    orphans = orphans or {}
     pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
         key = pod.get("metadata", {}).get("labels", {}).get(naming.LABEL_KEY)
         if key:
             pods_by_key.setdefault(key, []).append(pod)
-    keys = sorted(set(specs) | set(stacks))
+    keys = sorted(set(specs) | set(stacks) | {k for k, v in orphans.items() if v})
     if only_key is not None:
         keys = [k for k in keys if k == only_key]
     result = []
     for key in keys:
         spec = specs.get(key)
         updating = stacks.get(key, False)
-        if not isinstance(spec, EnvironmentSpec):
-            reason = None
-            if isinstance(spec, Exception):
-                reason = str(spec)
-            elif not updating:
-                reason = "the stack has no live objects in this cluster"
+        holder = locks.get(key) if updating else None
+        if key not in stacks:
             result.append(
                 EnvironmentStatus(
                     key=key,
-                    state="updating" if updating else "failed",
+                    state="orphaned",
                     ttl="unknown",
-                    reason=reason,
+                    reason="objects labelled with this backend's stack id, but no stack",
+                    orphans=sorted(orphans.get(key, [])),
+                )
+            )
+            continue
+        if not isinstance(spec, EnvironmentSpec):
+            state: State = "updating" if updating else "orphaned"
+            reason = None
+            if updating:
+                reason = f"locked by {holder}" if holder else "its stack is locked"
+            elif isinstance(spec, Exception):
+                state, reason = "not-ready", f"cannot read its spec: {spec}"
+            else:
+                reason = "a stack without objects in this cluster"
+            result.append(
+                EnvironmentStatus(
+                    key=key, state=state, ttl="unknown", reason=reason, locked_by=holder
                 )
             )
             continue
@@ -144,40 +228,46 @@ def summarize(
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
             meta = pod["metadata"]
             service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
-            ready = pod_ready(pod)
+            pod_phase, why = pod_state(pod, now)
+            ready = pod_phase == "ready"
             pod_statuses.append(
                 PodStatus(
                     name=meta["name"],
                     namespace=meta["namespace"],
                     target=service.display_target if service else "unknown",
-                    image=service.image if service else "unknown",
+                    image=_running_image(pod, service),
                     ready=ready,
+                    state=pod_phase,
                     phase=pod.get("status", {}).get("phase", "Unknown"),
-                    reason=None if ready else pod_reason(pod),
+                    reason=why,
                     traffic=routing.service_traffic(service, key) if service else None,
                 )
             )
         expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
         ttl = remaining(expires, now)
-        state: State
         reason = None
+        failing = [p for p in pod_statuses if p.state == "not-ready"]
+        starting = [p for p in pod_statuses if p.state == "starting"]
         if updating:
             state = "updating"
+            reason = f"locked by {holder}" if holder else "its stack is locked"
         elif ttl == "expired":
             state = "expired"
+            reason = "due; waiting for the reaper (or `extend` it)"
         elif hidden := sorted({sv.namespace for sv in spec.services} & set(unlisted)):
-            state = "unknown"
-            reason = f"no rights to list pods in {', '.join(hidden)}"
-        elif not pod_statuses or not all(p.ready for p in pod_statuses):
-            state = "failed"
-            unready = [p for p in pod_statuses if not p.ready]
-            reason = (
-                f"pod {unready[0].name}: {unready[0].reason}"
-                if unready
-                else "no preview pods are running"
-            )
+            state = "not-ready"
+            reason = f"cannot tell: no rights to list pods in {', '.join(hidden)}"
+        elif failing:
+            state = "not-ready"
+            reason = f"pod {failing[0].name}: {failing[0].reason}"
+        elif not pod_statuses:
+            state = "not-ready"
+            reason = "no preview pods are running"
+        elif starting:
+            state = "starting"
+            reason = f"pod {starting[0].name}: {starting[0].reason}"
         else:
-            state = "live"
+            state = "ready"
         result.append(
             EnvironmentStatus(
                 key=key,
@@ -188,8 +278,73 @@ def summarize(
                 expires_at=spec.expires_at,
                 ttl=ttl,
                 reason=reason,
+                locked_by=holder,
                 links=routing.share_links(spec),
                 routes_problem=(not_served or {}).get(key),
             )
         )
     return result
+
+
+def matches(key: str, owner: str | None, *, glob: str | None, owner_filter: str | None) -> bool:
+    """`--glob` (shell glob on the key) and `--owner` (exact) together; None means any."""
+    if glob is not None and not naming.glob_to_regex(glob).match(key):
+        return False
+    return owner_filter is None or owner == owner_filter
+
+
+def markdown(env: EnvironmentStatus) -> str:
+    """A compact summary of one environment for a pull-request comment: state, expiry,
+    one table row per pod (image, state, how to reach it) and the share links. Every
+    value is escaped: keys, images and reasons end up in someone's PR."""
+    lines = [
+        f"<!-- preview-env:{env.key} -->",
+        f"### Preview environment `{env.key}`: **{env.state}**",
+        "",
+    ]
+    if env.reason:
+        lines += [f"> {_md(env.reason)}", ""]
+    expiry = env.ttl if not env.expires_at else f"{env.ttl} (expires {env.expires_at})"
+    lines += [f"- **Expires:** {_md(expiry)}"]
+    if env.owner:
+        lines += [f"- **Owner:** {_md(env.owner)}"]
+    headers = sorted({p.traffic for p in env.pods if p.traffic})
+    for header in headers:
+        lines += [f"- **Reach it:** {_md(header)}"]
+    for link in env.links:
+        lines += [f"- **Share link:** <{link}>"]
+    if env.pods:
+        lines += ["", "| Pod | Target | Image | State |", "| --- | --- | --- | --- |"]
+        for pod in env.pods:
+            state = pod.state if not pod.reason else f"{pod.state}: {pod.reason}"
+            lines.append(
+                f"| `{_cell(pod.namespace)}/{_cell(pod.name)}` | {_cell(pod.target)} "
+                f"| `{_cell(pod.image)}` | {_cell(state)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def removed_markdown(key: str) -> str:
+    return f"<!-- preview-env:{key} -->\n### Preview environment `{key}`: **removed**\n"
+
+
+def _md(text: str) -> str:
+    """Plain text in Markdown: no markup, no HTML, no links of its own."""
+    out = []
+    for ch in text:
+        out.append("\\" + ch if ch in "\\`*_{}[]()<>#+-!|~" else ch)
+    return "".join(out).replace("\n", " ")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'").replace("\n", " ")
+
+
+def _running_image(pod: Mapping[str, Any], service: ServiceSpec | None) -> str:
+    """The image this pod runs (a failed update's new pod may differ from the spec)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    wanted = service.target.container if service and service.target else None
+    for container in containers:
+        if wanted is None or container.get("name") == wanted:
+            return str(container.get("image") or "unknown")
+    return service.image if service else "unknown"

@@ -69,8 +69,9 @@ def test_pulumi_up_environment_is_seen_extended_and_reaped_by_the_cli(
     assert up.returncode == 0, up.stdout + up.stderr
 
     status = cli("status", "-k", key, "--output", "json")
+    assert status.code == 0, status.stderr
     [env] = status.json()
-    assert env["state"] == "live" and env["pods"][0]["image"] == "ghcr.io/acme/users:plat"
+    assert env["state"] == "ready" and env["pods"][0]["image"] == "ghcr.io/acme/users:plat"
     assert env["ttl"].startswith(("1h 59m", "2h 0m", "1h 58m"))
 
     extended = cli("extend", "-k", key, "--ttl", "2s")

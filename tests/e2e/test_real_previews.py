@@ -265,3 +265,63 @@ def _follows_until_interrupted(testbed: Testbed, key: str, ip: str, prefix: str)
     finally:
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=20) == 0
+
+
+def test_status_names_real_failures_not_ready(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+) -> None:
+    """A kept failed update on the real node: status says not-ready with the kubelet's
+    reason (ErrImageNeverPull, then CrashLoopBackOff), never ready."""
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
+        ),
+    )
+    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    key = "rp-states"
+    config = _config(tmp_path, namespace, {})
+
+    def status() -> dict[str, Any]:
+        result = cli("status", "-k", key, "-o", "json")
+        assert result.code == 0, result.stderr
+        envs: list[dict[str, Any]] = result.json()
+        return envs[0]
+
+    try:
+        assert cli("start", "-f", config, "-i", image, "-k", key, "--timeout", "45").code == 0
+        assert status()["state"] == "ready"
+        missing = cli(
+            "start", "-f", config, "-i", "preview-env.local/missing:1", "-k", key,
+            "--timeout", "15", "--keep-on-failure",
+        )  # fmt: skip
+        assert missing.code == 1, missing.stderr
+        env = status()
+        assert env["state"] == "not-ready", env
+        pulled = [p for p in env["pods"] if p["image"] == "preview-env.local/missing:1"]
+        assert pulled and pulled[0]["state"] == "not-ready", env["pods"]
+        assert pulled[0]["reason"].startswith("ErrImageNeverPull"), pulled
+        assert "ErrImageNeverPull" in env["reason"]
+
+        crashing = _config(tmp_path, namespace, {"ECHO_EXIT": "3"})
+        crashed = cli(
+            "start", "-f", crashing, "-i", image, "-k", key, "--timeout", "40",
+            "--keep-on-failure",
+        )  # fmt: skip
+        assert crashed.code == 1, crashed.stderr
+
+        def crash_looping() -> bool:
+            env = status()
+            return env["state"] == "not-ready" and any(
+                p["state"] == "not-ready" and p["reason"].startswith("CrashLoopBackOff")
+                for p in env["pods"]
+            )
+
+        assert wait_until(crash_looping, timeout=60), status()
+        text = cli("status", "-k", key)
+        assert "not-ready" in text.stdout and "CrashLoopBackOff" in text.stdout
+    finally:
+        assert cli("clean", "-k", key).code == 0

@@ -135,7 +135,7 @@ def test_planted_records_never_steer_start_status_or_reap(
         assert shown.code == 0, shown.stderr
         (env,) = shown.json()
         assert sorted(p["image"] for p in env["pods"]) == ["orders:plant", "users:plant"]
-        assert env["owner"] != "mallory" and env["state"] == "live"
+        assert env["owner"] != "mallory" and env["state"] == "ready"
         assert f"ignored record default/{naming.record_name(key)}" in shown.stderr
         assert "ignored record default/malformed-record" in shown.stderr
 
@@ -311,7 +311,7 @@ def test_a_namespace_scoped_developer_can_do_everything_in_their_namespace(
             shown = cli(*args, "-o", "json", env=env)
             assert shown.code == 0, shown.stderr
             (summary,) = [s for s in shown.json() if s["key"] == key]
-            assert summary["state"] == "live" and len(summary["pods"]) == 1
+            assert summary["state"] == "ready" and len(summary["pods"]) == 1
         extended = cli("extend", "-k", key, "--by", "10m", env=env)
         assert extended.code == 0, extended.stderr
     finally:

@@ -112,7 +112,7 @@ def test_start_status_replace_add_and_clean(cli: Cli, kube: Kube, staging: str) 
     status = cli("status", "-k", "e2e-one", "--output", "json")
     assert status.code == 0, status.stderr
     [env_status] = status.json()
-    assert env_status["state"] == "live" and env_status["ttl"].endswith("remaining")
+    assert env_status["state"] == "ready" and env_status["ttl"].endswith("remaining")
     assert env_status["pods"][0]["ready"] is True
 
     # Same key, another target: adds. Same key and target: replaces the image.
