@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +220,14 @@ def team(backend: Backend, tmp_path: Path, testbed: Testbed) -> Callable[[str], 
         return User(name, host or f"{name}-host", backend, home)
 
     return user
+
+
+@pytest.fixture
+def namespace(testbed: Testbed) -> Iterator[str]:
+    """A namespace of the test's own (deleted afterwards, without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    testbed.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        testbed.kubectl("delete", "namespace", name, "--wait=false")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,16 +17,6 @@ from testbed import node as real_node
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def namespace(testbed: Testbed) -> Iterator[str]:
-    name = f"real-{uuid.uuid4().hex[:6]}"
-    testbed.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        testbed.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _apply(testbed: Testbed, *docs: dict[str, Any]) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,16 +84,6 @@ MARIADB = Engine(
     # MYSQL_PWD: the client's password from the environment, off the command line.
     client_env={"MARIADB_USER": "app", "MYSQL_PWD": "maria-s3cret", "MARIADB_DATABASE": "shop"},
 )
-
-
-@pytest.fixture
-def namespace(testbed: Testbed) -> Iterator[str]:
-    name = f"db-{uuid.uuid4().hex[:6]}"
-    testbed.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        testbed.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _apply(testbed: Testbed, *docs: dict[str, Any]) -> None:

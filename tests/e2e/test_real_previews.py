@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,18 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def namespace(testbed: Testbed) -> Iterator[str]:
-    name = f"rp-{uuid.uuid4().hex[:6]}"
-    testbed.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        testbed.kubectl("delete", "namespace", name, "--wait=false")
+def shop(testbed: Testbed, namespace: str) -> str:
+    """The target below applied and rolled out on the real node; returns the echo image."""
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    items = _shop(namespace, image)
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": items}),
+    )
+    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    return image
 
 
 def _shop(namespace: str, image: str) -> list[dict[str, Any]]:
@@ -145,18 +149,14 @@ def _pod_names(kube: Kube, namespace: str, selector: str) -> set[str]:
 
 
 def test_a_real_preview_starts_serves_and_stays_isolated(
-    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+    cli: Cli,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    tmp_path: Path,
+    shop: str,
 ) -> None:
-    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
-        ),
-    )
-    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    image = shop
     key = "rp-live"
     config = _config(tmp_path, namespace, {"MODE": "preview"})
     started = cli("start", "-f", config, "-i", image, "-k", key, "--routing", "none", "-o", "json")
@@ -198,18 +198,14 @@ def test_a_real_preview_starts_serves_and_stays_isolated(
 
 
 def test_real_failures_are_named_with_the_containers_last_words(
-    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+    cli: Cli,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    tmp_path: Path,
+    shop: str,
 ) -> None:
-    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
-        ),
-    )
-    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    image = shop
     config = _config(tmp_path, namespace, {})
     missing = cli(
         "start",
@@ -268,20 +264,16 @@ def _follows_until_interrupted(testbed: Testbed, key: str, ip: str, prefix: str)
 
 
 def test_status_names_real_failures_not_ready(
-    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+    cli: Cli,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    tmp_path: Path,
+    shop: str,
 ) -> None:
     """A kept failed update on the real node: status says not-ready with the kubelet's
     reason (ErrImageNeverPull, then CrashLoopBackOff), never ready."""
-    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {"kind": "List", "apiVersion": "v1", "items": _shop(namespace, image)}
-        ),
-    )
-    testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
+    image = shop
     key = "rp-states"
     config = _config(tmp_path, namespace, {})
 
