@@ -9,11 +9,11 @@ import typer
 
 from cli.context import (
     StaleLockAfter,
-    check_stale_threshold,
     err_console,
     handles_errors,
     out_console,
     settings,
+    stale_lock_seconds,
 )
 from cli.output import Format, Progress, print_json
 from cli.stacks import connect
@@ -21,10 +21,8 @@ from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget
 from preview_stack.errors import BadInput, NotFound, PreviewError
-from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import matches
-from preview_stack.ttl import parse_duration
 
 
 @handles_errors
@@ -74,8 +72,7 @@ def clean(
     progress = Progress(enabled=text, verbose=opts.verbose)
     cluster, stacks = connect(opts)
 
-    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
-    check_stale_threshold(stale)
+    stale = stale_lock_seconds(stale_lock_after)
     if key not in stacks.environments():
         # Objects labelled with this key but owned by another backend's stack are not ours.
         return _nothing(text, key, f"this backend has no environment {key!r}")
@@ -152,8 +149,7 @@ def _bulk(
     text = output is Format.text
     progress = Progress(enabled=text, verbose=opts.verbose)
     cluster, stacks = connect(opts)
-    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
-    check_stale_threshold(stale)
+    stale = stale_lock_seconds(stale_lock_after)
     keys = [k for k in stacks.environments() if matches(k, None, glob=glob, owner_filter=None)]
     if owner is not None:
         keys = [

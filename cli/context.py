@@ -68,3 +68,13 @@ def check_stale_threshold(seconds: float) -> None:
             f"({MIN_STALE_LOCK_SECONDS // 60}m) and could take a live update's lock; "
             "use 15m or more (dead holders on this host are recovered at once anyway)"
         )
+
+
+def stale_lock_seconds(text: str) -> float:
+    """--stale-lock-after parsed (default 30m when empty) and checked (see below)."""
+    from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS
+    from preview_stack.ttl import parse_duration
+
+    seconds = parse_duration(text, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
+    check_stale_threshold(seconds)
+    return seconds

@@ -19,11 +19,11 @@ from pydantic import BaseModel
 
 from cli.context import (
     StaleLockAfter,
-    check_stale_threshold,
     err_console,
     handles_errors,
     out_console,
     settings,
+    stale_lock_seconds,
 )
 from cli.output import Format, print_json
 from cli.stacks import Stacks, connect
@@ -31,7 +31,7 @@ from cli.start import CachedReader
 from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
-from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS, Due, expiring_within
+from preview_stack.reaping import Due, expiring_within
 from preview_stack.ttl import parse_duration, remaining, rfc3339
 
 Outcome = Literal["reaped", "would-reap", "skipped", "failed"]
@@ -264,8 +264,7 @@ def reap(
     if parallel < 1:
         raise BadInput(f"--parallel {parallel}: use 1 or more")
     interval = parse_duration(every, allow_infinite=False) if every else None
-    stale = parse_duration(stale_lock_after, allow_infinite=False) or DEFAULT_STALE_LOCK_SECONDS
-    check_stale_threshold(stale)
+    stale = stale_lock_seconds(stale_lock_after)
     opts = settings(ctx)
     cluster, stacks = connect(opts)
     stopper = Stopper()
