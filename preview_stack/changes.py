@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from preview_stack.errors import BadInput, NotFound, PreviewError
-from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import expiry, parse_rfc3339, rfc3339
 
 
@@ -28,6 +28,48 @@ def later_expiry(current: str | None, now: dt.datetime, ttl_seconds: int | None)
     proposed = expiry(now, ttl_seconds)
     assert proposed is not None
     return rfc3339(max(parse_rfc3339(current), proposed))
+
+
+def keep_branch_passwords(
+    services: tuple[ServiceSpec, ...] | list[ServiceSpec], prior: EnvironmentSpec | None
+) -> list[ServiceSpec]:
+    """A database branch keeps its first password for the environment's life: its server was
+    initialised with it, and every later pod must log in with the same one."""
+    known = {b.id: b.password for s in (prior.services if prior else []) for b in s.db_branches}
+    kept = []
+    for service in services:
+        branches = [
+            b.model_copy(update={"password": known[b.id]}) if b.id in known else b
+            for b in service.db_branches
+        ]
+        known.update({b.id: b.password for b in branches})
+        kept.append(service.model_copy(update={"db_branches": branches}))
+    return kept
+
+
+def check_shared_branches(spec: EnvironmentSpec) -> EnvironmentSpec:
+    """Services naming one branch id share one server: they must agree on what it is and
+    live in its namespace (its password Secret is namespaced)."""
+    first: dict[str, tuple[DbBranch, ServiceSpec]] = {}
+    for service in spec.services:
+        for branch in service.db_branches:
+            if branch.id not in first:
+                first[branch.id] = (branch, service)
+                continue
+            other, owner = first[branch.id]
+            if not branch.same_branch(other):
+                raise BadInput(
+                    f"database branch {branch.id!r} is declared differently by "
+                    f"{owner.display_target} and {service.display_target}; give one of them "
+                    "another id or the same type, name, image and copy settings"
+                )
+            if owner.namespace != service.namespace:
+                raise BadInput(
+                    f"database branch {branch.id!r} is shared by {owner.display_target} in "
+                    f"{owner.namespace} and {service.display_target} in {service.namespace}; "
+                    "a shared branch serves one namespace: give one of them another id"
+                )
+    return spec
 
 
 @dataclass(frozen=True)
@@ -49,11 +91,14 @@ class AddService:
                 services=[],
             )
             spec = fresh
-        return spec.with_service(self._keeping_share_token(spec)).model_copy(
-            update={
-                "expires_at": later_expiry(spec.expires_at, now, self.ttl_seconds),
-                "ttl_seconds": self.ttl_seconds,
-            }
+        (service,) = keep_branch_passwords([self._keeping_share_token(spec)], spec)
+        return check_shared_branches(
+            spec.with_service(service).model_copy(
+                update={
+                    "expires_at": later_expiry(spec.expires_at, now, self.ttl_seconds),
+                    "ttl_seconds": self.ttl_seconds,
+                }
+            )
         )
 
     def _keeping_share_token(self, spec: EnvironmentSpec) -> ServiceSpec:
@@ -168,20 +213,23 @@ class Declare:
     expires_at: str | None = None
 
     def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec:
+        services = keep_branch_passwords(self.services, spec)
         if self.expires_at is not None:
             expires: str | None = self.expires_at
-        elif spec is not None and list(self.services) == spec.services:
+        elif spec is not None and services == spec.services:
             expires = spec.expires_at  # an unchanged re-run keeps the expiry
         else:
             current = spec.expires_at if spec is not None else rfc3339(now)
             expires = later_expiry(current, now, self.ttl_seconds)
-        return EnvironmentSpec(
-            key=spec.key if spec else "",
-            owner=spec.owner if spec else self.owner,
-            created_at=spec.created_at if spec else rfc3339(now),
-            expires_at=expires,
-            ttl_seconds=self.ttl_seconds,
-            services=list(self.services),
+        return check_shared_branches(
+            EnvironmentSpec(
+                key=spec.key if spec else "",
+                owner=spec.owner if spec else self.owner,
+                created_at=spec.created_at if spec else rfc3339(now),
+                expires_at=expires,
+                ttl_seconds=self.ttl_seconds,
+                services=services,
+            )
         )
 
 

@@ -194,8 +194,111 @@ class NetworkFeature(_Model):
         return {"mode": value} if isinstance(value, str) else value
 
 
+DB_ENGINES = ("pg", "mysql")
+DB_COPY_MODES = ("empty", "schema", "all")
+DB_PARAM_ROLES = ("host", "port", "user", "password", "database")
+
+
+class _Strict(BaseModel):
+    """db_branches: only the subset we implement; any other field is refused by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(map(repr, unknown))} is not supported in a database branch "
+                    f"(use: {', '.join(cls.model_fields)})"
+                )
+        return value
+
+
+class DbUrlSource(_Strict):
+    type: Literal["env"] = "env"
+    variable: str = Field(min_length=1)
+
+
+class DbConnection(_Strict):
+    """Where the target finds its database: one URL variable, or one variable per part."""
+
+    url: DbUrlSource | None = None
+    type: Literal["env"] = "env"
+    params: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _url_or_params(self) -> DbConnection:
+        if (self.url is None) == (self.params is None):
+            raise ValueError(
+                'give exactly one of connection.url {"type": "env", "variable": NAME} or '
+                'connection.params {"host": NAME, ...}'
+            )
+        unknown = sorted(set(self.params or {}) - set(DB_PARAM_ROLES))
+        if unknown:
+            raise ValueError(
+                f"connection.params: unknown part {', '.join(map(repr, unknown))} "
+                f"(use: {', '.join(DB_PARAM_ROLES)})"
+            )
+        if self.params is not None and "host" not in self.params:
+            raise ValueError("connection.params needs at least host: the variable naming it")
+        return self
+
+
+class DbTableCopy(_Strict):
+    filter: str | None = None
+
+
+class DbCopy(_Strict):
+    mode: Literal["empty", "schema", "all"] = "empty"
+    tables: dict[str, DbTableCopy] = Field(default_factory=dict)
+
+
+class DbBranchConfig(_Strict):
+    """One entry of mirrord's `feature.db_branches` (the subset previews implement)."""
+
+    type: str
+    id: str | None = None
+    name: str | None = None
+    version: str | None = None
+    image: str | None = None
+    connection: DbConnection
+    copy_: DbCopy = Field(default_factory=DbCopy, alias="copy")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            known = {*cls.model_fields, "copy"} - {"copy_"}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(map(repr, unknown))} is not supported in a database branch "
+                    f"(use: {', '.join(sorted(known))})"
+                )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in DB_ENGINES:
+            raise ValueError(
+                f"database type {value!r} is not supported (supported: {', '.join(DB_ENGINES)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _choices(self) -> DbBranchConfig:
+        if self.version is not None and self.image is not None:
+            raise ValueError("set either version or image for a database branch, not both")
+        return self
+
+
 class Features(_Model):
     preview: PreviewFeature = Field(default_factory=PreviewFeature)
+    db_branches: list[DbBranchConfig] = Field(default_factory=list)
     env: EnvFeature = Field(default_factory=EnvFeature)
     network: NetworkFeature = Field(default_factory=NetworkFeature)
 

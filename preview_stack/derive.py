@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from preview_stack import naming, routing
+from preview_stack import branches, naming, routing
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
@@ -594,7 +594,7 @@ def preview_pod(
             if container["name"] == chosen:
                 container["image"] = spec.image
                 variables, env_from = container_env(container, spec, key, target.env_sources)
-                container["env"] = variables
+                container["env"] = branches.rewrite_connection(variables, key, spec.db_branches)
                 if env_from:
                     container["envFrom"] = env_from
                 else:
@@ -756,6 +756,11 @@ def derive_service(
     selector = preview_labels(key, spec)
     extra: list[Manifest] = []
     if target is None:
+        if spec.db_branches:
+            raise BadInput(
+                f"{spec.display_target}: database branches need a target to copy the "
+                "connection from"
+            )
         base = naming.image_base_name(spec.image)
         ports = (spec.incoming.ports if spec.incoming else None) or []
         container: dict[str, Any] = {
@@ -785,6 +790,7 @@ def derive_service(
         target_service_objects: list[Mapping[str, Any]] = []  # no target Service to route
     else:
         workload = target.name
+        extra += _branch_manifests(env, spec, target)
         derived = preview_pod(target, spec, env)
         pod_spec = derived.spec
         extra = derived.claims
@@ -837,6 +843,23 @@ def derive_service(
     manifests += services
     manifests += extra
     manifests += _routes(env, spec, target, target_service_objects, services)
+    return manifests
+
+
+def _branch_manifests(
+    env: EnvironmentSpec, spec: ServiceSpec, target: TargetWorkload
+) -> list[Manifest]:
+    """The branches this service declares first (a shared id is built once); every branch
+    it uses must find its connection variables in the target's container."""
+    chosen = choose_container(target.pod_spec, spec)
+    container = next(c for c in target.pod_spec.get("containers", []) if c["name"] == chosen)
+    where = f"container {chosen!r} of {target.kind.lower()}/{target.name}"
+    owners = {branch.id: owner for branch, owner in env.branches()}
+    manifests: list[Manifest] = []
+    for branch in spec.db_branches:
+        source = branches.connection_source(branch, container, target.env_sources, where=where)
+        if owners.get(branch.id) == spec:
+            manifests += branches.branch_manifests(env, spec, branch, target.pod_spec, source)
     return manifests
 
 
@@ -944,6 +967,9 @@ def redacted(env: EnvironmentSpec) -> EnvironmentSpec:
                         ),
                         # Payloads stay out of the record: secrets, and size.
                         "files": [f.model_copy(update={"data": REDACTED}) for f in s.files],
+                        "db_branches": [
+                            b.model_copy(update={"password": REDACTED}) for b in s.db_branches
+                        ],
                     }
                 )
                 for s in env.services

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pulumi
 import pulumi_kubernetes as k8s
 
-from preview_stack import naming
+from preview_stack import branches, naming
 from preview_stack.derive import (
     FILES_OWNER_ANNOTATION,
     Manifest,
@@ -83,6 +83,19 @@ def _with_secret_values(manifest: Manifest, names: set[str]) -> dict[str, Any]:
     return spec
 
 
+def _with_cluster_ips(value: Any, addresses: dict[str, pulumi.Output[str]]) -> Any:
+    """`value` with each branch address placeholder replaced by its Service's ClusterIP."""
+    if isinstance(value, dict):
+        return {k: _with_cluster_ips(v, addresses) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_cluster_ips(v, addresses) for v in value]
+    if isinstance(value, str):
+        match = branches.CLUSTER_IP.match(value)
+        if match:
+            return addresses[match[1]]
+    return value
+
+
 def _resource_name(manifest: Manifest) -> str:
     meta = manifest["metadata"]
     return f"{manifest['kind'].lower()}:{meta['namespace']}/{meta['name']}"
@@ -101,6 +114,11 @@ class PreviewEnvironment(pulumi.ComponentResource):
         timeouts = {s.target_id: s.creation_timeout_secs for s in env.services}
         overrides = {s.target_id: set(s.env.override) for s in env.services}
         self.resources: list[pulumi.CustomResource] = []
+        is_branch = [branches.ANNOTATION_BRANCH in m["metadata"]["annotations"] for m in manifests]
+        copies, addresses = self._branches(
+            env, [m for m, b in zip(manifests, is_branch, strict=True) if b]
+        )
+        manifests = [m for m, b in zip(manifests, is_branch, strict=True) if not b]
         workloads = {
             "Deployment": k8s.apps.v1.Deployment,
             "CronJob": k8s.batch.v1.CronJob,
@@ -128,10 +146,12 @@ class PreviewEnvironment(pulumi.ComponentResource):
                     ),
                     # A Job's pod template is immutable: a new image replaces it, in place.
                     delete_before_replace=kind == "Job",
-                    # Its files and claims first (and, on destroy, gone after it).
-                    depends_on=needs.get(target, []),
+                    # Its files, claims and database copies first (on destroy, gone after it).
+                    depends_on=needs.get(target, []) + copies.get(target, []),
                 )
-                spec = _with_secret_values(manifest, overrides.get(target, set()))
+                spec = _with_cluster_ips(
+                    _with_secret_values(manifest, overrides.get(target, set())), addresses
+                )
                 self.resources.append(workloads[kind](name, metadata=meta, spec=spec, opts=child))
             elif kind == "Service":
                 self.resources.append(
@@ -202,6 +222,84 @@ class PreviewEnvironment(pulumi.ComponentResource):
                     )
                 )
         self.register_outputs({"key": env.key, "expiresAt": env.expires_at})
+
+    def _branches(
+        self, env: EnvironmentSpec, manifests: Sequence[Manifest]
+    ) -> tuple[dict[str, list[pulumi.Resource]], dict[str, pulumi.Output[str]]]:
+        """Each branch: Secret, Service, server, RBAC, then the copy Job waiting on the
+        server. Returns the copy Jobs each target waits for and the servers' addresses."""
+        order = ["Secret", "Service", "Deployment", "ServiceAccount", "Role", "RoleBinding", "Job"]
+        addresses: dict[str, pulumi.Output[str]] = {}
+        by_branch: dict[str, dict[str, pulumi.CustomResource]] = {}
+        owners = {b.id: s for b, s in env.branches()}
+        for manifest in sorted(manifests, key=lambda m: order.index(m["kind"])):
+            meta, kind = manifest["metadata"], manifest["kind"]
+            branch_id = meta["annotations"][branches.ANNOTATION_BRANCH]
+            made = by_branch.setdefault(branch_id, {})
+            seconds = owners[branch_id].creation_timeout_secs
+            timeouts = pulumi.CustomTimeouts(create=f"{seconds}s", update=f"{seconds}s")
+            child = pulumi.ResourceOptions(parent=self, custom_timeouts=timeouts)
+            name = _resource_name(manifest)
+            resource: pulumi.CustomResource
+            if kind == "Secret":  # the password, kept for life; `url` is the copy Job's
+                data = {k: pulumi.Output.secret(v) for k, v in manifest["stringData"].items()}
+                resource = k8s.core.v1.Secret(
+                    name,
+                    metadata=meta,
+                    type=manifest["type"],
+                    string_data=data,
+                    opts=pulumi.ResourceOptions(parent=self, ignore_changes=["stringData", "data"]),
+                )
+            elif kind == "Service":
+                resource = k8s.core.v1.Service(
+                    name, metadata=meta, spec=manifest["spec"], opts=child
+                )
+                addresses[meta["name"]] = resource.spec.apply(lambda s: s.cluster_ip or "")
+            elif kind == "Deployment":
+                resource = k8s.apps.v1.Deployment(
+                    name,
+                    metadata=meta,
+                    spec=manifest["spec"],
+                    opts=pulumi.ResourceOptions.merge(
+                        child, pulumi.ResourceOptions(depends_on=[made["Secret"]])
+                    ),
+                )
+            elif kind == "ServiceAccount":
+                resource = k8s.core.v1.ServiceAccount(name, metadata=meta, opts=child)
+            elif kind == "Role":
+                resource = k8s.rbac.v1.Role(
+                    name, metadata=meta, rules=manifest["rules"], opts=child
+                )
+            elif kind == "RoleBinding":
+                resource = k8s.rbac.v1.RoleBinding(
+                    name,
+                    metadata=meta,
+                    role_ref=manifest["roleRef"],
+                    subjects=manifest["subjects"],
+                    opts=child,
+                )
+            else:  # the copy Job: after the server is Ready (and its RBAC exists)
+                secret_names = set(branches.source_value_names())
+                spec = _with_cluster_ips(_with_secret_values(manifest, secret_names), addresses)
+                resource = k8s.batch.v1.Job(
+                    name,
+                    metadata=meta,
+                    spec=spec,
+                    opts=pulumi.ResourceOptions.merge(
+                        child,
+                        pulumi.ResourceOptions(
+                            delete_before_replace=True, depends_on=list(made.values())
+                        ),
+                    ),
+                )
+            made[kind] = resource
+            self.resources.append(resource)
+        copies: dict[str, list[pulumi.Resource]] = {}
+        for service in env.services:
+            for branch in service.db_branches:
+                if "Job" in by_branch.get(branch.id, {}):
+                    copies.setdefault(service.target_id, []).append(by_branch[branch.id]["Job"])
+        return copies, addresses
 
 
 def declare(

@@ -9,10 +9,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 from preview_stack import naming
-from preview_stack.config import FileMountConfig, MirrordConfig, TargetPath, parse_dotenv
+from preview_stack.config import (
+    DbBranchConfig,
+    FileMountConfig,
+    MirrordConfig,
+    TargetPath,
+    parse_dotenv,
+)
 from preview_stack.errors import BadInput
 from preview_stack.reaping import MAX_CREATION_TIMEOUT_SECONDS
-from preview_stack.spec import CronJobRules, EnvRules, FileMount, LabelRules, ServiceSpec, ShareLink
+from preview_stack.spec import (
+    DEFAULT_COPY_IMAGE,
+    CronJobRules,
+    DbBranch,
+    DbTable,
+    EnvRules,
+    FileMount,
+    LabelRules,
+    ServiceSpec,
+    ShareLink,
+)
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration
 
 
@@ -30,6 +46,7 @@ class Flags:
     gateway: str | None = None
     share_domain: str | None = None
     share_token: str | None = None  # None: the stable host <key>.<domain>
+    db_copy_image: str | None = None  # None: DEFAULT_COPY_IMAGE
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,67 @@ def _files(mounts: Sequence[FileMountConfig], *, secret: bool, read: ReadFile) -
     return files
 
 
+# The engines' official images at a current major version (`version` picks another).
+DEFAULT_DB_VERSIONS = {"pg": "17", "mysql": "8.4"}
+DB_IMAGES = {"pg": "postgres", "mysql": "mysql"}
+
+
+def db_branches(
+    branches: Sequence[DbBranchConfig],
+    target: TargetPath | None,
+    *,
+    target_label: str,
+    copy_image: str | None = None,
+) -> list[DbBranch]:
+    """feature.db_branches as specs: ids defaulted (one branch per entry), images resolved,
+    and a fresh password each (a later start of the same id keeps the first one)."""
+    if branches and target is None:
+        raise BadInput(
+            "feature.db_branches needs a target: the connection variables are the target's; "
+            "set target or remove db_branches"
+        )
+    specs = []
+    for index, branch in enumerate(branches):
+        copy = branch.copy_
+        if copy.mode == "all":
+            filtered = sorted(n for n, t in copy.tables.items() if t.filter is not None)
+            if filtered:
+                raise BadInput(
+                    f"feature.db_branches[{index}]: a filter on {', '.join(filtered)} has no "
+                    'effect with copy.mode "all"; use mode "schema" or "empty", or drop it'
+                )
+        image = branch.image or (
+            f"{DB_IMAGES[branch.type]}:{branch.version or DEFAULT_DB_VERSIONS[branch.type]}"
+        )
+        connection = branch.connection
+        specs.append(
+            DbBranch(
+                id=branch.id or f"{target_label}-{index}",
+                engine=branch.type,
+                image=image,
+                database=branch.name,
+                mode=copy.mode,
+                tables=[
+                    DbTable(name=name, filter=table.filter)
+                    for name, table in copy.tables.items()
+                    if copy.mode != "all"
+                ],
+                url_variable=connection.url.variable if connection.url else None,
+                params=dict(connection.params or {}),
+                password=secrets.token_hex(16),
+                copy_image=copy_image or DEFAULT_COPY_IMAGE,
+            )
+        )
+    ids = [b.id for b in specs]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise BadInput(
+            f"feature.db_branches: id {', '.join(twice)} is used twice by one target; "
+            "give each entry its own id"
+        )
+    return specs
+
+
 def build_request(
     config: MirrordConfig,
     flags: Flags,
@@ -158,6 +236,12 @@ def build_request(
             "feature.preview.cronjob.schedule applies to cronjob/NAME targets only; "
             "remove it or target a CronJob"
         )
+    branches = db_branches(
+        config.feature.db_branches,
+        target,
+        target_label=naming.target_label(target.kind, target.name) if target else "",
+        copy_image=flags.db_copy_image,
+    )
     service = ServiceSpec(
         target=target,
         namespace=namespace,
@@ -181,5 +265,6 @@ def build_request(
         cronjob=CronJobRules(
             schedule=preview.cronjob.schedule, trigger_on_start=preview.cronjob.trigger_on_start
         ),
+        db_branches=branches,
     )
     return Request(service=service, ttl_seconds=ttl_seconds)

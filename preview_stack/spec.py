@@ -52,6 +52,51 @@ class CronJobRules(_Frozen):
     trigger_on_start: bool = True
 
 
+# The image with `preview-env` and the engines' client tools (the Containerfile's).
+DEFAULT_COPY_IMAGE = "ghcr.io/preview-env/preview-env:0.1.0"
+COPY_IMAGE_ENV = "PREVIEW_ENV_DB_COPY_IMAGE"
+
+
+class DbTable(_Frozen):
+    name: str
+    filter: str | None = None  # a SQL WHERE clause; None: every row
+
+
+class DbBranch(_Frozen):
+    """A database branch a service uses (feature.db_branches): a server of its own in the
+    environment's stack, filled by an in-cluster copy from the database the target uses.
+    Services of one environment naming the same `id` share one branch."""
+
+    id: str
+    engine: Literal["pg", "mysql"]
+    image: str  # the branch server's
+    database: str | None = None  # `name`: the source database (None: the connection's)
+    mode: Literal["empty", "schema", "all"] = "empty"
+    tables: list[DbTable] = Field(default_factory=list)
+    url_variable: str | None = None  # connection.url
+    params: dict[str, str] = Field(default_factory=dict)  # part -> variable (connection.params)
+    password: str  # generated for the branch server; a secret, never in the record
+    copy_image: str = DEFAULT_COPY_IMAGE  # runs `preview-env db copy` in the cluster
+
+    @property
+    def port(self) -> int:
+        return 5432 if self.engine == "pg" else 3306
+
+    @property
+    def user(self) -> str:
+        return "preview" if self.engine == "pg" else "root"
+
+    @property
+    def variables(self) -> list[str]:
+        """The target's variables this branch reads (and the preview's it rewrites)."""
+        return [self.url_variable] if self.url_variable else list(self.params.values())
+
+    def same_branch(self, other: DbBranch) -> bool:
+        """Two declarations of one shared id must agree on what the branch is."""
+        fields = ("engine", "image", "database", "mode", "tables")
+        return all(getattr(self, f) == getattr(other, f) for f in fields)
+
+
 class ServiceSpec(_Frozen):
     """One preview workload: a target replaced by `image`, or a targetless image."""
 
@@ -68,6 +113,7 @@ class ServiceSpec(_Frozen):
     volumes: Literal["ephemeral", "persistent"] = "ephemeral"
     files: list[FileMount] = Field(default_factory=list)
     cronjob: CronJobRules = Field(default_factory=CronJobRules)
+    db_branches: list[DbBranch] = Field(default_factory=list)
 
     @property
     def target_id(self) -> str:
@@ -129,3 +175,11 @@ class EnvironmentSpec(_Frozen):
 
     def record_namespace(self) -> str:
         return self.services[0].namespace
+
+    def branches(self) -> list[tuple[DbBranch, ServiceSpec]]:
+        """Each branch once, with the first service declaring it (whose target it copies)."""
+        seen: dict[str, tuple[DbBranch, ServiceSpec]] = {}
+        for service in self.services:
+            for branch in service.db_branches:
+                seen.setdefault(branch.id, (branch, service))
+        return list(seen.values())
