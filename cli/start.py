@@ -21,6 +21,7 @@ from cli.output import Format, Progress, print_json
 from cli.stacks import Applied, connect
 from preview_stack import config as mirrord_config
 from preview_stack import naming
+from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
@@ -37,8 +38,8 @@ from preview_stack.routing import (
     serving_problem,
     share_links,
 )
-from preview_stack.spec import EnvironmentSpec, ServiceSpec
-from preview_stack.status import pod_ready, pod_reason
+from preview_stack.spec import COPY_IMAGE_ENV, EnvironmentSpec, ServiceSpec
+from preview_stack.status import BranchStatus, pod_ready, pod_reason
 from preview_stack.ttl import format_seconds
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
@@ -151,6 +152,10 @@ def _pods_of(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[Star
     return sorted(pods, key=lambda p: (p.namespace, p.name))
 
 
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def _failure(cluster: Cluster, key: str, service: ServiceSpec) -> tuple[str, str]:
     """Why this target's pods are not Ready, and the failing container's last log lines
     (indented, one per line; empty when it printed nothing)."""
@@ -172,6 +177,20 @@ def _failure(cluster: Cluster, key: str, service: ServiceSpec) -> tuple[str, str
         return reason, ""
     shown = "\n".join(f"  | {line}" for line in lines)
     return reason, f"\nlast log lines of container {container}:\n{shown}"
+
+
+def _copy_failure(cluster: Cluster, key: str, service: ServiceSpec) -> BranchStatus | None:
+    """The first of this target's database branches whose copy did not finish."""
+    if not service.db_branches:
+        return None
+    try:
+        jobs, pods = cluster.copy_jobs(key, {service.namespace})
+    except PreviewError:
+        return None
+    env = EnvironmentSpec(
+        key=key, owner="", created_at="", expires_at=None, ttl_seconds=None, services=[service]
+    )
+    return next((b for b in branch_statuses(env, jobs, pods) if b.state != "copied"), None)
 
 
 def _check_routes_of_others(
@@ -343,6 +362,7 @@ def start(
         gateway=gateway,
         share_domain=share_domain,
         share_token=None if stable_share_host else new_share_token(),
+        db_copy_image=os.environ.get(COPY_IMAGE_ENV) or None,
     )
     request = build_request(
         parsed,
@@ -394,8 +414,13 @@ def start(
             on_output=progress.on_output,
         )
     except DeployFailed as exc:
-        reason, last_words = _failure(cluster, env_key, service)
-        why = (f"{reason}; {exc}" if reason else str(exc)) + last_words
+        copy = _copy_failure(cluster, env_key, service)
+        if copy is not None:
+            reason = f"database branch {copy.id!r}: copy {copy.state}: {copy.message or '?'}"
+            why = f"{reason}; {_first_line(str(exc))}"
+        else:
+            reason, last_words = _failure(cluster, env_key, service)
+            why = (f"{reason}; {exc}" if reason else str(exc)) + last_words
         if keep_on_failure:
             raise DeployFailed(
                 f"{why} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
@@ -411,6 +436,8 @@ def start(
             on_output=progress.on_output,
             create=False,
         )
+        if copy is not None and copy.bad_input:
+            raise BadInput(reason) from None
         raise DeployFailed(why) from None
     progress.line("Deploying pod... done.")
     env = applied.after

@@ -14,6 +14,7 @@ from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import StatusFormat, print_json
 from cli.stacks import connect
 from preview_stack import naming
+from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.routing import serving_problem
 from preview_stack.spec import EnvironmentSpec
@@ -157,6 +158,19 @@ def status(
         locks=locks,
         orphans=orphans,
     )
+    with_branches = {
+        k: s for k, s in specs.items() if isinstance(s, EnvironmentSpec) and s.branches()
+    }
+    if with_branches:
+        jobs, copy_pods = cluster.copy_jobs(key, look_in)
+        summaries = [
+            s.model_copy(
+                update={"branches": branch_statuses(with_branches[s.key], jobs, copy_pods)}
+            )
+            if s.key in with_branches
+            else s
+            for s in summaries
+        ]
     if output is StatusFormat.json:
         print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])
         return
@@ -213,3 +227,11 @@ def status(
             )
         for link in env.links:
             out_console.print(f"share link for {env.key}: {link}", markup=False)
+        for branch in env.branches:
+            tables = f" ({', '.join(branch.tables)})" if branch.tables else ""
+            outcome = f"{branch.state}: {branch.message}" if branch.message else branch.state
+            out_console.print(
+                f"database branch {branch.id} of {env.key}: {branch.engine} from "
+                f"{branch.source}, copy {branch.mode}{tables}: {outcome}",
+                markup=False,
+            )

@@ -345,6 +345,27 @@ class Cluster:
             )
         return [self._json(i) for i in items]
 
+    def copy_jobs(
+        self, key: str | None, namespaces: Collection[str] | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Database branch copy Jobs and their pods (of `key`, else all): two list calls."""
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_COMPONENT}="
+        selector += "db-branch-copy" + (f",{naming.LABEL_PART_OF}={key}" if key else "")
+        with _errors("listing database branch copies"):
+            jobs = self._list(
+                self.batch.list_job_for_all_namespaces,
+                self.batch.list_namespaced_job,
+                selector,
+                namespaces,
+            )
+            pods = self._list(
+                self.core.list_pod_for_all_namespaces,
+                self.core.list_namespaced_pod,
+                selector,
+                namespaces,
+            )
+        return [self._json(j) for j in jobs], [self._json(p) for p in pods]
+
     def routes(
         self, selector: str, namespaces: Collection[str] | None = None
     ) -> list[dict[str, Any]]:

@@ -790,10 +790,9 @@ def derive_service(
         target_service_objects: list[Mapping[str, Any]] = []  # no target Service to route
     else:
         workload = target.name
-        extra += _branch_manifests(env, spec, target)
         derived = preview_pod(target, spec, env)
         pod_spec = derived.spec
-        extra = derived.claims
+        extra = _branch_manifests(env, spec, target) + derived.claims
         pod_labels = {**kept_labels(target.pod_labels, spec), **selector}
         check_isolation(pod_labels, namespace_services, spec.namespace)
         target_service_objects = [
@@ -851,8 +850,11 @@ def _branch_manifests(
 ) -> list[Manifest]:
     """The branches this service declares first (a shared id is built once); every branch
     it uses must find its connection variables in the target's container."""
+    if not spec.db_branches:
+        return []
     chosen = choose_container(target.pod_spec, spec)
-    container = next(c for c in target.pod_spec.get("containers", []) if c["name"] == chosen)
+    every = [*target.pod_spec.get("initContainers", []), *target.pod_spec.get("containers", [])]
+    container = next(c for c in every if c["name"] == chosen)
     where = f"container {chosen!r} of {target.kind.lower()}/{target.name}"
     owners = {branch.id: owner for branch, owner in env.branches()}
     manifests: list[Manifest] = []

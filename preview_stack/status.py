@@ -52,6 +52,26 @@ class PodStatus(BaseModel):
     traffic: str | None = Field(default=None, description="how requests reach this pod")
 
 
+class BranchStatus(BaseModel):
+    """A database branch (feature.db_branches) and how its copy went."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    engine: str
+    source: str = Field(description="where the target finds its database (never credentials)")
+    mode: str
+    tables: list[str] = Field(default_factory=list)
+    namespace: str
+    state: Literal["copying", "copied", "failed", "missing"]
+    message: str | None = Field(
+        default=None, description="the copy's summary line, or why it failed"
+    )
+
+    @property
+    def bad_input(self) -> bool:
+        return self.state == "failed" and (self.message or "").startswith("bad input:")
+
+
 class EnvironmentStatus(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
     key: str
@@ -71,6 +91,7 @@ class EnvironmentStatus(BaseModel):
         default_factory=list, description="`kind namespace/name` of objects without a stack"
     )
     links: list[str] = Field(default_factory=list, description="share links")
+    branches: list[BranchStatus] = Field(default_factory=list, description="database branches")
     routes_problem: str | None = Field(
         default=None,
         alias="routesProblem",

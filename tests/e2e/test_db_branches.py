@@ -1,0 +1,288 @@
+"""Database branches (feature.db_branches) on the kwok test bed, through `python -m cli`.
+
+kwok runs no containers: here a copy Job "succeeds" without running (kwok completes Job
+pods), so these tests prove what is declared: the branch server, its Service and Secret,
+the copy Job's image, command and references to the source's Secret (never values), the
+preview pod's rewritten variables, shared ids, status, clean, and the bad-input rows. The
+copy running for real is tests/e2e/test_real_branches.py, on the real node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preview_stack import naming
+from testbed import Testbed
+from tests.e2e.conftest import Cli
+from tests.e2e.test_start_status_clean import stack_names
+
+pytestmark = pytest.mark.cluster
+NS = "dbshop"
+SOURCE_URL = "postgres://app:s3cret-pw@10.96.0.99:5432/orders?sslmode=require"
+SOURCE_PASSWORD = "my-s3cret-pass"
+COPY_IMAGE = "example.test/preview-env:db"
+
+STAGING = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: orders-db, namespace: {NS}}}
+stringData: {{url: "{SOURCE_URL}"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: billing-db, namespace: {NS}}}
+data: {{DB_HOST: "10.96.0.98", DB_PORT: "3306", DB_NAME: billing}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: billing-creds, namespace: {NS}}}
+stringData: {{DB_USER: billing, DB_PASSWORD: "{SOURCE_PASSWORD}"}}
+""" + "".join(
+    f"""---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: example.test/{name}:staging
+        env:
+        - name: DATABASE_URL
+          valueFrom: {{secretKeyRef: {{name: orders-db, key: url}}}}
+        - {{name: LOG_LEVEL, value: info}}
+        envFrom:
+        - configMapRef: {{name: billing-db}}
+        - secretRef: {{name: billing-creds}}
+"""
+    for name in ("orders", "invoices")
+)
+
+PG = {
+    "type": "pg",
+    "id": "{{ key }}-orders",
+    "name": "orders",
+    "version": "16",
+    "connection": {"url": {"type": "env", "variable": "DATABASE_URL"}},
+    "copy": {"mode": "schema", "tables": {"customers": {"filter": "region = 'eu'"}}},
+}
+MYSQL = {
+    "type": "mysql",
+    "connection": {
+        "type": "env",
+        "params": {
+            "host": "DB_HOST",
+            "port": "DB_PORT",
+            "user": "DB_USER",
+            "password": "DB_PASSWORD",
+            "database": "DB_NAME",
+        },
+    },
+    "copy": {"mode": "all"},
+}
+
+
+def config(tmp: Path, name: str, target: str, branches: list[dict[str, Any]]) -> str:
+    path = tmp / f"{name}.json"
+    document = {
+        "target": {"path": target, "namespace": NS},
+        "feature": {"preview": {"image": "example.test/preview:pr"}, "db_branches": branches},
+    }
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def shop(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> str:
+    manifest = tmp_path_factory.mktemp("dbshop") / "staging.yaml"
+    manifest.write_text(STAGING)
+    testbed.kubectl("apply", "-f", str(manifest))
+    testbed.kubectl("-n", NS, "rollout", "status", "deployment/orders", "--timeout=60s")
+    return NS
+
+
+def get(testbed: Testbed, kind: str, name: str | None = None, selector: str = "") -> Any:
+    args = ["-n", NS, "get", kind] + ([name] if name else []) + ["-o", "json"]
+    if selector:
+        args += ["-l", selector]
+    return json.loads(testbed.kubectl(*args))
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def left_of(testbed: Testbed, key: str) -> list[str]:
+    kinds = "deployments,services,secrets,configmaps,jobs,pods,serviceaccounts,roles,rolebindings"
+    found = json.loads(
+        testbed.kubectl("get", kinds, "-A", "-l", f"{naming.LABEL_PART_OF}={key}", "-o", "json")
+    )["items"]
+    return [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in found
+        if not o["metadata"].get("deletionTimestamp")
+    ]
+
+
+def test_branches_declared_used_shown_and_cleaned(
+    cli: Cli, testbed: Testbed, shop: str, tmp_path: Path
+) -> None:
+    key = "db-1"
+    env = {"PREVIEW_ENV_DB_COPY_IMAGE": COPY_IMAGE}
+    started = cli(
+        "start", "-f", config(tmp_path, "orders", "deployment/orders", [PG, MYSQL]),
+        "-k", key, "--routing", "none", "-o", "json", env=env,
+    )  # fmt: skip
+    assert started.code == 0, started.stderr
+
+    pg_server = naming.workload_name(f"db-{key}-orders", key)
+    my_id = naming.target_label("deployment", "orders") + "-1"
+    my_server = naming.workload_name(f"db-{my_id}", key)
+    # The branch servers: the engine's image, password from the branch's own Secret.
+    pg = get(testbed, "deployment", pg_server)["spec"]["template"]["spec"]["containers"][0]
+    assert pg["image"] == "postgres:16"
+    assert env_of(pg)["POSTGRES_PASSWORD"] == {
+        "secretKeyRef": {"name": pg_server, "key": "password"}
+    }
+    my = get(testbed, "deployment", my_server)["spec"]["template"]["spec"]["containers"][0]
+    assert my["image"] == "mysql:8.4"
+    pg_ip = get(testbed, "service", pg_server)["spec"]["clusterIP"]
+    my_ip = get(testbed, "service", my_server)["spec"]["clusterIP"]
+
+    # The copy Jobs: preview-env's image and command, the source by reference only.
+    pg_job = get(testbed, "job", f"{pg_server}-copy")["spec"]["template"]["spec"]
+    copy = pg_job["containers"][0]
+    assert copy["image"] == COPY_IMAGE
+    assert copy["command"] == ["preview-env"]
+    assert copy["args"][:2] == ["db", "copy"]
+    assert "--table" in copy["args"] and "customers:region = 'eu'" in copy["args"]
+    assert copy["args"][copy["args"].index("--write-url-secret") + 1] == pg_server
+    copy_env = env_of(copy)
+    assert copy_env["PREVIEW_ENV_SOURCE_URL"] == {
+        "secretKeyRef": {"name": "orders-db", "key": "url"}
+    }
+    assert copy_env["PREVIEW_ENV_BRANCH_HOST"] == pg_ip
+    assert pg_job["serviceAccountName"] == f"{pg_server}-copy"
+    role = get(testbed, "role", f"{pg_server}-copy")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [pg_server],
+         "verbs": ["get", "patch"]}
+    ]  # fmt: skip
+    my_copy = get(testbed, "job", f"{my_server}-copy")["spec"]["template"]["spec"]
+    my_env = env_of(my_copy["containers"][0])
+    assert my_env["PREVIEW_ENV_SOURCE_PASSWORD"] == {
+        "secretKeyRef": {"name": "billing-creds", "key": "DB_PASSWORD"}
+    }
+    assert my_env["PREVIEW_ENV_SOURCE_HOST"] == {
+        "configMapKeyRef": {"name": "billing-db", "key": "DB_HOST"}
+    }
+    assert "--table" not in my_copy["containers"][0]["args"]
+    assert my_copy.get("automountServiceAccountToken") is False
+
+    # The preview pod points at the branches; the target is untouched.
+    preview = get(testbed, "deployment", naming.workload_name("orders", key))
+    variables = env_of(preview["spec"]["template"]["spec"]["containers"][0])
+    assert variables["DATABASE_URL"] == {"secretKeyRef": {"name": pg_server, "key": "url"}}
+    assert variables["DB_HOST"] == my_ip
+    assert variables["DB_PORT"] == "3306"
+    assert variables["DB_USER"] == "root"
+    assert variables["DB_PASSWORD"] == {"secretKeyRef": {"name": my_server, "key": "password"}}
+    assert variables["LOG_LEVEL"] == "info"
+    target = get(testbed, "deployment", "orders")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(target)["DATABASE_URL"] == {"secretKeyRef": {"name": "orders-db", "key": "url"}}
+
+    # No source credential in anything preview-env wrote or printed.
+    record = testbed.kubectl("-n", NS, "get", "configmap", naming.record_name(key), "-o", "json")
+    for text in (started.stdout, started.stderr, record, json.dumps(pg_job)):
+        assert "s3cret-pw" not in text and SOURCE_PASSWORD not in text
+
+    # A second target of the same key shares the pg branch by id.
+    shared = cli(
+        "start", "-f", config(tmp_path, "invoices", "deployment/invoices", [PG]),
+        "-k", key, "--routing", "none", env=env,
+    )  # fmt: skip
+    assert shared.code == 0, shared.stderr
+    assert len(get(testbed, "job", selector=f"{naming.LABEL_PART_OF}={key}")["items"]) == 2
+    invoices = get(testbed, "deployment", naming.workload_name("invoices", key))
+    assert env_of(invoices["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"] == {
+        "secretKeyRef": {"name": pg_server, "key": "url"}
+    }
+
+    # Another key never shares a branch, even with the same config.
+    other = cli(
+        "start", "-f", config(tmp_path, "orders", "deployment/orders", [PG]),
+        "-k", "db-2", "--routing", "none", env=env,
+    )  # fmt: skip
+    assert other.code == 0, other.stderr
+    assert get(testbed, "deployment", naming.workload_name("db-db-2-orders", "db-2"))
+
+    status = cli("status", "-k", key, "-o", "json")
+    assert status.code == 0, status.stderr
+    (shown,) = status.json()
+    branches = {b["id"]: b for b in shown["branches"]}
+    assert set(branches) == {f"{key}-orders", my_id}
+    assert branches[f"{key}-orders"]["engine"] == "pg"
+    assert branches[f"{key}-orders"]["mode"] == "schema"
+    assert branches[f"{key}-orders"]["tables"] == ["customers"]
+    assert branches[f"{key}-orders"]["source"] == "DATABASE_URL of deployment/orders in dbshop"
+    assert {b["state"] for b in branches.values()} == {"copied"}  # kwok completes Job pods
+    text = cli("status", "-k", key)
+    assert f"database branch {key}-orders of {key}: pg from DATABASE_URL" in text.stdout
+
+    for each in (key, "db-2"):
+        cleaned = cli("clean", "-k", each)
+        assert cleaned.code == 0, cleaned.stderr
+    assert left_of(testbed, key) == [] and left_of(testbed, "db-2") == []
+
+
+BAD = [
+    (
+        "engine",
+        [{**PG, "type": "mongodb"}],
+        "database type 'mongodb' is not supported (supported: pg, mysql)",
+    ),
+    (
+        "variable",
+        [{**PG, "connection": {"url": {"type": "env", "variable": "ORDERS_URL"}}}],
+        "has no variable ORDERS_URL",
+    ),
+    (
+        "filter-with-all",
+        [{**PG, "copy": {"mode": "all", "tables": {"customers": {"filter": "id < 3"}}}}],
+        'has no effect with copy.mode "all"',
+    ),
+    ("unknown-field", [{**PG, "iam_auth": True}], "'iam_auth' is not supported in a database"),
+    ("mode", [{**PG, "copy": {"mode": "some"}}], "feature.db_branches.0.copy.mode"),
+]
+
+
+@pytest.mark.parametrize(("name", "branches", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_branch_config_is_refused_with_nothing_created(
+    cli: Cli,
+    testbed: Testbed,
+    shop: str,
+    tmp_path: Path,
+    name: str,
+    branches: list[dict[str, Any]],
+    message: str,
+) -> None:
+    key = f"bad-{name}"
+    result = cli(
+        "start", "-f", config(tmp_path, name, "deployment/orders", branches),
+        "-k", key, "--routing", "none",
+    )  # fmt: skip
+    assert result.code == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert left_of(testbed, key) == []
+    assert not any(s.endswith(key) for s in stack_names())
