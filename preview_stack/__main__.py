@@ -34,13 +34,13 @@ def main() -> None:
         )
         request = build_request(
             parsed,
-            Flags(image=cfg.get("image")),
+            Flags(image=cfg.get("image"), db_copy_image=cfg.get("dbCopyImage")),
             default_namespace=cluster.default_namespace(),
             read_file=mirrord_config.read_local_file,
         )
         services = [request.service]
     else:
-        services = parse_services(cfg.get_object("services"))
+        services = parse_services(cfg.get_object("services"), cfg.get("dbCopyImage"))
     owner = cfg.get("owner") or f"pulumi up by {os.environ.get('USER') or getpass.getuser()}"
     change = declared_change(
         key=key, services=services, ttl=cfg.get("ttl"), expires_at=cfg.get("expiresAt"), owner=owner

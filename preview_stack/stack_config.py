@@ -4,8 +4,10 @@
 sys.path, where that name would shadow the standard library.)
 
 Config keys (namespace `preview-env`):
-- `services`: list of {target, namespace, container, image, replicas, env, incoming}
-  (`target` as in mirrord: `deployment/users`, or omitted for targetless);
+- `services`: list of {target, namespace, container, image, replicas, env, incoming,
+  db_branches} (`target` as in mirrord: `deployment/users`, or omitted for targetless;
+  `db_branches` as mirrord's feature.db_branches);
+- `dbCopyImage`: the image database branches' copy Jobs run (default: preview-env's own);
 - `mirrordConfig` + `image`: a mirrord config file instead of `services`;
 - `ttl`: `90m`, `2h`, `infinite` (default 60m); `expiresAt`: an absolute RFC 3339 expiry
   that wins over `ttl`; `owner`.
@@ -20,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from preview_stack import naming
 from preview_stack.changes import Declare
-from preview_stack.config import IncomingFeature, TargetPath
+from preview_stack.config import DbBranchConfig, IncomingFeature, TargetPath
 from preview_stack.errors import BadInput
+from preview_stack.request import db_branches
 from preview_stack.spec import EnvRules, LabelRules, ServiceSpec
 from preview_stack.ttl import DEFAULT_TTL_SECONDS, parse_duration, parse_rfc3339, rfc3339
 
@@ -37,8 +40,9 @@ class PlatformService(BaseModel):
     labels: LabelRules = Field(default_factory=LabelRules)
     incoming: IncomingFeature | None = None
     creation_timeout_secs: int = Field(default=60, gt=0, le=600)
+    db_branches: list[DbBranchConfig] = Field(default_factory=list)
 
-    def to_spec(self) -> ServiceSpec:
+    def to_spec(self, copy_image: str | None = None) -> ServiceSpec:
         target = None
         if self.target and self.target != "targetless":
             parsed = TargetPath.parse(self.target)
@@ -54,10 +58,16 @@ class PlatformService(BaseModel):
             labels=self.labels,
             incoming=self.incoming,
             creation_timeout_secs=self.creation_timeout_secs,
+            db_branches=db_branches(
+                self.db_branches,
+                target,
+                target_label=naming.target_label(target.kind, target.name) if target else "",
+                copy_image=copy_image,
+            ),
         )
 
 
-def parse_services(raw: Any) -> list[ServiceSpec]:
+def parse_services(raw: Any, copy_image: str | None = None) -> list[ServiceSpec]:
     if not isinstance(raw, list) or not raw:
         raise BadInput(
             "preview-env:services must be a non-empty list of {target, namespace, image, ...}"
@@ -65,7 +75,7 @@ def parse_services(raw: Any) -> list[ServiceSpec]:
     specs = []
     for index, item in enumerate(raw):
         try:
-            specs.append(PlatformService.model_validate(item).to_spec())
+            specs.append(PlatformService.model_validate(item).to_spec(copy_image))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -73,6 +83,8 @@ def parse_services(raw: Any) -> list[ServiceSpec]:
             raise BadInput(f"preview-env:services[{index}].{where}: {message}") from None
         except ValueError as exc:
             raise BadInput(f"preview-env:services[{index}].target: {exc}") from None
+        except BadInput as exc:
+            raise BadInput(f"preview-env:services[{index}]: {exc}") from None
     return specs
 
 

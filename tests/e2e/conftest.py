@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from pulumi import automation as auto
@@ -231,3 +232,33 @@ def namespace(testbed: Testbed) -> Iterator[str]:
         yield name
     finally:
         testbed.kubectl("delete", "namespace", name, "--wait=false")
+
+
+# ---------------------------------------------------------------- the `pulumi up` front door
+def pulumi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["pulumi", *args, "--cwd", str(REPO), "--non-interactive"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+    )
+
+
+@pytest.fixture
+def stack_config() -> Iterator[Any]:
+    """Write Pulumi.<key>.yaml next to Pulumi.yaml (after `stack init`); removed after."""
+    written: list[Path] = []
+
+    def write(key: str, config: dict[str, Any]) -> None:
+        path = REPO / f"Pulumi.{key}.yaml"
+        existing = yaml.safe_load(path.read_text()) if path.exists() else {}
+        existing = existing or {}
+        existing["config"] = {f"preview-env:{k}": v for k, v in config.items()}
+        path.write_text(yaml.safe_dump(existing))
+        written.append(path)
+
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)

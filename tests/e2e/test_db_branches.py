@@ -16,7 +16,7 @@ import pytest
 
 from preview_stack import naming
 from testbed import Testbed
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import Cli, pulumi
 from tests.e2e.test_start_status_clean import stack_names
 
 pytestmark = pytest.mark.cluster
@@ -286,3 +286,31 @@ def test_bad_branch_config_is_refused_with_nothing_created(
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert left_of(testbed, key) == []
     assert not any(s.endswith(key) for s in stack_names())
+
+
+def test_pulumi_up_declares_the_same_branches(
+    testbed: Testbed, shop: str, stack_config: Any
+) -> None:
+    """The platform front door takes the same db_branches; a re-run keeps the branch (its
+    password is kept, so nothing changes), and `pulumi destroy` removes it."""
+    key = "db-plat"
+    assert pulumi("stack", "init", key).returncode == 0
+    service = {
+        "target": "deployment/orders",
+        "namespace": NS,
+        "image": "example.test/orders:plat",
+        "db_branches": [MYSQL],
+    }
+    stack_config(key, {"services": [service], "dbCopyImage": COPY_IMAGE})
+    try:
+        up = pulumi("up", "--yes", "--skip-preview", "-s", key)
+        assert up.returncode == 0, up.stdout + up.stderr
+        server = naming.workload_name(f"db-{naming.target_label('deployment', 'orders')}-0", key)
+        job = get(testbed, "job", f"{server}-copy")["spec"]["template"]["spec"]["containers"][0]
+        assert job["image"] == COPY_IMAGE and job["args"][:2] == ["db", "copy"]
+        again = pulumi("preview", "--expect-no-changes", "-s", key)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert pulumi("destroy", "--yes", "--skip-preview", "-s", key).returncode == 0
+        assert left_of(testbed, key) == []
+    finally:
+        pulumi("stack", "rm", "--yes", "--force", "-s", key)

@@ -4,50 +4,16 @@ real language host, manages the same environments as the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.e2e.conftest import EXAMPLES, REPO, Cli, Kube
+from tests.e2e.conftest import EXAMPLES, Cli, Kube, pulumi
 from tests.e2e.test_start_status_clean import objects_of, stack_names
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def pulumi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["pulumi", *args, "--cwd", str(REPO), "--non-interactive"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
-    )
-
-
-@pytest.fixture
-def stack_config() -> Iterator[Any]:
-    """Write Pulumi.<key>.yaml next to Pulumi.yaml (after `stack init`); removed after."""
-    written: list[Path] = []
-
-    def write(key: str, config: dict[str, Any]) -> None:
-        path = REPO / f"Pulumi.{key}.yaml"
-        existing = yaml.safe_load(path.read_text()) if path.exists() else {}
-        existing = existing or {}
-        existing["config"] = {f"preview-env:{k}": v for k, v in config.items()}
-        path.write_text(yaml.safe_dump(existing))
-        written.append(path)
-
-    yield write
-    for path in written:
-        path.unlink(missing_ok=True)
 
 
 def users_service(image: str) -> dict[str, Any]:
