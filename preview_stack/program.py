@@ -228,8 +228,9 @@ class PreviewEnvironment(pulumi.ComponentResource):
     ) -> tuple[dict[str, list[pulumi.Resource]], dict[str, pulumi.Output[str]]]:
         """Each branch: Secret, Service, server, RBAC, then the copy Job waiting on the
         server. Returns the copy Jobs each target waits for and the servers' addresses."""
-        order = ["Secret", "Service", "Deployment", "ServiceAccount", "Role", "RoleBinding", "Job"]
+        order = ["Service", "Secret", "Deployment", "ServiceAccount", "Role", "RoleBinding", "Job"]
         addresses: dict[str, pulumi.Output[str]] = {}
+        service_names: dict[str, str] = {}
         by_branch: dict[str, dict[str, pulumi.CustomResource]] = {}
         owners = {b.id: s for b, s in env.branches()}
         for manifest in sorted(manifests, key=lambda m: order.index(m["kind"])):
@@ -241,6 +242,26 @@ class PreviewEnvironment(pulumi.ComponentResource):
             child = pulumi.ResourceOptions(parent=self, custom_timeouts=timeouts)
             name = _resource_name(manifest)
             resource: pulumi.CustomResource
+            if kind in ("Secret", "ServiceAccount", "Role", "RoleBinding"):
+                # Owned by the branch's Service and left to the garbage collector on delete,
+                # like the files' Secrets: the reaper may delete Services, never Secrets or
+                # RBAC objects.
+                owner = made["Service"]
+                assert isinstance(owner, k8s.core.v1.Service)
+                meta = {
+                    **meta,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Service",
+                            "name": service_names[branch_id],
+                            "uid": owner.metadata.apply(lambda m: m.uid),
+                        }
+                    ],
+                }
+                child = pulumi.ResourceOptions(
+                    parent=self, retain_on_delete=True, depends_on=[owner]
+                )
             if kind == "Secret":  # the password, kept for life; `url` is the copy Job's
                 data = {k: pulumi.Output.secret(v) for k, v in manifest["stringData"].items()}
                 resource = k8s.core.v1.Secret(
@@ -248,13 +269,16 @@ class PreviewEnvironment(pulumi.ComponentResource):
                     metadata=meta,
                     type=manifest["type"],
                     string_data=data,
-                    opts=pulumi.ResourceOptions(parent=self, ignore_changes=["stringData", "data"]),
+                    opts=pulumi.ResourceOptions.merge(
+                        child, pulumi.ResourceOptions(ignore_changes=["stringData", "data"])
+                    ),
                 )
             elif kind == "Service":
                 resource = k8s.core.v1.Service(
                     name, metadata=meta, spec=manifest["spec"], opts=child
                 )
                 addresses[meta["name"]] = resource.spec.apply(lambda s: s.cluster_ip or "")
+                service_names[branch_id] = meta["name"]
             elif kind == "Deployment":
                 resource = k8s.apps.v1.Deployment(
                     name,

@@ -9,6 +9,7 @@ copy running for real is tests/e2e/test_real_branches.py, on the real node."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from preview_stack import naming
 from testbed import Testbed
 from tests.e2e.conftest import Cli, pulumi
 from tests.e2e.test_start_status_clean import stack_names
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 NS = "dbshop"
@@ -239,10 +241,15 @@ def test_branches_declared_used_shown_and_cleaned(
     text = cli("status", "-k", key)
     assert f"database branch {key}-orders of {key}: pg from DATABASE_URL" in text.stdout
 
-    for each in (key, "db-2"):
-        cleaned = cli("clean", "-k", each)
-        assert cleaned.code == 0, cleaned.stderr
-    assert left_of(testbed, key) == [] and left_of(testbed, "db-2") == []
+    cleaned = cli("clean", "-k", key)
+    assert cleaned.code == 0, cleaned.stderr
+    # The reaper removes a branch with its expired environment.
+    assert cli("extend", "-k", "db-2", "--ttl", "1s").code == 0
+    time.sleep(2)
+    reaped = cli("reap", "-o", "json")
+    assert {r["key"]: r["outcome"] for r in reaped.json()["results"]}.get("db-2") == "reaped"
+    # Secrets and RBAC objects go with their branch Service (the garbage collector).
+    assert wait_until(lambda: left_of(testbed, key) == [] and left_of(testbed, "db-2") == [])
 
 
 BAD = [
