@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: test demo toolchain testbed-up testbed-down lint venv clean
+.PHONY: test demo demo-db toolchain testbed-up testbed-down lint venv clean
 
 ## make test: set up the venv and the toolchain, lint, then run every test on the real test bed.
 test: $(STAMP) toolchain lint
@@ -14,6 +14,10 @@ test: $(STAMP) toolchain lint
 ## make demo: a preview environment on the local test bed: start, status, clean.
 demo: $(STAMP) toolchain
 	bash scripts/demo.sh
+
+## make demo-db: a preview with its own database branch, copied for real on the real node.
+demo-db: $(STAMP) toolchain
+	bash scripts/demo-db.sh
 
 venv: $(STAMP)
 $(STAMP):

@@ -1,4 +1,8 @@
-"""`python -m testbed up|down|status [--state DIR]`: the test bed for a shell (make testbed-up)."""
+"""`python -m testbed up|down|images [--state DIR]`: the test bed for a shell (make testbed-up).
+
+`images` builds the database and preview-env images from the host's packages, imports them
+into the running bed's real node, and prints `export` lines naming them (scripts/demo-db.sh).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+from testbed import images, node
 from testbed.cluster import Testbed, TestbedError
 from testbed.toolchain import ToolchainMissing, ensure, locate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed")
-    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("command", choices=["up", "down", "images"])
     parser.add_argument("--state", type=Path, default=Path(".testbed"))
     args = parser.parse_args(argv)
     if args.command == "down":
@@ -25,6 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     except ToolchainMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.command == "images":
+        built = {
+            "PREVIEW_ENV_POSTGRES_IMAGE": images.postgres(),
+            "PREVIEW_ENV_MARIADB_IMAGE": images.mariadb(),
+            "PREVIEW_ENV_DB_COPY_IMAGE": images.reaper(toolchain),
+        }
+        for name, image in built.items():
+            node.import_image(args.state.resolve(), image)
+            print(f"export {name}={image.name}")
+        return 0
     bed = Testbed(args.state, toolchain, detached=True)
     bed.stop()  # a previous bed in the same directory
     started = time.monotonic()
