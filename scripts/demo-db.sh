@@ -36,8 +36,8 @@ query() { # name host password
     --env="PGPASSWORD=$3" --command -- psql -h "$2" -U "$4" -d shop -c \
     "SELECT c.name, c.region, count(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id"
 }
-branch=$(kubectl -n shop-db get svc -l app.kubernetes.io/part-of=pr-7 -o jsonpath='{.items[0].spec.clusterIP}')
-password=$(kubectl -n shop-db get secret -l app.kubernetes.io/part-of=pr-7 -o jsonpath='{.items[0].data.password}' | base64 -d)
+branch=$(kubectl -n shop-db get svc -l app.kubernetes.io/part-of=pr-7,preview-env.dev/component=db-branch -o jsonpath='{.items[0].spec.clusterIP}')
+password=$(kubectl -n shop-db get secret -l app.kubernetes.io/part-of=pr-7,preview-env.dev/component=db-branch -o jsonpath='{.items[0].data.password}' | base64 -d)
 printf '\n\033[1mstaging (10.96.77.77):\033[0m\n'; query staging 10.96.77.77 staging-s3cret app
 printf '\n\033[1mbranch of pr-7 (%s): schema, and only customers in region eu\033[0m\n' "$branch"
 query branch "$branch" "$password" preview
