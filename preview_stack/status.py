@@ -334,6 +334,12 @@ def markdown(env: EnvironmentStatus) -> str:
         lines += [f"- **Reach it:** {_md(header)}"]
     for link in env.links:
         lines += [f"- **Share link:** <{link}>"]
+    for branch in env.branches:
+        outcome = f"{branch.state}: {branch.message}" if branch.message else branch.state
+        lines += [
+            f"- **Database branch** {_md(branch.id)} ({_md(branch.engine)}, copy "
+            f"{_md(branch.mode)}): {_md(outcome)}"
+        ]
     if env.pods:
         lines += ["", "| Pod | Target | Image | State |", "| --- | --- | --- | --- |"]
         for pod in env.pods:
