@@ -17,6 +17,9 @@ Modes:
   (all, or those matching their filter).
 - `all`: schema and every row; `tables` are refused (bad input).
 
+A table filter is checked to be one WHERE expression (`check_filter`), and PostgreSQL
+source sessions are read-only, so a filter cannot write to the source.
+
 Sequence and AUTO_INCREMENT positions are the source's whenever a schema is copied, so new
 rows in the branch never collide with ids the source already handed out. Rows are loaded
 with foreign-key checks off: filtered rows may reference rows that were not copied.
@@ -264,6 +267,58 @@ def parse_table(arg: str) -> tuple[str, str | None]:
     return name, (where or None)
 
 
+def check_filter(engine: str, table: str, where: str) -> None:
+    """A filter is one WHERE expression and nothing else: outside string literals and
+    quoted names it may not end the statement (`;`), hide text (`--`, `/*`, `#`, `$$`),
+    close the surrounding query (unbalanced parentheses) or write (`INTO`). Source
+    sessions are read-only as well (PostgreSQL); this refuses the rest early, as bad input."""
+    depth, i, n = 0, 0, len(where)
+    quotes = "'\"`" if engine == "mysql" else "'\""
+
+    def bad(why: str) -> BadInput:
+        return BadInput(f"copy.tables filter of {table}: {why} (a filter is one WHERE clause)")
+
+    while i < n:
+        ch = where[i]
+        if ch in quotes:
+            j = i + 1
+            while j < n:
+                if where[j] == "\\" and engine == "mysql" and ch != "`":
+                    j += 2
+                    continue
+                if where[j] == ch:
+                    if j + 1 < n and where[j + 1] == ch:  # doubled quote: escaped
+                        j += 2
+                        continue
+                    break
+                j += 1
+            if j >= n:
+                raise bad(f"unterminated {ch}quote{ch}")
+            i = j + 1
+            continue
+        if ch == ";":
+            raise bad("';' is not allowed")
+        if where.startswith(("--", "/*"), i) or (ch == "#" and engine == "mysql"):
+            raise bad("comments are not allowed")
+        if ch == "$" and engine == "pg":
+            raise bad("dollar quoting is not allowed")
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise bad("unbalanced parentheses")
+        elif (
+            where[i : i + 4].lower() == "into"
+            and (i == 0 or not (where[i - 1].isalnum() or where[i - 1] == "_"))
+            and (i + 4 >= n or not (where[i + 4].isalnum() or where[i + 4] == "_"))
+        ):
+            raise bad("INTO is not allowed")
+        i += 1
+    if depth != 0:
+        raise bad("unbalanced parentheses")
+
+
 def table_arg(name: str, where: str | None) -> str:
     return f"{name}:{where}" if where else name
 
@@ -295,6 +350,9 @@ def plan(
     if mode not in MODES:
         raise BadInput(f"unsupported copy mode {mode!r} (supported: {', '.join(MODES)})")
     tables = dict(tables or {})
+    for name, where in tables.items():
+        if where:
+            check_filter(engine, name, where)
     if mode == "all" and tables:
         raise BadInput(
             "copy.tables is ignored with copy.mode all: every row of every table is copied "
@@ -403,9 +461,10 @@ def _engine_error(stderr: str) -> str:
 class _Client:
     """How to run one engine's tools against one connection."""
 
-    def __init__(self, conn: Conn, database: str | None = None) -> None:
+    def __init__(self, conn: Conn, database: str | None = None, read_only: bool = False) -> None:
         self.conn = conn
         self.database = conn.database if database is None else database
+        self.read_only = read_only
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -414,6 +473,9 @@ class _Client:
         if self.conn.engine == "pg":
             env["PGPASSWORD"] = self.conn.password
             env.setdefault("PGCONNECT_TIMEOUT", "10")
+            env.pop("PGOPTIONS", None)
+            if self.read_only:  # the source: every session read-only
+                env["PGOPTIONS"] = "-c default_transaction_read_only=on"
         else:
             env["MYSQL_PWD"] = self.conn.password
         return env
@@ -596,7 +658,7 @@ class Result:
 def run_copy(p: Plan, progress: Progress = _stderr) -> Result:
     """Check the source, prepare the branch database, copy. Raises BadInput (nothing was
     written) or CopyFailed."""
-    source = _Client(p.source)
+    source = _Client(p.source, read_only=True)
     maintenance = _Client(p.branch, "postgres" if p.engine == "pg" else "")
     branch = _Client(p.branch)
     progress(f"source: {p.engine} {p.source.where()}; branch: {p.branch.where()}; mode {p.mode}")

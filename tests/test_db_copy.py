@@ -444,6 +444,7 @@ def test_unknown_table_is_bad_input_and_writes_nothing(engine: Engine, tmp_path:
         (["--from", "http://example.com/shop"], "not a database URL (scheme 'http'"),
         (["--from", "postgres://h:notaport/shop"], "not a database URL ("),
         (["--table", "customers:"], "empty filter after the colon"),
+        (["--table", "customers:1 = 1; DELETE FROM orders"], "';' is not allowed"),
         (["--write-url-secret", "s", "--from-env", "SRC"], "neither SRC_URL nor SRC_HOST"),
     ],
 )

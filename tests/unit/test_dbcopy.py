@@ -234,3 +234,40 @@ def test_conninfo_never_has_the_password_and_only_libpq_options() -> None:
         "host='h' port=1 dbname='d' user='u' sslmode='require' application_name='it\\'s'"
     )
     assert dbcopy._Client(c).env()["PGPASSWORD"] == "secret"
+
+
+@pytest.mark.parametrize(
+    ("engine", "where"),
+    [
+        ("pg", "region = 'eu'"),
+        ("pg", "name = 'a;b' AND (id > 1 OR \"Weird;Col\" = 'it''s (')"),
+        ("pg", "created > now() - interval '30 days'"),
+        ("mysql", "name = 'it\\'s; fine' AND `into` = 1"),
+        ("mysql", "id IN (SELECT customer_id FROM orders WHERE total > 5)"),
+        ("pg", "intolerant = 1 AND point_into IS NULL"),
+    ],
+)
+def test_filters_that_are_one_where_clause(engine: str, where: str) -> None:
+    dbcopy.check_filter(engine, "t", where)
+
+
+@pytest.mark.parametrize(
+    ("engine", "where", "why"),
+    [
+        ("pg", "1 = 1; DELETE FROM customers", "';' is not allowed"),
+        ("pg", "1 = 1) TO PROGRAM 'sh' --", "unbalanced parentheses"),
+        ("pg", "1 = 1 -- x", "comments are not allowed"),
+        ("pg", "1 = 1 /* x */", "comments are not allowed"),
+        ("mysql", "1 = 1 # x", "comments are not allowed"),
+        ("pg", "$$($$ = ')'", "dollar quoting is not allowed"),
+        ("mysql", "1 = 1 INTO OUTFILE '/tmp/x'", "INTO is not allowed"),
+        ("pg", "name = 'open", "unterminated 'quote'"),
+        ("pg", "(id > 1", "unbalanced parentheses"),
+    ],
+)
+def test_filters_that_could_do_more_are_refused(engine: str, where: str, why: str) -> None:
+    with pytest.raises(BadInput) as err:
+        dbcopy.check_filter(engine, "customers", where)
+    assert (
+        str(err.value) == f"copy.tables filter of customers: {why} (a filter is one WHERE clause)"
+    )
