@@ -28,7 +28,7 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 @app.command("copy")
 @handles_errors
 def copy(
-    engine: Annotated[str, typer.Option(help="pg or mysql (MySQL and MariaDB)")],
+    engine: Annotated[str | None, typer.Option(help="pg or mysql (MySQL and MariaDB)")] = None,
     from_url: Annotated[
         str | None, typer.Option("--from", help="source URL: postgres://user:pw@host:port/db")
     ] = None,
@@ -81,7 +81,7 @@ def copy(
 
 
 def _copy(
-    engine: str,
+    engine: str | None,
     from_url: str | None,
     to_url: str | None,
     from_env: str | None,
@@ -91,6 +91,8 @@ def _copy(
     wait: int,
     url_secret: str | None,
 ) -> str:
+    if engine is None:
+        raise BadInput(f"--engine is required ({' or '.join(dbcopy.ENGINES)})")
     if engine not in dbcopy.ENGINES:
         raise BadInput(f"unsupported engine {engine!r} (supported: {', '.join(dbcopy.ENGINES)})")
     source, source_url = _end("--from", from_url, "--from-env", from_env, engine)

@@ -271,3 +271,41 @@ def test_filters_that_could_do_more_are_refused(engine: str, where: str, why: st
     assert (
         str(err.value) == f"copy.tables filter of customers: {why} (a filter is one WHERE clause)"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "postgres://h/db", "--to", "postgres://b"], "--engine is required"),
+        (["--engine", "pg", "--to", "postgres://b"], "give exactly one of --from URL or"),
+        (
+            [
+                *("--engine", "pg", "--from", "postgres://h/d", "--to", "postgres://b"),
+                *("--table", "t", "--table", "t:x = 1"),
+            ],
+            "--table t given twice",
+        ),
+        (
+            [
+                *("--engine", "pg", "--from-env", "S", "--to", "postgres://b/x"),
+                *("--write-url-secret", "s"),
+            ],
+            "--write-url-secret needs a source URL",
+        ),
+    ],
+)
+def test_cli_bad_usage_is_one_line_exit_2(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    monkeypatch.setenv("S_HOST", "h")
+    monkeypatch.setenv("S_DATABASE", "d")
+    monkeypatch.setenv(dbcopy.TERMINATION_LOG_ENV, str(tmp_path / "log"))
+    result = CliRunner().invoke(app, ["db", "copy", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+    assert (tmp_path / "log").read_text().startswith(f"bad input: {message}")
