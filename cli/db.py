@@ -22,6 +22,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+@app.callback()
+def _db() -> None:
+    """Database branches: copy a database (or some of its tables) into a branch server."""
+
+
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
