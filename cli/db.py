@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
 @app.callback()
 def _db() -> None:
     """Database branches: copy a database (or some of its tables) into a branch server."""
@@ -80,6 +81,9 @@ def copy(
         raise
     except PreviewError as exc:
         dbcopy.write_termination_log(f"failed: {exc}")
+        raise
+    except Exception as exc:  # a bug: still leave the Job's status a reason
+        dbcopy.write_termination_log(f"failed: {type(exc).__name__}: {exc}")
         raise
     dbcopy.write_termination_log(result_line)
     print(result_line, flush=True)

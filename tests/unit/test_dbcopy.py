@@ -309,3 +309,31 @@ def test_cli_bad_usage_is_one_line_exit_2(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
     assert (tmp_path / "log").read_text().startswith(f"bad input: {message}")
+
+
+def test_branch_url_secret_is_merge_patched_in_the_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kubernetes
+
+    from cli import db
+
+    calls: list[tuple[object, ...]] = []
+
+    class Api:
+        def patch_namespaced_secret(self, *args: object, **kwargs: object) -> None:
+            calls.append((*args, kwargs))
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("PREVIEW_ENV_NAMESPACE", "preview-pr-7")
+    monkeypatch.setattr(kubernetes.config, "load_kube_config", lambda: None)
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", Api)
+    db._patch_secret("orders-branch", "postgres://b:p@h:5432/orders")
+    assert calls == [
+        (
+            "orders-branch",
+            "preview-pr-7",
+            {"stringData": {"url": "postgres://b:p@h:5432/orders"}},
+            {"_content_type": "application/merge-patch+json"},
+        )
+    ]
