@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import clean, extend, logs, reap, start, status
+from cli import clean, db, extend, logs, reap, start, status
 from cli.context import Settings
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.command("clean")(clean.clean)
 app.command("extend")(extend.extend)
 app.command("reap")(reap.reap)
 app.command("logs")(logs.logs)
+app.add_typer(db.app, name="db")
 
 
 def main() -> None:

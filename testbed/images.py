@@ -13,7 +13,10 @@ The `reaper` image (the example CronJob's, built on demand by `reaper()`, not at
 is bigger: the host's own Python interpreter (binary, standard library, the shared libraries
 `ldd` reports) at its host prefix, the project installed from its wheel with
 requirements.lock as constraints, and the toolchain's pulumi, language host and Kubernetes
-provider on PATH. Its layer is streamed to disk, never held in memory.
+provider on PATH, plus the database clients `preview-env db copy` runs (`db_clients()`:
+PostgreSQL's psql, pg_dump, pg_restore; MariaDB's mariadb and mariadb-dump, also as mysql
+and mysqldump, with /usr/share/mysql/charsets). Its layer is streamed to disk, never held
+in memory.
 
 The database images, built on demand like the reaper's by `postgres()` and `mariadb()`, are
 the host's Debian packages (system-packages.sh installs them) copied at their own paths:
@@ -196,11 +199,13 @@ def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
     """`preview-env reap` as a container: Python, the project, pulumi and the provider."""
     root = (cache or cache_dir()) / "images"
     binaries = _reaper_binaries(toolchain)
+    clients = db_clients()
     key = _key(
         sys.version.encode(),
         sys.base_prefix.encode(),
         *(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode() for p in binaries.values()),
         *(f"{p.relative_to(REPO)}".encode() + p.read_bytes() for p in _project_files()),
+        *(_fingerprint(n, e) for n, e in sorted(clients.items())),
     )
     tag = key[:16]
     name = f"{REGISTRY}/reaper:{tag}"
@@ -227,7 +232,11 @@ def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
             entries[f"/usr/local/bin/{alias}"] = _Entry(link=python)
         env_binary = Path("/usr/bin/env")  # pulumi-language-python-exec's shebang
         entries["/usr/bin/env"] = _Entry(env_binary, mode=0o755)
-        entries.update(_shared_libraries([python, str(env_binary), *_elf_files(entries)]))
+        entries.update(clients)  # `preview-env db copy`'s client tools
+        client_elf = [str(e.source) for e in clients.values() if e.mode == 0o755 and e.source]
+        entries.update(
+            _shared_libraries([python, str(env_binary), *client_elf, *_elf_files(entries)])
+        )
         entries["/etc/passwd"] = _Entry(
             data=f"root:x:0:0:root:/root:/bin/sh\nreaper:x:{REAPER_UID}:{REAPER_UID}:"
             "preview-env reaper:/tmp:/bin/sh\n".encode()
@@ -254,6 +263,30 @@ def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
         _write_oci(partial, name, layer, config)
         os.replace(partial, archive)
     return Image(name, archive)
+
+
+def db_clients() -> dict[str, _Entry]:
+    """The database client tools `preview-env db copy` runs (preview_stack.dbcopy): pg_dump,
+    pg_restore and psql at Debian's real paths (its /usr/bin ones are perl wrappers), the
+    MariaDB clients (also MySQL's) and their character set files. Their shared libraries
+    come with the image's ldd pass."""
+    entries: dict[str, _Entry] = {}
+    for binary in DB_CLIENT_PG:
+        path = PG_PREFIX / "bin" / binary
+        entries[str(path)] = _Entry(path, mode=0o755)
+    for binary in DB_CLIENT_MARIADB:
+        entries[binary] = _Entry(Path(binary), mode=0o755)
+    missing = [n for n, e in entries.items() if e.source is None or not e.source.exists()]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} missing: install postgresql-client and mariadb-client "
+            "(scripts/toolchain/system-packages.sh)"
+        )
+    for path in _tree(Path("/usr/share/mysql/charsets")):
+        entries[str(path)] = _Entry(path, mode=0o644)
+    for alias, target in (("mysql", "mariadb"), ("mysqldump", "mariadb-dump")):
+        entries[f"/usr/bin/{alias}"] = _Entry(link=target)
+    return entries
 
 
 def _pyver() -> str:
@@ -515,6 +548,8 @@ MARIADB_BINARIES = (
     "/usr/bin/mariadb-admin",
     "/usr/bin/mariadb-dump",
 )
+DB_CLIENT_PG = ("psql", "pg_dump", "pg_restore")
+DB_CLIENT_MARIADB = ("/usr/bin/mariadb", "/usr/bin/mariadb-dump")
 BUSYBOX = Path("/bin/busybox")
 ENTRYPOINT = "/usr/local/bin/docker-entrypoint.sh"
 

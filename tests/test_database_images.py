@@ -98,3 +98,14 @@ def test_a_changed_entrypoint_is_a_new_tag(tmp_path: Path, monkeypatch: pytest.M
     second = images.mariadb(tmp_path / "cache")
     assert second.name != first.name
     assert second.archive.exists() and first.archive.exists()
+
+
+def test_the_preview_env_image_carries_the_db_copy_clients() -> None:
+    """What images.reaper adds for `preview-env db copy` (and keys its tag on)."""
+    _needs("/usr/lib/postgresql/15/bin/pg_dump", "/usr/bin/mariadb-dump")
+    clients = images.db_clients()
+    for binary in ("psql", "pg_dump", "pg_restore"):
+        assert clients[f"/usr/lib/postgresql/15/bin/{binary}"].mode == 0o755
+    assert clients["/usr/bin/mariadb-dump"].source == Path("/usr/bin/mariadb-dump")
+    assert clients["/usr/bin/mysql"].link == "mariadb"
+    assert "/usr/share/mysql/charsets/Index.xml" in clients

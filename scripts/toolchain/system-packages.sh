@@ -23,7 +23,8 @@ have sysctl || missing+=(procps)
 have nsenter || missing+=(util-linux)
 [[ -e /usr/lib/x86_64-linux-gnu/libc.a || -n "$(compgen -G '/usr/lib/*/libc.a')" ]] || missing+=(libc6-dev)
 [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server)
-[[ -x /usr/bin/mariadb && -x /usr/bin/mariadb-admin ]] || missing+=(mariadb-client)
+[[ -x /usr/bin/mariadb && -x /usr/bin/mariadb-admin && -x /usr/bin/mariadb-dump ]] ||
+  missing+=(mariadb-client)
 { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)
 if [[ ${#missing[@]} -eq 0 ]]; then exit 0; fi
 if [[ $(id -u) -ne 0 ]]; then
