@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from preview_stack import naming
+from preview_stack import dbcopy, naming
 from preview_stack.errors import BadInput
 from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 
@@ -172,13 +172,8 @@ def source_value_names() -> tuple[str, ...]:
 
 def copy_args(branch: DbBranch, *, wait: int, url_secret: str | None) -> list[str]:
     """`preview-env db copy ...` as the Job runs it: the same command as on a laptop."""
-    argv = ["db", "copy", "--engine", branch.engine, "--mode", branch.mode]
-    argv += ["--from-env", SOURCE_PREFIX, "--to-env", BRANCH_PREFIX, "--wait", str(wait)]
-    for table in branch.tables:
-        argv += ["--table", table.name if table.filter is None else f"{table.name}:{table.filter}"]
-    if url_secret:
-        argv += ["--write-url-secret", url_secret]
-    return argv
+    tables = {t.name: t.filter for t in branch.tables}
+    return dbcopy.job_args(branch.engine, branch.mode, tables, wait, url_secret)
 
 
 def branch_manifests(
@@ -336,8 +331,11 @@ def branch_manifests(
                                 ),
                                 "env": _source_env(branch, source) + branch_env,
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                                # pg_dump's schema archive, whatever the root filesystem
+                                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                             }
                         ],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}],
                     },
                 },
             },

@@ -151,7 +151,7 @@ def test_preview_variables_point_at_the_branch() -> None:
 def test_copy_job_runs_the_laptop_command() -> None:
     args = branches.copy_args(branch(), wait=60, url_secret="db-orders-k")
     assert args == [
-        "db", "copy", "--engine", "pg", "--mode", "schema",
-        "--from-env", "PREVIEW_ENV_SOURCE", "--to-env", "PREVIEW_ENV_BRANCH", "--wait", "60",
-        "--table", "customers:region = 'eu'", "--write-url-secret", "db-orders-k",
+        "db", "copy", "--engine", "pg", "--from-env", "PREVIEW_ENV_SOURCE",
+        "--to-env", "PREVIEW_ENV_BRANCH", "--mode", "schema",
+        "--table", "customers:region = 'eu'", "--wait", "60", "--write-url-secret", "db-orders-k",
     ]  # fmt: skip
