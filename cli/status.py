@@ -17,7 +17,15 @@ from preview_stack import naming
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.routing import serving_problem
 from preview_stack.spec import EnvironmentSpec
-from preview_stack.status import ignored_records, markdown, matches, summarize
+from preview_stack.status import (
+    PROBE_GRACE_SECONDS,
+    PROBE_GRACE_VAR,
+    ignored_records,
+    markdown,
+    matches,
+    summarize,
+)
+from preview_stack.ttl import parse_duration
 
 
 @handles_errors
@@ -38,6 +46,16 @@ def status(
         StatusFormat,
         typer.Option("-o", "--output", help="text, json, or markdown (a PR comment; needs -k)"),
     ] = StatusFormat.text,
+    probe_grace: Annotated[
+        str,
+        typer.Option(
+            "--probe-grace",
+            envvar=PROBE_GRACE_VAR,
+            show_envvar=True,
+            help="a container running this long without becoming Ready counts as failing "
+            "its readiness probe (not-ready); before that it is starting",
+        ),
+    ] = f"{PROBE_GRACE_SECONDS}s",
 ) -> None:
     """List environments: state (starting, ready, not-ready, updating, expired, orphaned),
     pods, TTL remaining.
@@ -47,6 +65,10 @@ def status(
     """
     if output is StatusFormat.markdown and key is None:
         raise BadInput("-o markdown renders one environment: give -k KEY")
+    try:
+        grace = parse_duration(probe_grace, allow_infinite=False)
+    except BadInput as exc:
+        raise BadInput(f"--probe-grace ({PROBE_GRACE_VAR}): {exc}") from None
     opts = settings(ctx)
     cluster, stacks = connect(opts)
     every_key = stacks.environments()
@@ -156,6 +178,7 @@ def status(
         not_served=not_served,
         locks=locks,
         orphans=orphans,
+        probe_grace=grace or PROBE_GRACE_SECONDS,
     )
     if output is StatusFormat.json:
         print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])

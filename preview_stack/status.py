@@ -34,9 +34,11 @@ FAILING = frozenset(
         "Evicted",
     }
 )
-# A running container that is still not Ready this long after it started fails its
-# readiness probe (kubelet keeps the probe's own message in events, not in the pod).
-PROBE_GRACE_SECONDS = 30
+# A running container that is still not Ready this long after it started counts as failing
+# its readiness probe (kubelet keeps the probe's own message in events, not in the pod).
+# Ours, not the cluster's: `status --probe-grace` / PREVIEW_ENV_PROBE_GRACE (README).
+PROBE_GRACE_SECONDS = 60
+PROBE_GRACE_VAR = "PREVIEW_ENV_PROBE_GRACE"
 
 
 class PodStatus(BaseModel):
@@ -112,10 +114,12 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def pod_state(pod: Mapping[str, Any], now: dt.datetime) -> tuple[PodState, str | None]:
+def pod_state(
+    pod: Mapping[str, Any], now: dt.datetime, probe_grace: float = PROBE_GRACE_SECONDS
+) -> tuple[PodState, str | None]:
     """`ready`, `starting` (on its way: scheduling, pulling, creating, within the probe
     grace) or `not-ready` with the cluster's reason (a crash loop, an image that cannot be
-    pulled, no node fits, OOMKilled, a failing readiness probe)."""
+    pulled, no node fits, OOMKilled, a readiness probe failing for `probe_grace` s)."""
     if pod_ready(pod):
         return "ready", None
     reason = pod_reason(pod) or "not Ready"
@@ -137,7 +141,7 @@ def pod_state(pod: Mapping[str, Any], now: dt.datetime) -> tuple[PodState, str |
         started = running.get("startedAt")
         if started:
             age = (now - parse_rfc3339(started)).total_seconds()
-            if age >= PROBE_GRACE_SECONDS:
+            if age >= probe_grace:
                 return "not-ready", (
                     f"readiness probe failing: container {container.get('name')} running "
                     f"for {int(age)}s, not Ready"
@@ -176,6 +180,7 @@ def summarize(
     not_served: Mapping[str, str] | None = None,
     locks: Mapping[str, str] | None = None,
     orphans: Mapping[str, Sequence[str]] | None = None,
+    probe_grace: float = PROBE_GRACE_SECONDS,
 ) -> list[EnvironmentStatus]:
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
@@ -228,7 +233,7 @@ def summarize(
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
             meta = pod["metadata"]
             service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
-            pod_phase, why = pod_state(pod, now)
+            pod_phase, why = pod_state(pod, now, probe_grace)
             ready = pod_phase == "ready"
             pod_statuses.append(
                 PodStatus(

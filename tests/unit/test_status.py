@@ -110,6 +110,16 @@ def test_pod_states_name_the_cluster_reason() -> None:
     assert state == "not-ready" and reason and "readiness probe" in reason
 
 
+def test_the_probe_grace_decides_when_a_running_pod_fails_its_probe() -> None:
+    running = {"running": {"startedAt": "2026-01-01T00:29:15Z"}}  # 45 s before NOW
+    slow = pod(phase="Running", containers=[{"name": "app", "state": running, "ready": False}])
+    assert pod_state(slow, NOW)[0] == "starting"  # within the default (60 s)
+    assert pod_state(slow, NOW, probe_grace=30)[0] == "not-ready"
+    assert pod_state(slow, NOW, probe_grace=120)[0] == "starting"
+    assert summary(pods=[slow], probe_grace=30)[0].state == "not-ready"
+    assert summary(pods=[slow])[0].state == "starting"
+
+
 def summary(**kw: Any) -> Any:
     base: dict[str, Any] = {"specs": {"pr-42": env()}, "pods": [], "stacks": {"pr-42": False}}
     return summarize(now=NOW, **{**base, **kw})
