@@ -168,6 +168,9 @@ def status(
         if (holders := stacks.lock_holders(k))
     }
     keys = {k: busy or k in locks for k, busy in keys.items()}
+    # No committed spec and no update running: a first start that never finished (kept with
+    # --keep-on-failure) or an emptied stack; the backend's state tells them apart.
+    unfinished = {k: stacks.unfinished(k) for k, s in specs.items() if s is None and not keys[k]}
     summaries = summarize(
         specs=specs,
         pods=pods,
@@ -179,6 +182,7 @@ def status(
         locks=locks,
         orphans=orphans,
         probe_grace=grace or PROBE_GRACE_SECONDS,
+        unfinished=unfinished,
     )
     if output is StatusFormat.json:
         print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])

@@ -80,6 +80,60 @@ class EnvironmentStatus(BaseModel):
     )
 
 
+class Unfinished(BaseModel):
+    """What the backend holds for a stack with no committed spec (its first update never
+    finished): objects in its state, its last update's result, and the owner and namespaces
+    its objects were declared with."""
+
+    model_config = ConfigDict(frozen=True)
+    resources: int = 0
+    result: str | None = None
+    ended: str | None = None
+    owner: str | None = None
+    namespaces: list[str] = Field(default_factory=list)
+
+    def describe(self, key: str) -> str:
+        if self.result is None:  # history is written when an update ends
+            update = "no update has finished yet (a start still running, or one killed)"
+        else:
+            update = f"first start {self.result}" + (f" at {self.ended}" if self.ended else "")
+        return (
+            f"{update}: {self.resources} objects kept, no spec committed (only a start that "
+            f"finishes commits one); `preview-env clean -k {key}` removes them"
+        )
+
+
+def unfinished_from(history: Any, checkpoint: Any) -> Unfinished:
+    """Read `pulumi stack history --json` (newest first) and `pulumi stack export`: objects
+    are the state's resources other than the stack itself and its providers."""
+    last = history[0] if isinstance(history, list) and history else {}
+    resources = ((checkpoint or {}).get("deployment") or {}).get("resources") or []
+    objects = [
+        r
+        for r in resources
+        if r.get("type") != "pulumi:pulumi:Stack"
+        and not str(r.get("type", "")).startswith("pulumi:providers:")
+    ]
+    owner = None
+    namespaces = set()
+    for resource in objects:
+        meta = (resource.get("outputs") or resource.get("inputs") or {}).get("metadata")
+        if not isinstance(meta, dict):
+            continue
+        if isinstance(meta.get("namespace"), str):
+            namespaces.add(meta["namespace"])
+        found = (meta.get("annotations") or {}).get(naming.ANNOTATION_OWNER)
+        if owner is None and isinstance(found, str):
+            owner = found
+    return Unfinished(
+        resources=len(objects),
+        result=last.get("result") if isinstance(last, dict) else None,
+        ended=str(last["endTime"]) if isinstance(last, dict) and last.get("endTime") else None,
+        owner=owner,
+        namespaces=sorted(namespaces),
+    )
+
+
 def pod_reason(pod: Mapping[str, Any]) -> str | None:
     """Why a pod is not Ready, in the cluster's own words (ImagePullBackOff, ...)."""
     status = pod.get("status", {})
@@ -181,13 +235,16 @@ def summarize(
     locks: Mapping[str, str] | None = None,
     orphans: Mapping[str, Sequence[str]] | None = None,
     probe_grace: float = PROBE_GRACE_SECONDS,
+    unfinished: Mapping[str, Unfinished] | None = None,
 ) -> list[EnvironmentStatus]:
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
     whether an update is running; `unlisted` are namespaces whose pods we may not list;
     `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
-    id for a key that has no stack (`kind namespace/name`)."""
+    id for a key that has no stack (`kind namespace/name`); `unfinished` what the backend
+    holds for stacks with no committed spec (a kept failed first start is `not-ready`)."""
     locks = locks or {}
+    unfinished = unfinished or {}
     orphans = orphans or {}
     pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
@@ -220,11 +277,20 @@ def summarize(
                 reason = f"locked by {holder}" if holder else "its stack is locked"
             elif isinstance(spec, Exception):
                 state, reason = "not-ready", f"cannot read its spec: {spec}"
+            elif (kept := unfinished.get(key)) and kept.resources:
+                state, reason = "not-ready", kept.describe(key)
             else:
                 reason = "a stack without objects in this cluster"
+            kept = None if updating else unfinished.get(key)
             result.append(
                 EnvironmentStatus(
-                    key=key, state=state, ttl="unknown", reason=reason, locked_by=holder
+                    key=key,
+                    state=state,
+                    ttl="unknown",
+                    reason=reason,
+                    locked_by=holder,
+                    owner=kept.owner if kept else None,
+                    namespaces=kept.namespaces if kept else [],
                 )
             )
             continue
