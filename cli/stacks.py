@@ -152,14 +152,21 @@ class Stacks:
     def lock_holders(self, key: str) -> list[Lock]:
         """Who holds `key`'s lock, read cheaply where it can be: a file backend keeps each
         lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host, time),
-        read directly without taking or touching anything. Other backends (S3, Postgres,
-        Pulumi Cloud) give an empty list: the state then says only that the stack is
-        locked (a `pulumi` operation that would make the engine name the holder takes the
-        lock when it is free, which a read-only `status` must never do)."""
+        read directly without taking or touching anything; an S3 backend keeps the same
+        files in its bucket (cli.s3locks: one listing). Postgres and Pulumi Cloud give an
+        empty list: the state then says only that the stack is locked (a `pulumi`
+        operation that would make the engine name the holder takes the lock when it is
+        free, which a read-only `status` must never do)."""
+        relative = f".pulumi/locks/{self._organization()}/{naming.PROJECT}/{key}"
+        if backends.kind(self.backend) == "s3":
+            from cli.s3locks import lock_files  # S3 client only for S3 backends
+
+            texts = lock_files(self.backend, relative)
+            return [lock for path, text in texts if (lock := lock_from_json(text, path))]
         root = backends.file_backend_root(self.backend)
         if root is None:
             return []
-        folder = root / ".pulumi" / "locks" / self._organization() / naming.PROJECT / key
+        folder = root / relative
         found = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:

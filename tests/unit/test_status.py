@@ -250,3 +250,14 @@ def test_lock_files_are_read() -> None:
     lock = lock_from_json(text, "/x/1.json")
     assert lock is not None and lock.describe() == "ann@box (pid 42) since 2026-01-01T00:00:01Z"
     assert lock_from_json("{", "x") is None and lock_from_json("{}", "x") is None
+
+
+def test_s3_backend_urls_name_the_bucket_prefix_and_endpoint() -> None:
+    from cli.s3locks import client_and_prefix
+
+    url = "s3://state?endpoint=http://127.0.0.1:8333&use_path_style=true&region=us-east-1"
+    client, bucket, prefix = client_and_prefix(url)
+    assert (bucket, prefix) == ("state", "")
+    assert client._base_url.host == "127.0.0.1:8333" and not client._base_url.is_https
+    _, bucket, prefix = client_and_prefix("s3://state/team-a?prefix=envs&region=eu-west-1")
+    assert (bucket, prefix) == ("state", "team-a/envs/")
