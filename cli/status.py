@@ -53,7 +53,8 @@ def status(
             envvar=PROBE_GRACE_VAR,
             show_envvar=True,
             help="a container running this long without becoming Ready counts as failing "
-            "its readiness probe (not-ready); before that it is starting",
+            "its readiness probe (not-ready); before that it is starting (45s, 2m; a "
+            "bare number is minutes)",
         ),
     ] = f"{PROBE_GRACE_SECONDS}s",
 ) -> None:
