@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +41,7 @@ from preview_stack.reaping import (
     parse_locks,
 )
 from preview_stack.spec import EnvironmentSpec
+from preview_stack.status import Unfinished, unfinished_from
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
 # Backend reads at once for `status` and `reap` (one `pulumi stack output` each).
@@ -148,14 +152,21 @@ class Stacks:
     def lock_holders(self, key: str) -> list[Lock]:
         """Who holds `key`'s lock, read cheaply where it can be: a file backend keeps each
         lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host, time),
-        read directly without taking or touching anything. Other backends (S3, Postgres,
-        Pulumi Cloud) give an empty list: the state then says only that the stack is
-        locked (a `pulumi` operation that would make the engine name the holder takes the
-        lock when it is free, which a read-only `status` must never do)."""
+        read directly without taking or touching anything; an S3 backend keeps the same
+        files in its bucket (cli.s3locks: one listing). Postgres and Pulumi Cloud give an
+        empty list: the state then says only that the stack is locked (a `pulumi`
+        operation that would make the engine name the holder takes the lock when it is
+        free, which a read-only `status` must never do)."""
+        relative = f".pulumi/locks/{self._organization()}/{naming.PROJECT}/{key}"
+        if backends.kind(self.backend) == "s3":
+            from cli.s3locks import lock_files  # S3 client only for S3 backends
+
+            texts = lock_files(self.backend, relative)
+            return [lock for path, text in texts if (lock := lock_from_json(text, path))]
         root = backends.file_backend_root(self.backend)
         if root is None:
             return []
-        folder = root / ".pulumi" / "locks" / self._organization() / naming.PROJECT / key
+        folder = root / relative
         found = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
@@ -165,6 +176,33 @@ class Stacks:
             if lock is not None:
                 found.append(lock)
         return found
+
+    def unfinished(self, key: str) -> Unfinished:
+        """What the backend holds for `key` when it has no committed spec: its state's
+        objects (`pulumi stack export`, secrets left encrypted) and its last update's result
+        (`pulumi stack history`). Read-only; only called for such stacks. Unreadable parts
+        count as nothing (the state is then `orphaned`, as before)."""
+        stack = f"{self._organization()}/{naming.PROJECT}/{key}"
+        cwd = self._workspace().work_dir
+
+        def read(*args: str) -> object:
+            pulumi = shutil.which("pulumi") or "pulumi"
+            done = subprocess.run(
+                [pulumi, *args, "--stack", stack, "--non-interactive"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **self.env_vars},
+                cwd=cwd,
+                check=False,
+            )
+            try:
+                return json.loads(done.stdout) if done.returncode == 0 else None
+            except ValueError:
+                return None
+
+        return unfinished_from(
+            read("stack", "history", "--json", "--page-size", "1"), read("stack", "export")
+        )
 
     @property
     def _shown(self) -> str:

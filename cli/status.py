@@ -18,7 +18,15 @@ from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.routing import serving_problem
 from preview_stack.spec import EnvironmentSpec
-from preview_stack.status import ignored_records, markdown, matches, summarize
+from preview_stack.status import (
+    PROBE_GRACE_SECONDS,
+    PROBE_GRACE_VAR,
+    ignored_records,
+    markdown,
+    matches,
+    summarize,
+)
+from preview_stack.ttl import parse_duration
 
 
 @handles_errors
@@ -39,6 +47,17 @@ def status(
         StatusFormat,
         typer.Option("-o", "--output", help="text, json, or markdown (a PR comment; needs -k)"),
     ] = StatusFormat.text,
+    probe_grace: Annotated[
+        str,
+        typer.Option(
+            "--probe-grace",
+            envvar=PROBE_GRACE_VAR,
+            show_envvar=True,
+            help="a container running this long without becoming Ready counts as failing "
+            "its readiness probe (not-ready); before that it is starting (45s, 2m; a "
+            "bare number is minutes)",
+        ),
+    ] = f"{PROBE_GRACE_SECONDS}s",
 ) -> None:
     """List environments: state (starting, ready, not-ready, updating, expired, orphaned),
     pods, TTL remaining.
@@ -48,6 +67,10 @@ def status(
     """
     if output is StatusFormat.markdown and key is None:
         raise BadInput("-o markdown renders one environment: give -k KEY")
+    try:
+        grace = parse_duration(probe_grace, allow_infinite=False)
+    except BadInput as exc:
+        raise BadInput(f"--probe-grace ({PROBE_GRACE_VAR}): {exc}") from None
     opts = settings(ctx)
     cluster, stacks = connect(opts)
     every_key = stacks.environments()
@@ -147,6 +170,9 @@ def status(
         if (holders := stacks.lock_holders(k))
     }
     keys = {k: busy or k in locks for k, busy in keys.items()}
+    # No committed spec and no update running: a first start that never finished (kept with
+    # --keep-on-failure) or an emptied stack; the backend's state tells them apart.
+    unfinished = {k: stacks.unfinished(k) for k, s in specs.items() if s is None and not keys[k]}
     summaries = summarize(
         specs=specs,
         pods=pods,
@@ -157,6 +183,8 @@ def status(
         not_served=not_served,
         locks=locks,
         orphans=orphans,
+        probe_grace=grace or PROBE_GRACE_SECONDS,
+        unfinished=unfinished,
     )
     with_branches = {
         k: s for k, s in specs.items() if isinstance(s, EnvironmentSpec) and s.branches()

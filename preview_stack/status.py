@@ -34,9 +34,11 @@ FAILING = frozenset(
         "Evicted",
     }
 )
-# A running container that is still not Ready this long after it started fails its
-# readiness probe (kubelet keeps the probe's own message in events, not in the pod).
-PROBE_GRACE_SECONDS = 30
+# A running container that is still not Ready this long after it started counts as failing
+# its readiness probe (kubelet keeps the probe's own message in events, not in the pod).
+# Ours, not the cluster's: `status --probe-grace` / PREVIEW_ENV_PROBE_GRACE (README).
+PROBE_GRACE_SECONDS = 60
+PROBE_GRACE_VAR = "PREVIEW_ENV_PROBE_GRACE"
 
 
 class PodStatus(BaseModel):
@@ -99,6 +101,60 @@ class EnvironmentStatus(BaseModel):
     )
 
 
+class Unfinished(BaseModel):
+    """What the backend holds for a stack with no committed spec (its first update never
+    finished): objects in its state, its last update's result, and the owner and namespaces
+    its objects were declared with."""
+
+    model_config = ConfigDict(frozen=True)
+    resources: int = 0
+    result: str | None = None
+    ended: str | None = None
+    owner: str | None = None
+    namespaces: list[str] = Field(default_factory=list)
+
+    def describe(self, key: str) -> str:
+        if self.result is None:  # history is written when an update ends
+            update = "no update has finished yet (a start still running, or one killed)"
+        else:
+            update = f"first start {self.result}" + (f" at {self.ended}" if self.ended else "")
+        return (
+            f"{update}: {self.resources} objects kept, no spec committed (only a start that "
+            f"finishes commits one); `preview-env clean -k {key}` removes them"
+        )
+
+
+def unfinished_from(history: Any, checkpoint: Any) -> Unfinished:
+    """Read `pulumi stack history --json` (newest first) and `pulumi stack export`: objects
+    are the state's resources other than the stack itself and its providers."""
+    last = history[0] if isinstance(history, list) and history else {}
+    resources = ((checkpoint or {}).get("deployment") or {}).get("resources") or []
+    objects = [
+        r
+        for r in resources
+        if r.get("type") != "pulumi:pulumi:Stack"
+        and not str(r.get("type", "")).startswith("pulumi:providers:")
+    ]
+    owner = None
+    namespaces = set()
+    for resource in objects:
+        meta = (resource.get("outputs") or resource.get("inputs") or {}).get("metadata")
+        if not isinstance(meta, dict):
+            continue
+        if isinstance(meta.get("namespace"), str):
+            namespaces.add(meta["namespace"])
+        found = (meta.get("annotations") or {}).get(naming.ANNOTATION_OWNER)
+        if owner is None and isinstance(found, str):
+            owner = found
+    return Unfinished(
+        resources=len(objects),
+        result=last.get("result") if isinstance(last, dict) else None,
+        ended=str(last["endTime"]) if isinstance(last, dict) and last.get("endTime") else None,
+        owner=owner,
+        namespaces=sorted(namespaces),
+    )
+
+
 def pod_reason(pod: Mapping[str, Any]) -> str | None:
     """Why a pod is not Ready, in the cluster's own words (ImagePullBackOff, ...)."""
     status = pod.get("status", {})
@@ -133,10 +189,12 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def pod_state(pod: Mapping[str, Any], now: dt.datetime) -> tuple[PodState, str | None]:
+def pod_state(
+    pod: Mapping[str, Any], now: dt.datetime, probe_grace: float = PROBE_GRACE_SECONDS
+) -> tuple[PodState, str | None]:
     """`ready`, `starting` (on its way: scheduling, pulling, creating, within the probe
     grace) or `not-ready` with the cluster's reason (a crash loop, an image that cannot be
-    pulled, no node fits, OOMKilled, a failing readiness probe)."""
+    pulled, no node fits, OOMKilled, a readiness probe failing for `probe_grace` s)."""
     if pod_ready(pod):
         return "ready", None
     reason = pod_reason(pod) or "not Ready"
@@ -158,7 +216,7 @@ def pod_state(pod: Mapping[str, Any], now: dt.datetime) -> tuple[PodState, str |
         started = running.get("startedAt")
         if started:
             age = (now - parse_rfc3339(started)).total_seconds()
-            if age >= PROBE_GRACE_SECONDS:
+            if age >= probe_grace:
                 return "not-ready", (
                     f"readiness probe failing: container {container.get('name')} running "
                     f"for {int(age)}s, not Ready"
@@ -197,13 +255,17 @@ def summarize(
     not_served: Mapping[str, str] | None = None,
     locks: Mapping[str, str] | None = None,
     orphans: Mapping[str, Sequence[str]] | None = None,
+    probe_grace: float = PROBE_GRACE_SECONDS,
+    unfinished: Mapping[str, Unfinished] | None = None,
 ) -> list[EnvironmentStatus]:
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
     whether an update is running; `unlisted` are namespaces whose pods we may not list;
     `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
-    id for a key that has no stack (`kind namespace/name`)."""
+    id for a key that has no stack (`kind namespace/name`); `unfinished` what the backend
+    holds for stacks with no committed spec (a kept failed first start is `not-ready`)."""
     locks = locks or {}
+    unfinished = unfinished or {}
     orphans = orphans or {}
     pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
@@ -236,11 +298,20 @@ def summarize(
                 reason = f"locked by {holder}" if holder else "its stack is locked"
             elif isinstance(spec, Exception):
                 state, reason = "not-ready", f"cannot read its spec: {spec}"
+            elif (kept := unfinished.get(key)) and kept.resources:
+                state, reason = "not-ready", kept.describe(key)
             else:
                 reason = "a stack without objects in this cluster"
+            kept = None if updating else unfinished.get(key)
             result.append(
                 EnvironmentStatus(
-                    key=key, state=state, ttl="unknown", reason=reason, locked_by=holder
+                    key=key,
+                    state=state,
+                    ttl="unknown",
+                    reason=reason,
+                    locked_by=holder,
+                    owner=kept.owner if kept else None,
+                    namespaces=kept.namespaces if kept else [],
                 )
             )
             continue
@@ -249,7 +320,7 @@ def summarize(
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
             meta = pod["metadata"]
             service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
-            pod_phase, why = pod_state(pod, now)
+            pod_phase, why = pod_state(pod, now, probe_grace)
             ready = pod_phase == "ready"
             pod_statuses.append(
                 PodStatus(

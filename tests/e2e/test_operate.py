@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from markdown_it import MarkdownIt
 from pulumi import automation as auto
 
 from preview_stack import naming
-from tests.e2e.conftest import Cli, Kube, spawn_cli
+from tests.e2e.conftest import Cli, Kube, User, make_backend, spawn_cli
 from tests.e2e.test_start_status_clean import objects_of, stack_names
 from tests.support import apply_unschedulable_target, kill_process_group, wait_until
 
@@ -115,6 +116,101 @@ def test_an_unschedulable_pod_is_not_ready_and_says_why(
         assert env["ttl"].endswith("remaining")
     finally:
         assert cli("clean", "-k", key).code == 0
+
+
+def test_a_kept_failed_first_start_is_not_ready_not_orphaned(
+    cli: Cli, kube: Kube, staging: str, testbed: Any
+) -> None:
+    """A first start that fails and is kept has objects but no committed spec (the spec is
+    exported only once every object is live): the backend's state still says what it is."""
+    apply_unschedulable_target(testbed, "op-first")
+    key = "op-kept"
+    started = cli(
+        "start",
+        "-i",
+        "op-first:2",
+        "-k",
+        key,
+        "-t",
+        "deployment/op-first",
+        "-n",
+        staging,
+        "--timeout",
+        "8",
+        "--keep-on-failure",
+        env={"PREVIEW_ENV_OWNER": "ann"},
+    )
+    try:
+        assert started.code == 1, started.stderr
+        assert objects_of(kube, key)  # kept
+        env = states(cli, "-k", key)[key]
+        assert env["state"] == "not-ready", env
+        assert "first start failed" in env["reason"], env
+        assert "objects kept" in env["reason"] and "no spec" in env["reason"], env
+        assert env["owner"] == "ann", env
+        assert env["namespaces"] == [staging], env
+        text = cli("status", "-k", key)
+        assert text.code == 0 and "orphaned" not in text.stdout, text.stdout
+        assert "not-ready: first start failed" in text.stdout, text.stdout
+    finally:
+        assert cli("clean", "-k", key).code == 0
+    assert key not in stack_names()
+
+
+def test_a_running_update_on_s3_shows_its_holder_from_another_host(
+    kube: Kube, staging: str, testbed: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """S3 keeps Pulumi's lock files in the bucket: `status` on another host names the holder
+    without taking the lock."""
+    backend = make_backend("s3", request, tmp_path / "backend")
+    homes = {name: tmp_path / f"home-{name}" for name in ("ann", "bob")}
+    for home in homes.values():
+        home.mkdir()
+    ann = User("ann", "ann-host", backend, homes["ann"])
+    bob = User("bob", "bob-host", backend, homes["bob"])
+    apply_unschedulable_target(testbed, "op-s3-slow")
+    key = "op-s3-lock"
+    first = bob.spawn(
+        "start",
+        "-i",
+        "op-s3-slow:2",
+        "-k",
+        key,
+        "-t",
+        "deployment/op-s3-slow",
+        "-n",
+        staging,
+        "--timeout",
+        "300",
+    )
+    try:
+        assert wait_until(
+            lambda: any(o.startswith("deploy/") for o in objects_of(kube, key)), timeout=120
+        )
+        shown = ann.run("status", "-k", key, "-o", "json")
+        assert shown.code == 0, shown.stderr
+        [env] = shown.json()
+        assert env["state"] == "updating", env
+        # Pulumi writes the OS user (root here) and host into the lock object.
+        assert env["lockedBy"] and "@bob-host (pid " in env["lockedBy"], env
+        assert " since " in env["lockedBy"]
+        assert first.poll() is None  # reading the holder disturbed nothing
+    finally:
+        kill_process_group(first)
+    time.sleep(2)
+    cleaned = bob.run("clean", "-k", key)  # bob's host proves its own update is gone
+    assert cleaned.code == 0, cleaned.stderr
+
+
+def test_the_probe_grace_is_an_option_with_a_default(cli: Cli) -> None:
+    shown = cli("status", "--help", env={"COLUMNS": "200"})
+    assert shown.code == 0, shown.stderr
+    assert "--probe-grace" in shown.stdout and "PREVIEW_ENV_PROBE_GRACE" in shown.stdout
+    assert "default: 60s" in shown.stdout or "[default: 60s]" in shown.stdout, shown.stdout
+    bad = cli("status", "--probe-grace", "soon")
+    assert bad.code == 2 and "probe-grace" in bad.stderr, bad.stderr
+    from_env = cli("status", env={"PREVIEW_ENV_PROBE_GRACE": "-5s"})
+    assert from_env.code == 2, from_env.stderr
 
 
 def test_objects_without_their_stack_are_orphaned(

@@ -11,7 +11,15 @@ from preview_stack import naming
 from preview_stack.config import IncomingFeature, TargetPath
 from preview_stack.reaping import expiring_within, lock_from_json
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
-from preview_stack.status import markdown, matches, pod_state, removed_markdown, summarize
+from preview_stack.status import (
+    Unfinished,
+    markdown,
+    matches,
+    pod_state,
+    removed_markdown,
+    summarize,
+    unfinished_from,
+)
 
 NOW = dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.UTC)
 
@@ -110,6 +118,16 @@ def test_pod_states_name_the_cluster_reason() -> None:
     assert state == "not-ready" and reason and "readiness probe" in reason
 
 
+def test_the_probe_grace_decides_when_a_running_pod_fails_its_probe() -> None:
+    running = {"running": {"startedAt": "2026-01-01T00:29:15Z"}}  # 45 s before NOW
+    slow = pod(phase="Running", containers=[{"name": "app", "state": running, "ready": False}])
+    assert pod_state(slow, NOW)[0] == "starting"  # within the default (60 s)
+    assert pod_state(slow, NOW, probe_grace=30)[0] == "not-ready"
+    assert pod_state(slow, NOW, probe_grace=120)[0] == "starting"
+    assert summary(pods=[slow], probe_grace=30)[0].state == "not-ready"
+    assert summary(pods=[slow])[0].state == "starting"
+
+
 def summary(**kw: Any) -> Any:
     base: dict[str, Any] = {"specs": {"pr-42": env()}, "pods": [], "stacks": {"pr-42": False}}
     return summarize(now=NOW, **{**base, **kw})
@@ -136,6 +154,43 @@ def test_environment_states() -> None:
     assert (orphan.key, orphan.state, orphan.orphans) == ("gone", "orphaned", ["pod staging/x"])
     dumped = ready.model_dump(mode="json", by_alias=True)
     assert dumped["pods"][0]["state"] == "ready" and "lockedBy" in dumped
+
+
+def test_a_stack_without_a_spec_but_with_objects_is_not_ready_not_orphaned() -> None:
+    history = [{"result": "failed", "endTime": "2026-01-01T00:10:00.000Z", "kind": "update"}]
+    meta = {"namespace": "staging", "annotations": {naming.ANNOTATION_OWNER: "ann"}}
+    checkpoint = {
+        "deployment": {
+            "resources": [
+                {"type": "pulumi:pulumi:Stack", "outputs": {}},
+                {"type": "pulumi:providers:kubernetes", "inputs": {}},
+                {"type": "kubernetes:apps/v1:Deployment", "outputs": {"metadata": meta}},
+                {"type": "kubernetes:core/v1:Service", "inputs": {"metadata": meta}},
+            ]
+        }
+    }
+    kept = unfinished_from(history, checkpoint)
+    assert (kept.resources, kept.result, kept.owner, kept.namespaces) == (
+        2,
+        "failed",
+        "ann",
+        ["staging"],
+    )
+    shown = summary(specs={"pr-42": None}, unfinished={"pr-42": kept})[0]
+    assert shown.state == "not-ready" and shown.owner == "ann"
+    assert shown.reason.startswith("first start failed at 2026-01-01T00:10:00")
+    assert "2 objects kept" in shown.reason and shown.namespaces == ["staging"]
+    # Nothing in its state: a stack without objects is still orphaned.
+    empty = unfinished_from(
+        history, {"deployment": {"resources": checkpoint["deployment"]["resources"][:1]}}
+    )
+    assert summary(specs={"pr-42": None}, unfinished={"pr-42": empty})[0].state == "orphaned"
+    assert unfinished_from(None, None) == Unfinished()
+    running = unfinished_from([], checkpoint).describe("pr-42")
+    assert running.startswith("no update has finished yet") and "2 objects" in running
+    # A running update wins: it may be that first start, still going.
+    busy = summary(specs={"pr-42": None}, stacks={"pr-42": True}, unfinished={"pr-42": kept})[0]
+    assert busy.state == "updating"
 
 
 def test_glob_and_owner_filters() -> None:
@@ -195,3 +250,14 @@ def test_lock_files_are_read() -> None:
     lock = lock_from_json(text, "/x/1.json")
     assert lock is not None and lock.describe() == "ann@box (pid 42) since 2026-01-01T00:00:01Z"
     assert lock_from_json("{", "x") is None and lock_from_json("{}", "x") is None
+
+
+def test_s3_backend_urls_name_the_bucket_prefix_and_endpoint() -> None:
+    from cli.s3locks import client_and_prefix
+
+    url = "s3://state?endpoint=http://127.0.0.1:8333&use_path_style=true&region=us-east-1"
+    client, bucket, prefix = client_and_prefix(url)
+    assert (bucket, prefix) == ("state", "")
+    assert client._base_url.host == "127.0.0.1:8333" and not client._base_url.is_https
+    _, bucket, prefix = client_and_prefix("s3://state/team-a?prefix=envs&region=eu-west-1")
+    assert (bucket, prefix) == ("state", "team-a/envs/")
