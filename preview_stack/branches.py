@@ -323,7 +323,7 @@ def branch_manifests(
                             {
                                 "name": "copy",
                                 "image": branch.copy_image,
-                                "command": ["preview-env"],
+                                # the image's entrypoint is `preview-env`
                                 "args": copy_args(
                                     branch,
                                     wait=service.creation_timeout_secs,
