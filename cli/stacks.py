@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import os
 import re
 import socket
@@ -18,12 +19,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pulumi import automation as auto
+from pulumi.automation._stack import StackInitMode
 
+from cli.checkpoint_store import CheckpointStore, open_store
 from cli.context import Settings
-from preview_stack import backends, naming
+from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
@@ -40,7 +43,8 @@ from preview_stack.reaping import (
 from preview_stack.spec import EnvironmentSpec
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
-# Backend reads at once for `status` and `reap` (one `pulumi stack output` each).
+# Backend reads at once for `status` and `reap` when a stack's checkpoint cannot be read
+# directly (one `pulumi stack output` each).
 SPEC_READS_AT_ONCE = 8
 EventHandler = Callable[[auto.EngineEvent], None]
 T = TypeVar("T")
@@ -90,6 +94,7 @@ class Stacks:
             os.umask(0o077)
         self._identity: str | None = None
         self._kube: Cluster | None = None
+        self.store: CheckpointStore | None = open_store(backend, naming.PROJECT)
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
@@ -105,6 +110,7 @@ class Stacks:
     def _options(self) -> auto.LocalWorkspaceOptions:
         return auto.LocalWorkspaceOptions(
             env_vars=self.env_vars,
+            pulumi_command=_pulumi_command(),
             secrets_provider=os.environ.get(backends.SECRETS_PROVIDER_VAR) or None,
             project_settings=auto.ProjectSettings(
                 name=naming.PROJECT,
@@ -117,7 +123,9 @@ class Stacks:
         try:
             options = self._options()
             return auto.LocalWorkspace(
-                env_vars=options.env_vars, project_settings=options.project_settings
+                env_vars=options.env_vars,
+                project_settings=options.project_settings,
+                pulumi_command=options.pulumi_command,
             )
         except auto.CommandError as exc:
             raise self._backend_error(exc) from None
@@ -138,8 +146,10 @@ class Stacks:
         raise AssertionError("unreachable")
 
     def environments(self) -> dict[str, bool]:
-        """Every environment key with a stack, mapped to whether an update is running (one
-        `pulumi` process)."""
+        """Every environment key with a stack, mapped to whether an update is running: the
+        checkpoint store's listing (its lock files), else one `pulumi stack ls`."""
+        if self.store is not None:
+            return self.store.stacks()
         summaries = self._retrying(
             lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
         )
@@ -177,17 +187,24 @@ class Stacks:
             f"{what or f'the Pulumi backend {self._shown} failed'}: {_last_line(exc)}"
         )
 
+    def _stack(self, key: str, program: Callable[[], None], mode: StackInitMode) -> auto.Stack:
+        """Stack `key` of an inline `program` (as auto.select_stack/create_stack make it)."""
+        options = self._options()
+        options.program = program
+        assert options.project_settings is not None
+        options.project_settings.main = os.getcwd()
+        return _Stack(key, auto.LocalWorkspace(**options.__dict__), mode)
+
     def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
-        """The existing stack `key`; NotFound when this backend has none."""
+        """The existing stack `key`; NotFound when this backend has none. Where the
+        checkpoint store shows the stack, `pulumi stack select` is skipped (every command
+        names its stack; one removed meanwhile makes the update say NotFound)."""
+        if self.store is not None and key in self.store.stacks():
+            stack = self._stack(key, program, _KNOWN)
+            self._configure(stack)
+            return stack
         try:
-            stack = self._retrying(
-                lambda: auto.select_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
-            )
+            stack = self._retrying(lambda: self._stack(key, program, StackInitMode.SELECT))
         except auto.StackNotFoundError:
             raise NotFound(f"no environment {key!r} in this backend") from None
         self._configure(stack)
@@ -206,12 +223,7 @@ class Stacks:
             except NotFound:
                 pass
             try:
-                stack = auto.create_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
+                stack = self._stack(key, program, StackInitMode.CREATE)
             except auto.StackAlreadyExistsError:
                 continue  # another first start created it a moment ago: select it
             except auto.CommandError as exc:
@@ -230,6 +242,9 @@ class Stacks:
 
     def outputs(self, key: str) -> EnvironmentSpec | None:
         """The spec a stack last deployed (backend copy), or None."""
+        known = self._from_checkpoint(key, checkpoints.full_spec)
+        if not isinstance(known, checkpoints.Unreadable):
+            return known
         try:
             return read_latest_spec(
                 key,
@@ -246,9 +261,41 @@ class Stacks:
         self, keys: Iterable[str], parallel: int = SPEC_READS_AT_ONCE
     ) -> dict[str, EnvironmentSpec | PreviewError | None]:
         """The latest spec of each stack, read from the backend (the authority; records in
-        the cluster are never trusted), several at once. A stack that cannot be read maps
-        to its error; an emptied one (or one whose first update is running) to None."""
-        keys = sorted(set(keys))
+        the cluster are never trusted): its redacted `publicSpec` straight from the
+        checkpoint where it can, else `pulumi stack output`, several at once. A stack that
+        cannot be read maps to its error; an emptied one (or one whose first update is
+        running) to None."""
+        found: dict[str, EnvironmentSpec | PreviewError | None] = {}
+        rest = []
+        for key in sorted(set(keys)):
+            known = self._from_checkpoint(key, checkpoints.public_spec)
+            if isinstance(known, checkpoints.Unreadable):
+                rest.append(key)
+            else:
+                found[key] = known
+        return {**found, **self._specs_from_pulumi(rest, parallel)}
+
+    def _from_checkpoint(
+        self,
+        key: str,
+        pick: Callable[[dict[str, Any]], EnvironmentSpec | checkpoints.Unreadable | None],
+    ) -> EnvironmentSpec | checkpoints.Unreadable | None:
+        """`pick` of stack `key`'s outputs read from its checkpoint, without `pulumi`."""
+        if self.store is None:
+            return checkpoints.UNREADABLE
+        try:
+            raw = self.store.read(key)
+        except OSError:
+            return checkpoints.UNREADABLE
+        if raw is None:
+            return checkpoints.UNREADABLE  # gone, or never there: pulumi says which
+        outputs = checkpoints.stack_outputs(raw)
+        return outputs if isinstance(outputs, checkpoints.Unreadable) else pick(outputs)
+
+    def _specs_from_pulumi(
+        self, keys: list[str], parallel: int
+    ) -> dict[str, EnvironmentSpec | PreviewError | None]:
+        """Today's path, one `pulumi stack output` per stack."""
         if not keys:
             return {}
         organization, work_dir = self._organization(), self._workspace().work_dir
@@ -302,14 +349,7 @@ class Stacks:
             def program(applied: Applied = applied, workdir: list[str] = workdir) -> None:
                 applied.error = None
                 try:
-                    import pulumi
-
-                    before = read_latest_spec(
-                        key,
-                        organization=pulumi.get_organization(),
-                        env=self.env_vars,
-                        cwd=workdir[0] if workdir else None,
-                    )
+                    before = self._latest(key, workdir[0] if workdir else None)
                     applied.before = before
                     applied.after = apply_change(change, key, before, _now())
                     if applied.after is None or key in self._orphans_possible:
@@ -340,6 +380,18 @@ class Stacks:
                 self.remove_if_empty(key)
             return applied
         raise AssertionError("unreachable")
+
+    def _latest(self, key: str, cwd: str | None) -> EnvironmentSpec | None:
+        """Under the lock (called by the program): the spec last deployed, from the
+        checkpoint when nothing of it is secret, else `pulumi stack output --show-secrets`."""
+        known = self._from_checkpoint(key, checkpoints.full_spec)
+        if not isinstance(known, checkpoints.Unreadable):
+            return known
+        import pulumi
+
+        return read_latest_spec(
+            key, organization=pulumi.get_organization(), env=self.env_vars, cwd=cwd
+        )
 
     def _sweep_orphans(
         self,
@@ -532,6 +584,40 @@ class Stacks:
             if "no stack named" not in str(exc):
                 raise self._backend_error(exc) from None
         return True
+
+
+_KNOWN = StackInitMode.CREATE_OR_SELECT  # with _Stack: neither, the stack is known to exist
+
+
+class _Stack(auto.Stack):
+    """A stack whose `up` skips the Automation API's reads after every update (its outputs
+    twice and its history: three `pulumi` processes) that nothing here uses, and that can
+    be made for a stack known to exist without `pulumi stack select`."""
+
+    def __init__(self, name: str, workspace: auto.Workspace, mode: StackInitMode) -> None:
+        if mode is _KNOWN:
+            self.name, self.workspace, self._mode = name, workspace, mode
+            return
+        super().__init__(name, workspace, mode)
+
+    def outputs(self) -> auto.OutputMap:
+        return {}
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        return auto.UpdateSummary(
+            kind="update",
+            start_time=_now(),
+            message="",
+            environment={},
+            config={},
+            result="succeeded",
+        )
+
+
+@functools.cache
+def _pulumi_command() -> auto.PulumiCommand:
+    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own."""
+    return auto.PulumiCommand()
 
 
 class _Retry(Exception):
