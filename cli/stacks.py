@@ -447,9 +447,9 @@ class Stacks:
     ) -> bool:
         """Remove every object and the stack; False when this backend has none.
 
-        One update that refreshes first (objects deleted by hand are fine) and declares
-        nothing, so leftovers are swept under the lock and the stack goes only if it is
-        still empty: a teammate's start that slipped in keeps its environment. A lock whose
+        One update that declares nothing (no refresh first: the provider takes an object
+        already deleted by hand as deleted, and a refresh costs a read per object), so
+        leftovers are swept under the lock and the stack goes only if it is still empty: a teammate's start that slipped in keeps its environment. A lock whose
         holder is gone is recovered when `stale_lock_after` is given (rule in
         preview_stack.reaping). Deploy failures are retried with backoff.
         """
@@ -463,7 +463,6 @@ class Stacks:
                     on_event=on_event,
                     on_output=on_output,
                     create=False,
-                    refresh=True,
                     lock_wait=lock_wait,
                     stale_lock_after=stale_lock_after,
                 )
