@@ -449,9 +449,10 @@ class Stacks:
 
         One update that declares nothing (no refresh first: the provider takes an object
         already deleted by hand as deleted, and a refresh costs a read per object), so
-        leftovers are swept under the lock and the stack goes only if it is still empty: a teammate's start that slipped in keeps its environment. A lock whose
-        holder is gone is recovered when `stale_lock_after` is given (rule in
-        preview_stack.reaping). Deploy failures are retried with backoff.
+        leftovers are swept under the lock and the stack goes only if it is still empty:
+        a teammate's start that slipped in keeps its environment. A lock whose holder is
+        gone is recovered when `stale_lock_after` is given (rule in preview_stack.reaping).
+        Deploy failures are retried with backoff.
         """
         delay = 2.0
         for attempt in range(1, attempts + 1):
