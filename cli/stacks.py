@@ -217,11 +217,15 @@ class Stacks:
         meets a teammate's creation or removal waits a moment and looks again.
         """
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        # Where the store shows no such stack, `pulumi stack init` comes first.
+        create_first = self.store is not None and key not in self.store.stacks()
         while True:
-            try:
-                return self._select(key, program)
-            except NotFound:
-                pass
+            if not create_first:
+                try:
+                    return self._select(key, program)
+                except NotFound:
+                    pass
+            create_first = False
             try:
                 stack = self._stack(key, program, StackInitMode.CREATE)
             except auto.StackAlreadyExistsError:
