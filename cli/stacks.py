@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pulumi import automation as auto
 from pulumi.automation._stack import StackInitMode
@@ -32,7 +32,6 @@ from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.latest import read_latest_spec
-from preview_stack.program import TargetReader, declare, manifests_for
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -41,6 +40,9 @@ from preview_stack.reaping import (
     parse_locks,
 )
 from preview_stack.spec import EnvironmentSpec
+
+if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
+    from preview_stack.program import TargetReader
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
 # Backend reads at once for `status` and `reap` when a stack's checkpoint cannot be read
@@ -358,6 +360,8 @@ class Stacks:
                     applied.after = apply_change(change, key, before, _now())
                     if applied.after is None or key in self._orphans_possible:
                         self._sweep_orphans(key, before, applied.after, reader, stack_id)
+                    from preview_stack.program import declare
+
                     declare(applied.after, reader, stack_id)
                 except PreviewError as exc:
                     applied.error = exc
@@ -411,6 +415,8 @@ class Stacks:
         stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
+            from preview_stack.program import manifests_for
+
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
