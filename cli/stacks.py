@@ -21,11 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pulumi import automation as auto
-from pulumi.automation._stack import StackInitMode
-
-from cli.checkpoint_store import CheckpointStore, open_store
-from cli.context import Settings
+from cli.checkpoint_store import CheckpointStore, FileStore, open_store
+from cli.context import LazyModule, Settings
 from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
@@ -42,13 +39,17 @@ from preview_stack.reaping import (
 from preview_stack.spec import EnvironmentSpec
 
 if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
+    from pulumi import automation as auto
+
     from preview_stack.program import TargetReader
+else:  # and the Automation API when a `pulumi` process is first needed: not by `status`
+    auto = LazyModule("pulumi.automation")
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
 # Backend reads at once for `status` and `reap` when a stack's checkpoint cannot be read
 # directly (one `pulumi stack output` each).
 SPEC_READS_AT_ONCE = 8
-EventHandler = Callable[[auto.EngineEvent], None]
+EventHandler = Callable[["auto.EngineEvent"], None]
 T = TypeVar("T")
 OutputHandler = Callable[[str], None]
 
@@ -147,11 +148,22 @@ class Stacks:
                 time.sleep(0.5)
         raise AssertionError("unreachable")
 
+    def _listed(self) -> dict[str, bool] | None:
+        """The checkpoint store's listing; None without a store or when it fails (then
+        `pulumi` answers)."""
+        if self.store is None:
+            return None
+        try:
+            return self.store.stacks()
+        except OSError:
+            return None
+
     def environments(self) -> dict[str, bool]:
         """Every environment key with a stack, mapped to whether an update is running: the
         checkpoint store's listing (its lock files), else one `pulumi stack ls`."""
-        if self.store is not None:
-            return self.store.stacks()
+        listed = self._listed()
+        if listed is not None:
+            return listed
         summaries = self._retrying(
             lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
         )
@@ -189,24 +201,25 @@ class Stacks:
             f"{what or f'the Pulumi backend {self._shown} failed'}: {_last_line(exc)}"
         )
 
-    def _stack(self, key: str, program: Callable[[], None], mode: StackInitMode) -> auto.Stack:
+    def _stack(self, key: str, program: Callable[[], None], mode: str) -> auto.Stack:
         """Stack `key` of an inline `program` (as auto.select_stack/create_stack make it)."""
         options = self._options()
         options.program = program
         assert options.project_settings is not None
         options.project_settings.main = os.getcwd()
-        return _Stack(key, auto.LocalWorkspace(**options.__dict__), mode)
+        return _stack_class()(key, auto.LocalWorkspace(**options.__dict__), mode)
 
     def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
         """The existing stack `key`; NotFound when this backend has none. Where the
         checkpoint store shows the stack, `pulumi stack select` is skipped (every command
         names its stack; one removed meanwhile makes the update say NotFound)."""
-        if self.store is not None and key in self.store.stacks():
+        listed = self._listed()
+        if listed is not None and key in listed:
             stack = self._stack(key, program, _KNOWN)
             self._configure(stack)
             return stack
         try:
-            stack = self._retrying(lambda: self._stack(key, program, StackInitMode.SELECT))
+            stack = self._retrying(lambda: self._stack(key, program, "select"))
         except auto.StackNotFoundError:
             raise NotFound(f"no environment {key!r} in this backend") from None
         self._configure(stack)
@@ -220,7 +233,8 @@ class Stacks:
         """
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         # Where the store shows no such stack, `pulumi stack init` comes first.
-        create_first = self.store is not None and key not in self.store.stacks()
+        listed = self._listed()
+        create_first = listed is not None and key not in listed
         while True:
             if not create_first:
                 try:
@@ -229,7 +243,7 @@ class Stacks:
                     pass
             create_first = False
             try:
-                stack = self._stack(key, program, StackInitMode.CREATE)
+                stack = self._stack(key, program, "create")
             except auto.StackAlreadyExistsError:
                 continue  # another first start created it a moment ago: select it
             except auto.CommandError as exc:
@@ -273,8 +287,13 @@ class Stacks:
         running) to None."""
         found: dict[str, EnvironmentSpec | PreviewError | None] = {}
         rest = []
-        for key in sorted(set(keys)):
-            known = self._from_checkpoint(key, checkpoints.public_spec)
+        ordered = sorted(set(keys))
+        # Files are read one after the other (no I/O wait to overlap); S3 reads at once.
+        workers = 1 if isinstance(self.store, FileStore) else max(1, min(parallel, len(ordered)))
+        with ThreadPoolExecutor(workers) as pool:
+            read = pool.map(lambda k: self._from_checkpoint(k, checkpoints.public_spec), ordered)
+            pairs = list(zip(ordered, read, strict=True))
+        for key, known in pairs:
             if isinstance(known, checkpoints.Unreadable):
                 rest.append(key)
             else:
@@ -596,32 +615,41 @@ class Stacks:
         return True
 
 
-_KNOWN = StackInitMode.CREATE_OR_SELECT  # with _Stack: neither, the stack is known to exist
+_KNOWN = "known"  # with _stack_class(): neither select nor create, the stack exists
 
 
-class _Stack(auto.Stack):
+@functools.cache
+def _stack_class() -> Callable[[str, auto.Workspace, str], auto.Stack]:
     """A stack whose `up` skips the Automation API's reads after every update (its outputs
     twice and its history: three `pulumi` processes) that nothing here uses, and that can
-    be made for a stack known to exist without `pulumi stack select`."""
+    be made for a stack known to exist without `pulumi stack select`. Made on first use:
+    the Automation API is imported only by commands that run `pulumi`."""
+    from pulumi.automation._stack import StackInitMode
 
-    def __init__(self, name: str, workspace: auto.Workspace, mode: StackInitMode) -> None:
-        if mode is _KNOWN:
-            self.name, self.workspace, self._mode = name, workspace, mode
-            return
-        super().__init__(name, workspace, mode)
+    modes = {"select": StackInitMode.SELECT, "create": StackInitMode.CREATE}
 
-    def outputs(self) -> auto.OutputMap:
-        return {}
+    class _Stack(auto.Stack):
+        def __init__(self, name: str, workspace: auto.Workspace, mode: str) -> None:
+            if mode == _KNOWN:
+                self.name, self.workspace = name, workspace
+                self._mode = StackInitMode.SELECT
+                return
+            super().__init__(name, workspace, modes[mode])
 
-    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
-        return auto.UpdateSummary(
-            kind="update",
-            start_time=_now(),
-            message="",
-            environment={},
-            config={},
-            result="succeeded",
-        )
+        def outputs(self) -> auto.OutputMap:
+            return {}
+
+        def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+            return auto.UpdateSummary(
+                kind="update",
+                start_time=_now(),
+                message="",
+                environment={},
+                config={},
+                result="succeeded",
+            )
+
+    return _Stack
 
 
 @functools.cache
