@@ -34,11 +34,13 @@ from preview_stack.spec import EnvironmentSpec, ServiceSpec  # noqa: E402
 from testbed import Testbed, ensure  # noqa: E402
 
 
-def cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+def cli(
+    args: list[str], env: dict[str, str], module: list[str] | None = None
+) -> tuple[float, int, str]:
     """Run preview-env; return (seconds, peak RSS in kB, stdout)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, *(module or ["-m", "cli"]), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -56,19 +58,19 @@ def cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
         time.sleep(0.02)
     out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"preview-env {' '.join(args)} failed: {err}")
+        raise SystemExit(f"{module or 'preview-env'} {' '.join(args)} failed: {err}")
     return time.perf_counter() - start, peak, out
 
 
-def kubectl_floor(bed: Testbed, key: str) -> float:
-    """kubectl apply + rollout status of the same manifests `start` would declare."""
-    cluster = Cluster(ClusterTarget(str(bed.kubeconfig)))
+def bench_spec(key: str, routing: bool = True) -> EnvironmentSpec:
+    """The environment `start` of the users target in `staging` declares."""
     service = ServiceSpec(
         target=TargetPath.parse("deployment/users/container/app"),
         namespace="staging",
         image="ghcr.io/acme/users:bench",
+        routing=routing,
     )
-    env = EnvironmentSpec(
+    return EnvironmentSpec(
         key=key,
         owner="bench",
         created_at="2026-01-01T00:00:00Z",
@@ -76,6 +78,12 @@ def kubectl_floor(bed: Testbed, key: str) -> float:
         ttl_seconds=None,
         services=[service],
     )
+
+
+def kubectl_floor(bed: Testbed, key: str, routing: bool = True) -> float:
+    """kubectl apply + rollout status of the same manifests `start` would declare."""
+    cluster = Cluster(ClusterTarget(str(bed.kubeconfig)))
+    env = bench_spec(key, routing)
 
     class Reader:
         def workload(self, spec: ServiceSpec):  # type: ignore[no-untyped-def]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pulumi import automation as auto
 from pydantic import BaseModel
 
 from cli.context import err_console
+
+if TYPE_CHECKING:  # annotations only: `status` never imports the Automation API
+    from pulumi import automation as auto
 
 
 class Format(StrEnum):

@@ -101,8 +101,7 @@ def reap_one(
             CachedReader(cluster),
             on_event=lambda _e: None,
             on_output=lambda _l: None,
-            create=False,
-            refresh=True,
+            create=False,  # no refresh: see Stacks.destroy
             lock_wait=0,
             stale_lock_after=stale_lock_after,
         )

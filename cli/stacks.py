@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import re
@@ -21,18 +22,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pulumi import automation as auto
-
-from cli.context import Settings
-from preview_stack import backends, naming
+from cli.checkpoint_store import CheckpointStore, FileStore, open_store
+from cli.context import LazyModule, Settings
+from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.latest import read_latest_spec
-from preview_stack.program import TargetReader, declare, manifests_for
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -43,10 +42,18 @@ from preview_stack.reaping import (
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import Unfinished, unfinished_from
 
+if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
+    from pulumi import automation as auto
+
+    from preview_stack.program import TargetReader
+else:  # and the Automation API when a `pulumi` process is first needed: not by `status`
+    auto = LazyModule("pulumi.automation")
+
 LOCK_WAIT_SECONDS = float(os.environ.get("PREVIEW_ENV_LOCK_WAIT", "300"))
-# Backend reads at once for `status` and `reap` (one `pulumi stack output` each).
+# Backend reads at once for `status` and `reap` when a stack's checkpoint cannot be read
+# directly (one `pulumi stack output` each).
 SPEC_READS_AT_ONCE = 8
-EventHandler = Callable[[auto.EngineEvent], None]
+EventHandler = Callable[["auto.EngineEvent"], None]
 T = TypeVar("T")
 OutputHandler = Callable[[str], None]
 
@@ -94,6 +101,7 @@ class Stacks:
             os.umask(0o077)
         self._identity: str | None = None
         self._kube: Cluster | None = None
+        self.store: CheckpointStore | None = open_store(backend, naming.PROJECT)
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
@@ -109,6 +117,7 @@ class Stacks:
     def _options(self) -> auto.LocalWorkspaceOptions:
         return auto.LocalWorkspaceOptions(
             env_vars=self.env_vars,
+            pulumi_command=_pulumi_command(),
             secrets_provider=os.environ.get(backends.SECRETS_PROVIDER_VAR) or None,
             project_settings=auto.ProjectSettings(
                 name=naming.PROJECT,
@@ -121,7 +130,9 @@ class Stacks:
         try:
             options = self._options()
             return auto.LocalWorkspace(
-                env_vars=options.env_vars, project_settings=options.project_settings
+                env_vars=options.env_vars,
+                project_settings=options.project_settings,
+                pulumi_command=options.pulumi_command,
             )
         except auto.CommandError as exc:
             raise self._backend_error(exc) from None
@@ -141,9 +152,22 @@ class Stacks:
                 time.sleep(0.5)
         raise AssertionError("unreachable")
 
+    def _listed(self) -> dict[str, bool] | None:
+        """The checkpoint store's listing; None without a store or when it fails (then
+        `pulumi` answers)."""
+        if self.store is None:
+            return None
+        try:
+            return self.store.stacks()
+        except OSError:
+            return None
+
     def environments(self) -> dict[str, bool]:
-        """Every environment key with a stack, mapped to whether an update is running (one
-        `pulumi` process)."""
+        """Every environment key with a stack, mapped to whether an update is running: the
+        checkpoint store's listing (its lock files), else one `pulumi stack ls`."""
+        listed = self._listed()
+        if listed is not None:
+            return listed
         summaries = self._retrying(
             lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
         )
@@ -215,17 +239,25 @@ class Stacks:
             f"{what or f'the Pulumi backend {self._shown} failed'}: {_last_line(exc)}"
         )
 
+    def _stack(self, key: str, program: Callable[[], None], mode: str) -> auto.Stack:
+        """Stack `key` of an inline `program` (as auto.select_stack/create_stack make it)."""
+        options = self._options()
+        options.program = program
+        assert options.project_settings is not None
+        options.project_settings.main = os.getcwd()
+        return _stack_class()(key, auto.LocalWorkspace(**options.__dict__), mode)
+
     def _select(self, key: str, program: Callable[[], None]) -> auto.Stack:
-        """The existing stack `key`; NotFound when this backend has none."""
+        """The existing stack `key`; NotFound when this backend has none. Where the
+        checkpoint store shows the stack, `pulumi stack select` is skipped (every command
+        names its stack; one removed meanwhile makes the update say NotFound)."""
+        listed = self._listed()
+        if listed is not None and key in listed:
+            stack = self._stack(key, program, _KNOWN)
+            self._configure(stack)
+            return stack
         try:
-            stack = self._retrying(
-                lambda: auto.select_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
-            )
+            stack = self._retrying(lambda: self._stack(key, program, "select"))
         except auto.StackNotFoundError:
             raise NotFound(f"no environment {key!r} in this backend") from None
         self._configure(stack)
@@ -238,18 +270,18 @@ class Stacks:
         meets a teammate's creation or removal waits a moment and looks again.
         """
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        # Where the store shows no such stack, `pulumi stack init` comes first.
+        listed = self._listed()
+        create_first = listed is not None and key not in listed
         while True:
+            if not create_first:
+                try:
+                    return self._select(key, program)
+                except NotFound:
+                    pass
+            create_first = False
             try:
-                return self._select(key, program)
-            except NotFound:
-                pass
-            try:
-                stack = auto.create_stack(
-                    stack_name=key,
-                    project_name=naming.PROJECT,
-                    program=program,
-                    opts=self._options(),
-                )
+                stack = self._stack(key, program, "create")
             except auto.StackAlreadyExistsError:
                 continue  # another first start created it a moment ago: select it
             except auto.CommandError as exc:
@@ -268,6 +300,9 @@ class Stacks:
 
     def outputs(self, key: str) -> EnvironmentSpec | None:
         """The spec a stack last deployed (backend copy), or None."""
+        known = self._from_checkpoint(key, checkpoints.full_spec)
+        if not isinstance(known, checkpoints.Unreadable):
+            return known
         try:
             return read_latest_spec(
                 key,
@@ -284,9 +319,46 @@ class Stacks:
         self, keys: Iterable[str], parallel: int = SPEC_READS_AT_ONCE
     ) -> dict[str, EnvironmentSpec | PreviewError | None]:
         """The latest spec of each stack, read from the backend (the authority; records in
-        the cluster are never trusted), several at once. A stack that cannot be read maps
-        to its error; an emptied one (or one whose first update is running) to None."""
-        keys = sorted(set(keys))
+        the cluster are never trusted): its redacted `publicSpec` straight from the
+        checkpoint where it can, else `pulumi stack output`, several at once. A stack that
+        cannot be read maps to its error; an emptied one (or one whose first update is
+        running) to None."""
+        found: dict[str, EnvironmentSpec | PreviewError | None] = {}
+        rest = []
+        ordered = sorted(set(keys))
+        # Files are read one after the other (no I/O wait to overlap); S3 reads at once.
+        workers = 1 if isinstance(self.store, FileStore) else max(1, min(parallel, len(ordered)))
+        with ThreadPoolExecutor(workers) as pool:
+            read = pool.map(lambda k: self._from_checkpoint(k, checkpoints.public_spec), ordered)
+            pairs = list(zip(ordered, read, strict=True))
+        for key, known in pairs:
+            if isinstance(known, checkpoints.Unreadable):
+                rest.append(key)
+            else:
+                found[key] = known
+        return {**found, **self._specs_from_pulumi(rest, parallel)}
+
+    def _from_checkpoint(
+        self,
+        key: str,
+        pick: Callable[[dict[str, Any]], EnvironmentSpec | checkpoints.Unreadable | None],
+    ) -> EnvironmentSpec | checkpoints.Unreadable | None:
+        """`pick` of stack `key`'s outputs read from its checkpoint, without `pulumi`."""
+        if self.store is None:
+            return checkpoints.UNREADABLE
+        try:
+            raw = self.store.read(key)
+        except OSError:
+            return checkpoints.UNREADABLE
+        if raw is None:
+            return checkpoints.UNREADABLE  # gone, or never there: pulumi says which
+        outputs = checkpoints.stack_outputs(raw)
+        return outputs if isinstance(outputs, checkpoints.Unreadable) else pick(outputs)
+
+    def _specs_from_pulumi(
+        self, keys: list[str], parallel: int
+    ) -> dict[str, EnvironmentSpec | PreviewError | None]:
+        """Today's path, one `pulumi stack output` per stack."""
         if not keys:
             return {}
         organization, work_dir = self._organization(), self._workspace().work_dir
@@ -340,18 +412,13 @@ class Stacks:
             def program(applied: Applied = applied, workdir: list[str] = workdir) -> None:
                 applied.error = None
                 try:
-                    import pulumi
-
-                    before = read_latest_spec(
-                        key,
-                        organization=pulumi.get_organization(),
-                        env=self.env_vars,
-                        cwd=workdir[0] if workdir else None,
-                    )
+                    before = self._latest(key, workdir[0] if workdir else None)
                     applied.before = before
                     applied.after = apply_change(change, key, before, _now())
                     if applied.after is None or key in self._orphans_possible:
                         self._sweep_orphans(key, before, applied.after, reader, stack_id)
+                    from preview_stack.program import declare
+
                     declare(applied.after, reader, stack_id)
                 except PreviewError as exc:
                     applied.error = exc
@@ -379,6 +446,18 @@ class Stacks:
             return applied
         raise AssertionError("unreachable")
 
+    def _latest(self, key: str, cwd: str | None) -> EnvironmentSpec | None:
+        """Under the lock (called by the program): the spec last deployed, from the
+        checkpoint when nothing of it is secret, else `pulumi stack output --show-secrets`."""
+        known = self._from_checkpoint(key, checkpoints.full_spec)
+        if not isinstance(known, checkpoints.Unreadable):
+            return known
+        import pulumi
+
+        return read_latest_spec(
+            key, organization=pulumi.get_organization(), env=self.env_vars, cwd=cwd
+        )
+
     def _sweep_orphans(
         self,
         key: str,
@@ -393,6 +472,8 @@ class Stacks:
         stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
+            from preview_stack.program import manifests_for
+
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
@@ -433,11 +514,12 @@ class Stacks:
     ) -> bool:
         """Remove every object and the stack; False when this backend has none.
 
-        One update that refreshes first (objects deleted by hand are fine) and declares
-        nothing, so leftovers are swept under the lock and the stack goes only if it is
-        still empty: a teammate's start that slipped in keeps its environment. A lock whose
-        holder is gone is recovered when `stale_lock_after` is given (rule in
-        preview_stack.reaping). Deploy failures are retried with backoff.
+        One update that declares nothing (no refresh first: the provider takes an object
+        already deleted by hand as deleted, and a refresh costs a read per object), so
+        leftovers are swept under the lock and the stack goes only if it is still empty:
+        a teammate's start that slipped in keeps its environment. A lock whose holder is
+        gone is recovered when `stale_lock_after` is given (rule in preview_stack.reaping).
+        Deploy failures are retried with backoff.
         """
         delay = 2.0
         for attempt in range(1, attempts + 1):
@@ -449,7 +531,6 @@ class Stacks:
                     on_event=on_event,
                     on_output=on_output,
                     create=False,
-                    refresh=True,
                     lock_wait=lock_wait,
                     stale_lock_after=stale_lock_after,
                 )
@@ -570,6 +651,49 @@ class Stacks:
             if "no stack named" not in str(exc):
                 raise self._backend_error(exc) from None
         return True
+
+
+_KNOWN = "known"  # with _stack_class(): neither select nor create, the stack exists
+
+
+@functools.cache
+def _stack_class() -> Callable[[str, auto.Workspace, str], auto.Stack]:
+    """A stack whose `up` skips the Automation API's reads after every update (its outputs
+    twice and its history: three `pulumi` processes) that nothing here uses, and that can
+    be made for a stack known to exist without `pulumi stack select`. Made on first use:
+    the Automation API is imported only by commands that run `pulumi`."""
+    from pulumi.automation._stack import StackInitMode
+
+    modes = {"select": StackInitMode.SELECT, "create": StackInitMode.CREATE}
+
+    class _Stack(auto.Stack):
+        def __init__(self, name: str, workspace: auto.Workspace, mode: str) -> None:
+            if mode == _KNOWN:
+                self.name, self.workspace = name, workspace
+                self._mode = StackInitMode.SELECT
+                return
+            super().__init__(name, workspace, modes[mode])
+
+        def outputs(self) -> auto.OutputMap:
+            return {}
+
+        def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+            return auto.UpdateSummary(
+                kind="update",
+                start_time=_now(),
+                message="",
+                environment={},
+                config={},
+                result="succeeded",
+            )
+
+    return _Stack
+
+
+@functools.cache
+def _pulumi_command() -> auto.PulumiCommand:
+    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own."""
+    return auto.PulumiCommand()
 
 
 class _Retry(Exception):

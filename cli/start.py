@@ -27,7 +27,6 @@ from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
 from preview_stack.derive import TargetWorkload, derivation_notes
 from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
-from preview_stack.program import manifests_for
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
     crossing_keys,
@@ -385,6 +384,8 @@ def start(
     # whole environment is derived again under the lock, from the latest spec).
     alone = apply_change(change, env_key, None, now)
     assert alone is not None
+    from preview_stack.program import manifests_for  # not at the top: not for `status`
+
     manifests = manifests_for(alone, reader, stack_id)
     changes = derivation_notes(alone, service, workload) if workload else []
     if any(m["kind"] == "HTTPRoute" for m in manifests) and not cluster.has_gateway_api():

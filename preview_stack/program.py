@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from preview_stack import branches, naming
+from preview_stack.checkpoints import PUBLIC_SPEC, SPEC_IS_PUBLIC
 from preview_stack.derive import (
     FILES_OWNER_ANNOTATION,
     Manifest,
@@ -22,6 +23,7 @@ from preview_stack.derive import (
     derive_service,
     pod_template_of_manifest,
     record_manifest,
+    redacted,
 )
 from preview_stack.errors import BadInput
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
@@ -339,6 +341,7 @@ def declare(
     pulumi.export(PASSPHRASE_CHECK, pulumi.Output.secret("preview-env"))
     if env is None:
         pulumi.export("spec", None)
+        pulumi.export(PUBLIC_SPEC, None)
         return None
     component = PreviewEnvironment(env, manifests_for(env, reader, stack_id))
     # The spec becomes the backend's truth only once every object is live: the outputs wait
@@ -350,4 +353,11 @@ def declare(
     pulumi.export("expiresAt", live.apply(lambda _: env.expires_at))
     # Secret: it holds the override values (read back with --show-secrets, under the lock).
     pulumi.export("spec", pulumi.Output.secret(live.apply(lambda _: spec)))
+    # In clear, on the same condition: scans read it from the checkpoints without `pulumi`
+    # (preview_stack.checkpoints); `specIsPublic` says nothing was redacted, so the next
+    # change may take it for the whole spec.
+    public = redacted(env)
+    public_json = json.loads(public.model_dump_json())
+    pulumi.export(PUBLIC_SPEC, live.apply(lambda _: public_json))
+    pulumi.export(SPEC_IS_PUBLIC, live.apply(lambda _: public == env))
     return component

@@ -250,6 +250,38 @@ def test_shared_backends_need_the_teams_passphrase(
     assert ann.run("clean", "-k", key).code == 0
 
 
+def test_file_and_s3_backends_are_scanned_from_their_checkpoints(
+    team: Team, backend: Backend, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    """Issue 15: `status` and the reaper's scan read file and S3 checkpoints directly (no
+    `pulumi` process at all: a `pulumi` that fails is first on PATH), and start, extend
+    and clean read the previous spec from the checkpoint under the lock."""
+    if backend.kind == "postgres":
+        pytest.skip("PostgreSQL stacks are read through `pulumi`")
+    key = f"sh-{backend.kind}-scan"
+    ann = team("ann")
+    assert ann.run(*start("users", key, "--ttl", "1h")).code == 0
+    assert ann.run(*start("orders", key)).code == 0  # the previous spec, read back
+    extended = ann.run("extend", "-k", key, "--by", "1h", "-o", "json")
+    assert extended.code == 0, extended.stderr
+    broken = tmp_path / "no-pulumi"
+    broken.mkdir()
+    (broken / "pulumi").write_text("#!/bin/sh\necho no pulumi here >&2\nexit 1\n")
+    (broken / "pulumi").chmod(0o755)
+    path = {"PATH": f"{broken}:{ann.env()['PATH']}"}
+    shown = ann.run("status", "-o", "json", env=path)
+    assert shown.code == 0, shown.stderr
+    [env] = [e for e in shown.json() if e["key"] == key]
+    assert {p["target"].split("/")[1] for p in env["pods"]} == {"users", "orders"}
+    assert env["expiresAt"] == extended.json()["expiresAt"]
+    scanned = ann.run("reap", "--dry-run", "-o", "json", env=path)
+    assert scanned.code == 0, scanned.stderr
+    assert key not in {r["key"] for r in json.loads(scanned.stdout)["results"]}
+    assert ann.run("clean", "-k", key).code == 0
+    assert key not in backend.stack_keys()
+    assert wait_until(lambda: objects_of(kube, key) == [])
+
+
 def test_status_lists_many_stacks_on_a_postgres_backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
