@@ -159,9 +159,11 @@ def _namespace() -> str:
 
 def _patch_secret(name: str, url: str) -> None:
     """Merge-patch key `url` of Secret `name` in this pod's namespace."""
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes import config
+    from kubernetes.client.api_client import ApiClient
     from kubernetes.config.config_exception import ConfigException
+
+    from preview_stack.kubeapi import RESOURCES, ApiException, KubeApi
 
     namespace = _namespace()
     try:
@@ -169,11 +171,8 @@ def _patch_secret(name: str, url: str) -> None:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         else:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        client.CoreV1Api().patch_namespaced_secret(
-            name,
-            namespace,
-            {"stringData": {"url": url}},
-            _content_type="application/merge-patch+json",
+        KubeApi(ApiClient()).merge_patch(
+            RESOURCES["secret"].path(namespace, name), {"stringData": {"url": url}}
         )
     except (ApiException, ConfigException, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
