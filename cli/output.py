@@ -37,6 +37,8 @@ _KIND_WORDS = {
     "kubernetes:apps/v1:Deployment": "deployment",
     "kubernetes:core/v1:Service": "service",
     "kubernetes:core/v1:ConfigMap": "record",
+    "kubernetes:core/v1:Secret": "secret",
+    "kubernetes:batch/v1:Job": "job",
     "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": "route",
 }
 _OPS = {

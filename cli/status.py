@@ -257,7 +257,9 @@ def status(
             out_console.print(f"share link for {env.key}: {link}", markup=False)
         for branch in env.branches:
             tables = f" ({', '.join(branch.tables)})" if branch.tables else ""
-            outcome = f"{branch.state}: {branch.message}" if branch.message else branch.state
+            outcome = branch.message or branch.state
+            if branch.message and not branch.message.startswith(branch.state):
+                outcome = f"{branch.state}: {branch.message}"  # not "copied: copied 2 tables"
             out_console.print(
                 f"database branch {branch.id} of {env.key}: {branch.engine} from "
                 f"{branch.source}, copy {branch.mode}{tables}: {outcome}",

@@ -30,11 +30,14 @@ run preview-env status -k pr-7
 run kubectl -n shop-db get deployments,services,jobs,secrets -l app.kubernetes.io/part-of=pr-7
 
 # The branch's rows next to staging's: psql in a pod on the real node, each database once.
-query() { # name host password
-  kubectl -n shop-db run "$1" --rm -i --restart=Never --quiet --image="$PREVIEW_ENV_POSTGRES_IMAGE" \
+query() { # name host password user: run psql in a pod, print what it printed
+  kubectl -n shop-db run "$1" --restart=Never --quiet --image="$PREVIEW_ENV_POSTGRES_IMAGE" \
     --overrides='{"spec":{"nodeSelector":{"preview-env.dev/node":"real"},"tolerations":[{"key":"preview-env.dev/real-node","operator":"Exists","effect":"NoSchedule"}]}}' \
     --env="PGPASSWORD=$3" --command -- psql -h "$2" -U "$4" -d shop -c \
     "SELECT c.name, c.region, count(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id"
+  kubectl -n shop-db wait "pod/$1" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
+  kubectl -n shop-db logs "pod/$1"
+  kubectl -n shop-db delete "pod/$1" --wait=false >/dev/null
 }
 branch=$(kubectl -n shop-db get svc -l app.kubernetes.io/part-of=pr-7,preview-env.dev/component=db-branch -o jsonpath='{.items[0].spec.clusterIP}')
 password=$(kubectl -n shop-db get secret -l app.kubernetes.io/part-of=pr-7,preview-env.dev/component=db-branch -o jsonpath='{.items[0].data.password}' | base64 -d)
