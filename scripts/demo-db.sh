@@ -34,7 +34,8 @@ query() { # name host password user: run psql in a pod, print what it printed
   kubectl -n shop-db run "$1" --restart=Never --quiet --image="$PREVIEW_ENV_POSTGRES_IMAGE" \
     --overrides='{"spec":{"nodeSelector":{"preview-env.dev/node":"real"},"tolerations":[{"key":"preview-env.dev/real-node","operator":"Exists","effect":"NoSchedule"}]}}' \
     --env="PGPASSWORD=$3" --command -- psql -h "$2" -U "$4" -d shop -c \
-    "SELECT c.name, c.region, count(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id"
+    "SELECT c.name, c.region, count(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id" \
+    >/dev/null
   kubectl -n shop-db wait "pod/$1" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
   kubectl -n shop-db logs "pod/$1"
   kubectl -n shop-db delete "pod/$1" --wait=false >/dev/null
