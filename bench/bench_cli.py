@@ -37,29 +37,37 @@ from testbed import Testbed, ensure  # noqa: E402
 def cli(
     args: list[str], env: dict[str, str], module: list[str] | None = None
 ) -> tuple[float, int, str]:
-    """Run preview-env; return (seconds, peak RSS in kB, stdout)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *(module or ["-m", "cli"]), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    peak = 0
-    while proc.poll() is None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-        time.sleep(0.02)
-    out, err = proc.communicate()
+    """Run preview-env; return (seconds, peak RSS in kB, stdout).
+
+    Output goes to files, not pipes: this loop polls the process instead of reading, and
+    a pipe would block a command whose output outgrows its buffer (status -o json at 200).
+    """
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, *(module or ["-m", "cli"]), *args],
+            cwd=REPO,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+        peak = 0
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{module or 'preview-env'} {' '.join(args)} failed: {err}")
-    return time.perf_counter() - start, peak, out
+    return seconds, peak, out
 
 
 def bench_spec(key: str, routing: bool = True) -> EnvironmentSpec:

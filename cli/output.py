@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from rich.cells import cell_len
 
 from cli.context import err_console
 
@@ -24,6 +26,21 @@ class StatusFormat(StrEnum):
     text = "text"
     json = "json"
     markdown = "markdown"
+
+
+def columns(header: Sequence[str], rows: Iterable[Sequence[str]], gap: int = 2) -> list[str]:
+    """Rows as aligned text lines, like `kubectl get`: each column as wide as its widest
+    cell (terminal cells, so wide characters align), `gap` spaces apart, no trailing blanks.
+
+    Why not rich's Table: it measures and renders every cell through its segment machinery,
+    about 0.5 s for 200 environments (issue 15), and reads cells as markup."""
+    table = [list(header), *(list(r) for r in rows)]
+    widths = [max(cell_len(row[i]) for row in table) for i in range(len(header))]
+    sep = " " * gap
+    return [
+        sep.join(c + " " * (w - cell_len(c)) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
 
 
 def print_json(model: BaseModel | list[Any] | dict[str, Any]) -> None:

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.context import err_console, handles_errors, out_console, settings
-from cli.output import StatusFormat, print_json
+from cli.output import StatusFormat, columns, print_json
 from cli.stacks import connect
 from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
@@ -27,6 +26,10 @@ from preview_stack.status import (
     summarize,
 )
 from preview_stack.ttl import parse_duration
+
+STATUS_COLUMNS = (
+    "KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "POD STATE", "TRAFFIC",
+)  # fmt: skip
 
 
 @handles_errors
@@ -212,40 +215,33 @@ def status(
             f"No preview environment with key {key!r}." if key else "No preview environments."
         )
         return
-    table = Table(box=None, pad_edge=False)
-    for column in (
-        "KEY",
-        "STATE",
-        "TTL",
-        "POD",
-        "NAMESPACE",
-        "TARGET",
-        "IMAGE",
-        "POD STATE",
-        "TRAFFIC",
-    ):
-        table.add_column(column, no_wrap=True)
+    rows: list[tuple[str, ...]] = []
     for env in summaries:
         state = env.state if not env.reason else f"{env.state}: {env.reason}"
         if not env.pods:
-            table.add_row(
-                env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-", "-"
+            rows.append(
+                (env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-", "-")
             )
         for index, pod in enumerate(env.pods):
             ready = pod.state if not pod.reason else f"{pod.state} ({pod.reason})"
             first = index == 0
-            table.add_row(
-                env.key if first else "",
-                state if first else "",
-                env.ttl if first else "",
-                pod.name,
-                pod.namespace,
-                pod.target,
-                pod.image,
-                ready,
-                ("not served: " if env.routes_problem else "") + (pod.traffic or "-"),
+            rows.append(
+                (
+                    env.key if first else "",
+                    state if first else "",
+                    env.ttl if first else "",
+                    pod.name,
+                    pod.namespace,
+                    pod.target,
+                    pod.image,
+                    ready,
+                    ("not served: " if env.routes_problem else "") + (pod.traffic or "-"),
+                )
             )
-    out_console.print(table)
+    header, *lines = columns(STATUS_COLUMNS, rows)
+    out_console.print(header, style="bold", markup=False)
+    if lines:
+        out_console.print("\n".join(lines), markup=False)
     for env in summaries:
         for orphan in env.orphans:
             out_console.print(f"orphaned object of {env.key}: {orphan}", markup=False)

@@ -261,3 +261,14 @@ def test_s3_backend_urls_name_the_bucket_prefix_and_endpoint() -> None:
     assert client._base_url.host == "127.0.0.1:8333" and not client._base_url.is_https
     _, bucket, prefix = client_and_prefix("s3://state/team-a?prefix=envs&region=eu-west-1")
     assert (bucket, prefix) == ("state", "team-a/envs/")
+
+
+def test_status_columns_align_like_kubectl_and_keep_cells_verbatim() -> None:
+    from cli.output import columns
+
+    lines = columns(("KEY", "IMAGE", "TRAFFIC"), [("pr-7", "[bold]img:1", "-"), ("ü日", "x", "")])
+    assert lines == [
+        "KEY   IMAGE        TRAFFIC",
+        "pr-7  [bold]img:1  -",
+        "ü日   x",  # the wide character takes two cells; no trailing blanks
+    ]
