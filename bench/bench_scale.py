@@ -159,6 +159,27 @@ def main() -> None:
                 f"{time.monotonic() - began:.0f} s",
             )
             at_size(args.envs)
+
+            # 4. The same cluster, two backends: one holding 1 environment, one holding
+            # --envs; `start` on a new key alternates between them, so what grows with the
+            # backend is separated from what the busier cluster costs.
+            small = {**env, "PULUMI_BACKEND_URL": f"file://{Path(tmp) / 'small'}"}
+            (Path(tmp) / "small").mkdir()
+            cli([*MAKE, "ghcr.io/acme/small0:1", "-k", "small0", "--ttl", "infinite"], small)
+            with_one: list[float] = []
+            with_all: list[float] = []
+            for run in range(args.runs):
+                for times, backend in ((with_one, small), (with_all, env)):
+                    key = f"alt{run}x{len(times)}{'s' if backend is small else 'b'}"
+                    began = time.perf_counter()
+                    cli([*START, key, "-o", "json"], backend)
+                    times.append(time.perf_counter() - began)
+                    cli(["clean", "-k", key], backend)
+            one_m, all_m = statistics.median(with_one), statistics.median(with_all)
+            row(
+                f"`start` on a new key, same cluster, backend with 1 vs {args.envs} (medians)",
+                f"{one_m:.2f} s vs {all_m:.2f} s: {all_m / one_m:.2f}x",
+            )
         finally:
             bed.stop()
 
