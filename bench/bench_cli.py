@@ -120,6 +120,30 @@ def kubectl_floor(bed: Testbed, key: str, routing: bool = True) -> float:
     return elapsed
 
 
+def staging_bed(tmp: Path) -> tuple[Testbed, dict[str, str], Path]:
+    """A started test bed in `tmp` with examples/staging applied; the environment to run
+    preview-env against it, with a `pulumi` shim first on PATH; the log the shim appends
+    each call to (one line a `pulumi` process). The caller stops the bed."""
+    bed = Testbed(tmp / "bed", ensure())
+    bed.start()
+    try:
+        shim = tmp / "shim"
+        shim.mkdir()
+        log = tmp / "pulumi-calls.log"
+        (shim / "pulumi").write_text(
+            f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n'
+        )
+        (shim / "pulumi").chmod(0o755)
+        env = {**os.environ, **bed.environment(), "PYTHONPATH": str(REPO)}
+        env["PATH"] = f"{shim}:{env['PATH']}"
+        bed.kubectl("apply", "-f", str(REPO / "examples" / "staging"))
+        bed.kubectl("-n", "staging", "rollout", "status", "deployment/users", "--timeout=90s")
+    except BaseException:
+        bed.stop()
+        raise
+    return bed, env, log
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -128,21 +152,8 @@ def main() -> None:
     counts = [int(n) for n in args.envs.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
-        bed = Testbed(Path(tmp) / "bed", ensure())
-        bed.start()
+        bed, env, log = staging_bed(Path(tmp))
         try:
-            shim_dir = Path(tmp) / "shim"
-            shim_dir.mkdir()
-            log = Path(tmp) / "pulumi-calls.log"
-            (shim_dir / "pulumi").write_text(
-                f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n'
-            )
-            (shim_dir / "pulumi").chmod(0o755)
-            env = {**os.environ, **bed.environment(), "PYTHONPATH": str(REPO)}
-            env["PATH"] = f"{shim_dir}:{env['PATH']}"
-            bed.kubectl("apply", "-f", str(REPO / "examples" / "staging"))
-            bed.kubectl("-n", "staging", "rollout", "status", "deployment/users", "--timeout=90s")
-
             starts, floors, peaks = [], [], []
             for run in range(args.runs):
                 floors.append(kubectl_floor(bed, f"floor{run}"))

@@ -30,8 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_cli import cli, kubectl_floor  # noqa: E402
-from testbed import Testbed, ensure  # noqa: E402
+from bench.bench_cli import cli, kubectl_floor, staging_bed  # noqa: E402
 
 PLAIN = [str(REPO / "bench" / "plain_pulumi.py")]
 MAKE = ["start", "-t", "targetless", "-n", "staging", "-i"]
@@ -51,20 +50,8 @@ def main() -> None:
         print(f"| {what} | {value} |", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        bed = Testbed(Path(tmp) / "bed", ensure())
-        bed.start()
+        bed, env, log = staging_bed(Path(tmp))
         try:
-            shim = Path(tmp) / "shim"
-            shim.mkdir()
-            log = Path(tmp) / "pulumi-calls.log"
-            (shim / "pulumi").write_text(
-                f'#!/bin/sh\necho "$*" >> {log}\nexec {bed.toolchain.pulumi} "$@"\n'
-            )
-            (shim / "pulumi").chmod(0o755)
-            env = {**os.environ, **bed.environment(), "PYTHONPATH": str(REPO)}
-            env["PATH"] = f"{shim}:{env['PATH']}"
-            bed.kubectl("apply", "-f", str(REPO / "examples" / "staging"))
-            bed.kubectl("-n", "staging", "rollout", "status", "deployment/users", "--timeout=90s")
 
             def counted(
                 args: list[str], module: list[str] | None = None

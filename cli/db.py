@@ -159,6 +159,7 @@ def _namespace() -> str:
 
 def _patch_secret(name: str, url: str) -> None:
     """Merge-patch key `url` of Secret `name` in this pod's namespace."""
+    import urllib3
     from kubernetes import config
     from kubernetes.client.api_client import ApiClient
     from kubernetes.config.config_exception import ConfigException
@@ -174,7 +175,7 @@ def _patch_secret(name: str, url: str) -> None:
         KubeApi(ApiClient()).merge_patch(
             RESOURCES["secret"].path(namespace, name), {"stringData": {"url": url}}
         )
-    except (ApiException, ConfigException, OSError) as exc:
+    except (ApiException, ConfigException, OSError, urllib3.exceptions.HTTPError) as exc:
         reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise dbcopy.CopyFailed(
             f"write the branch URL into Secret {namespace}/{name}: {reason}"

@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal, get_args
@@ -611,6 +612,32 @@ class _Procs:
                 proc.wait()
 
 
+@contextmanager
+def _loading(argv: list[str], env: dict[str, str], step: str) -> Iterator[IO[bytes]]:
+    """A loader reading SQL on its stdin: yields that stdin. On leaving, closes it and
+    fails with the loader's own error if it did not succeed; killed if the copy is abandoned.
+    A loader that quit early shows as a broken pipe while writing: its error says why."""
+    procs = _Procs()
+    with tempfile.TemporaryFile() as err:
+        loader = procs.start(
+            argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+        )
+        sink = loader.stdin
+        assert sink is not None
+        try:
+            yield sink
+            sink.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            procs.kill()
+            raise
+        if loader.wait() != 0:
+            err.seek(0)
+            message = _engine_error(err.read().decode(errors="replace"))
+            raise CopyFailed(f"{step}: {message}")
+
+
 def _stream(
     source: _Client, argv: list[str], sink: IO[bytes], step: str, edit: Callable[[bytes], bytes]
 ) -> None:
@@ -736,36 +763,16 @@ def _copy_pg(
     pg_dump = find_tool("pg_dump")
     base = [pg_dump, "--no-owner", "--no-privileges", "-d", source.conninfo()]
     psql = [find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
-    procs = _Procs()
-    with tempfile.TemporaryFile() as err:
-        loader = procs.start(
-            [*psql, "-d", branch.conninfo(), "-o", os.devnull],
-            branch.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        sink = loader.stdin
-        assert sink is not None
-        try:
-            if p.mode == "all":
-                progress("copying schema and rows (pg_dump)")
-                _stream(source, base, sink, "dump the source (pg_dump)", _same)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    _pg_schema(p, source, base, listed, Path(tmp), sink, progress)
-                _pg_rows(source, listed, sink, progress)
-                _pg_sequences(p, source, listed, sink)
-            sink.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            procs.kill()
-            raise
-        if loader.wait() != 0:
-            err.seek(0)
-            message = _engine_error(err.read().decode(errors="replace"))
-            raise CopyFailed(f"load into the branch (psql): {message}")
+    loader = [*psql, "-d", branch.conninfo(), "-o", os.devnull]
+    with _loading(loader, branch.env(), "load into the branch (psql)") as sink:
+        if p.mode == "all":
+            progress("copying schema and rows (pg_dump)")
+            _stream(source, base, sink, "dump the source (pg_dump)", _same)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                _pg_schema(p, source, base, listed, Path(tmp), sink, progress)
+            _pg_rows(source, listed, sink, progress)
+            _pg_sequences(p, source, listed, sink)
 
 
 def _pg_schema(
@@ -879,61 +886,39 @@ def _copy_mysql(
         "--no-tablespaces",
         "--skip-comments",
     ]
-    procs = _Procs()
-    with tempfile.TemporaryFile() as err:
-        loader = procs.start(
-            [find_tool("mariadb", "mysql"), *branch.my_options(), branch.database],
-            branch.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        sink = loader.stdin
-        assert sink is not None
-        try:
-            sink.write(b"SET FOREIGN_KEY_CHECKS = 0;\n")
-            if p.mode == "all":
-                progress("copying schema and rows (mariadb-dump)")
-                argv = [*dump, "--routines", "--triggers", source.database]
-                _stream(source, argv, sink, "dump the source", _strip_definer)
-            elif p.mode == "schema" or listed:
-                progress("copying the schema (mariadb-dump --no-data)")
-                if p.mode == "schema":
-                    argv = [*dump, "--no-data", "--routines", "--triggers", source.database]
-                else:
-                    argv = [*dump, "--no-data", "--triggers", source.database, *listed]
-                _stream(source, argv, sink, "dump the source's schema", _strip_definer)
-                for table, where in listed.items():
-                    progress(f"copying rows of {table}" + (f" where {where}" if where else ""))
-                    argv = [*dump, "--no-create-info", "--skip-triggers"]
-                    if where:
-                        argv.append(f"--where={where}")
-                    argv += [source.database, table]
-                    _stream(source, argv, sink, f"read the rows of {table}", _same)
-                if p.mode == "empty":
-                    for table, constraint, referenced in _dangling_foreign_keys(
-                        source, list(listed)
-                    ):
-                        progress(
-                            f"warning: dropping foreign key {constraint} of {table}: it "
-                            f"references {referenced}, which is not copied"
-                        )
-                        sink.write(
-                            f"ALTER TABLE {_quote_ident('mysql', table)} DROP FOREIGN KEY "
-                            f"{_quote_ident('mysql', constraint)};\n".encode()
-                        )
+    loader = [find_tool("mariadb", "mysql"), *branch.my_options(), branch.database]
+    with _loading(loader, branch.env(), "load into the branch (mariadb)") as sink:
+        sink.write(b"SET FOREIGN_KEY_CHECKS = 0;\n")
+        if p.mode == "all":
+            progress("copying schema and rows (mariadb-dump)")
+            argv = [*dump, "--routines", "--triggers", source.database]
+            _stream(source, argv, sink, "dump the source", _strip_definer)
+        elif p.mode == "schema" or listed:
+            progress("copying the schema (mariadb-dump --no-data)")
+            if p.mode == "schema":
+                argv = [*dump, "--no-data", "--routines", "--triggers", source.database]
             else:
-                progress("mode empty without tables: nothing to copy")
-            sink.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            procs.kill()
-            raise
-        if loader.wait() != 0:
-            err.seek(0)
-            message = _engine_error(err.read().decode(errors="replace"))
-            raise CopyFailed(f"load into the branch (mariadb): {message}")
+                argv = [*dump, "--no-data", "--triggers", source.database, *listed]
+            _stream(source, argv, sink, "dump the source's schema", _strip_definer)
+            for table, where in listed.items():
+                progress(f"copying rows of {table}" + (f" where {where}" if where else ""))
+                argv = [*dump, "--no-create-info", "--skip-triggers"]
+                if where:
+                    argv.append(f"--where={where}")
+                argv += [source.database, table]
+                _stream(source, argv, sink, f"read the rows of {table}", _same)
+            if p.mode == "empty":
+                for table, constraint, referenced in _dangling_foreign_keys(source, list(listed)):
+                    progress(
+                        f"warning: dropping foreign key {constraint} of {table}: it "
+                        f"references {referenced}, which is not copied"
+                    )
+                    sink.write(
+                        f"ALTER TABLE {_quote_ident('mysql', table)} DROP FOREIGN KEY "
+                        f"{_quote_ident('mysql', constraint)};\n".encode()
+                    )
+        else:
+            progress("mode empty without tables: nothing to copy")
 
 
 # ------------------------------------------------------------------ the outcome line

@@ -317,23 +317,21 @@ def test_branch_url_secret_is_merge_patched_in_the_namespace(
     import kubernetes
 
     from cli import db
+    from preview_stack import kubeapi
 
     calls: list[tuple[object, ...]] = []
 
-    class Api:
-        def patch_namespaced_secret(self, *args: object, **kwargs: object) -> None:
-            calls.append((*args, kwargs))
+    def merge_patch(self: object, path: str, patch: object) -> None:
+        calls.append((path, patch))
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("PREVIEW_ENV_NAMESPACE", "preview-pr-7")
     monkeypatch.setattr(kubernetes.config, "load_kube_config", lambda: None)
-    monkeypatch.setattr(kubernetes.client, "CoreV1Api", Api)
+    monkeypatch.setattr(kubeapi.KubeApi, "merge_patch", merge_patch)
     db._patch_secret("orders-branch", "postgres://b:p@h:5432/orders")
     assert calls == [
         (
-            "orders-branch",
-            "preview-pr-7",
+            "/api/v1/namespaces/preview-pr-7/secrets/orders-branch",
             {"stringData": {"url": "postgres://b:p@h:5432/orders"}},
-            {"_content_type": "application/merge-patch+json"},
         )
     ]
