@@ -21,7 +21,6 @@ from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget
 from preview_stack.errors import BadInput, NotFound, PreviewError
-from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import matches
 
 
@@ -152,11 +151,7 @@ def _bulk(
     stale = stale_lock_seconds(stale_lock_after)
     keys = [k for k in stacks.environments() if matches(k, None, glob=glob, owner_filter=None)]
     if owner is not None:
-        keys = [
-            k
-            for k, spec in stacks.specs(keys).items()
-            if isinstance(spec, EnvironmentSpec) and spec.owner == owner
-        ]
+        keys = [k for k, spec in stacks.specs(keys).items() if stacks.owner(k, spec) == owner]
     keys = sorted(keys)
     wanted = " and ".join(
         part

@@ -100,6 +100,7 @@ class Stacks:
             # whatever the shell's umask (the `pulumi` processes inherit ours).
             os.umask(0o077)
         self._identity: str | None = None
+        self._unfinished: dict[str, Unfinished] = {}
         self._kube: Cluster | None = None
         self.store: CheckpointStore | None = open_store(backend, naming.PROJECT)
         # Keys whose dead holder's lock we took over: its update may have created objects
@@ -206,6 +207,8 @@ class Stacks:
         objects (`pulumi stack export`, secrets left encrypted) and its last update's result
         (`pulumi stack history`). Read-only; only called for such stacks. Unreadable parts
         count as nothing (the state is then `orphaned`, as before)."""
+        if key in self._unfinished:
+            return self._unfinished[key]
         stack = f"{self._organization()}/{naming.PROJECT}/{key}"
         cwd = self._workspace().work_dir
 
@@ -224,9 +227,20 @@ class Stacks:
             except ValueError:
                 return None
 
-        return unfinished_from(
+        found = unfinished_from(
             read("stack", "history", "--json", "--page-size", "1"), read("stack", "export")
         )
+        self._unfinished[key] = found
+        return found
+
+    def owner(self, key: str, spec: EnvironmentSpec | PreviewError | None) -> str | None:
+        """Whose environment `key` is: its spec's owner; for a stack without a committed
+        spec (a kept failed first start), the owner its objects were declared with."""
+        if isinstance(spec, EnvironmentSpec):
+            return spec.owner
+        if spec is None:
+            return self.unfinished(key).owner
+        return None
 
     @property
     def _shown(self) -> str:

@@ -85,9 +85,7 @@ def status(
     ]
     specs = stacks.specs(wanted)
     if owner is not None:
-        specs = {
-            k: s for k, s in specs.items() if isinstance(s, EnvironmentSpec) and s.owner == owner
-        }
+        specs = {k: s for k, s in specs.items() if stacks.owner(k, s) == owner}
     keys = {k: v for k, v in keys.items() if k in specs}
     if namespace is not None:
         specs = {
