@@ -321,3 +321,65 @@ def test_pulumi_up_declares_the_same_branches(
         assert left_of(testbed, key) == []
     finally:
         pulumi("stack", "rm", "--yes", "--force", "-s", key)
+
+
+def test_branch_data_lives_on_its_claim_and_status_tells_a_lost_copy(
+    cli: Cli, testbed: Testbed, shop: str, tmp_path: Path
+) -> None:
+    """A branch server keeps its copy on a claim of its own (size and class from
+    `storage`), so a replaced pod finds the data again; with `storage: ephemeral` a
+    replaced pod has lost it, and status says so instead of "copied"."""
+    key = "db-keep"
+    kept = {**PG, "id": "keep", "storage": {"size": "2Gi"}}
+    lost = {**MYSQL, "id": "gone", "storage": "ephemeral"}
+    started = cli(
+        "start", "-f", config(tmp_path, "keep", "deployment/orders", [kept, lost]),
+        "-k", key, "--routing", "none", env={"PREVIEW_ENV_DB_COPY_IMAGE": COPY_IMAGE},
+    )  # fmt: skip
+    assert started.code == 0, started.stderr
+    kept_server = naming.workload_name("db-keep", key)
+    lost_server = naming.workload_name("db-gone", key)
+    claim = get(testbed, "pvc", kept_server)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert wait_until(lambda: get(testbed, "pvc", kept_server)["status"]["phase"] == "Bound")
+    server_pod = get(testbed, "deployment", kept_server)["spec"]["template"]["spec"]
+    assert server_pod["volumes"] == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": kept_server}}
+    ]
+    assert server_pod["containers"][0]["volumeMounts"][0]["subPath"] == "data"
+    lost_pod = get(testbed, "deployment", lost_server)["spec"]["template"]["spec"]
+    assert lost_pod["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert not get(testbed, "pvc", selector=f"{naming.LABEL_PART_OF}={key}")["items"][1:]
+
+    def states() -> dict[str, str]:
+        shown = cli("status", "-k", key, "-o", "json").json()[0]["branches"]
+        return {b["id"]: b["state"] for b in shown}
+
+    assert states() == {"keep": "copied", "gone": "copied"}
+    time.sleep(1.1)  # creation timestamps have a one-second resolution
+    testbed.kubectl("-n", NS, "delete", "pod", "--wait=true", "-l",
+                    f"{naming.LABEL_COMPONENT}=db-branch,{naming.LABEL_PART_OF}={key}")  # fmt: skip
+    assert wait_until(lambda: states() == {"keep": "copied", "gone": "lost"}, timeout=60), states()
+    shown = cli("status", "-k", key)
+    assert "lost" in shown.stdout and "ephemeral" in shown.stdout, shown.stdout
+
+    cleaned = cli("clean", "-k", key)
+    assert cleaned.code == 0, cleaned.stderr
+    assert wait_until(
+        lambda: not get(testbed, "pvc", selector=f"{naming.LABEL_PART_OF}={key}")["items"],
+        timeout=60,
+    )
+
+
+def test_branch_storage_bad_size_is_refused(
+    cli: Cli, testbed: Testbed, shop: str, tmp_path: Path
+) -> None:
+    bad = {**PG, "storage": {"size": "lots"}}
+    failed = cli(
+        "start", "-f", config(tmp_path, "bad-size", "deployment/orders", [bad]),
+        "-k", "db-bad-size",
+        "--routing", "none",
+    )  # fmt: skip
+    assert failed.code == 2, failed.stderr
+    assert "storage size 'lots'" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert not any(s.endswith("db-bad-size") for s in stack_names())

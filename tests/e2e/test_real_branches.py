@@ -138,7 +138,7 @@ def secret_data(testbed: Testbed, namespace: str, name: str) -> dict[str, str]:
 
 
 def left_of(testbed: Testbed, key: str) -> list[str]:
-    kinds = "deployments,services,secrets,jobs,serviceaccounts,roles,rolebindings"
+    kinds = "deployments,services,secrets,jobs,serviceaccounts,roles,rolebindings,pvc"
     found = json.loads(
         testbed.kubectl("get", kinds, "-A", "-l", f"{naming.LABEL_PART_OF}={key}", "-o", "json")
     )["items"]
@@ -260,6 +260,24 @@ def test_postgres_branch_copies_schema_and_filtered_rows(
     assert copied.split("\n")[:4] == ["customers: Zoë,Åsa", "orders: 0", "view: 2", "seq: 3"]
     after = run_sql(testbed, POSTGRES, namespace, pg, source_ip, app, PG_REPORT)
     assert after == before  # the source is untouched
+
+    # The branch server's pod is replaced (an eviction, a node drain, an OOM kill's
+    # rescheduling): the copy lives on the branch's own claim and is still there.
+    claim = json.loads(
+        testbed.kubectl("-n", namespace, "get", "pvc", server, "-o", "json")
+    )  # fmt: skip
+    assert claim["status"]["phase"] == "Bound", claim
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    testbed.kubectl("-n", namespace, "delete", "pod", "-l", f"{naming.LABEL_COMPONENT}=db-branch",
+                    "--wait=true", "--timeout=60s")  # fmt: skip
+    testbed.kubectl("-n", namespace, "rollout", "status", f"deployment/{server}", "--timeout=120s")
+    again = run_sql(
+        testbed, POSTGRES, namespace, pg, branch_ip,
+        pg_creds("preview", secret["password"], "shop"), PG_REPORT,
+    )  # fmt: skip
+    assert again == copied
+    (branch_status,) = cli("status", "-k", key, "-o", "json").json()[0]["branches"]
+    assert branch_status["state"] == "copied", branch_status
 
     cleaned = cli("clean", "-k", key)
     assert cleaned.code == 0, cleaned.stderr

@@ -155,3 +155,77 @@ def test_copy_job_runs_the_laptop_command() -> None:
         "--to-env", "PREVIEW_ENV_BRANCH", "--mode", "schema",
         "--table", "customers:region = 'eu'", "--wait", "60", "--write-url-secret", "db-orders-k",
     ]  # fmt: skip
+
+
+def _server_objects(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    env = apply_change(AddService(service(entry), 3600, "me"), "k", None, NOW)
+    assert env is not None
+    (svc,) = env.services
+    manifests = branches.branch_manifests(
+        env, svc, svc.db_branches[0], {}, {"DATABASE_URL": {"value": "postgres://a@b/c"}}
+    )
+    return {m["kind"]: m for m in manifests}
+
+
+def test_branch_server_keeps_its_data_on_a_claim_sized_from_the_config() -> None:
+    made = _server_objects({**URL_BRANCH, "storage": {"size": "5Gi", "class": "fast"}})
+    claim = made["PersistentVolumeClaim"]
+    server = made["Deployment"]["metadata"]["name"]
+    assert claim["metadata"]["name"] == server
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "5Gi"}},
+        "storageClassName": "fast",
+    }
+    pod = made["Deployment"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": server}}]
+    mount = pod["containers"][0]["volumeMounts"][0]
+    assert mount["subPath"] == "data" and mount["mountPath"] == "/var/lib/postgresql/data"
+    default = _server_objects(URL_BRANCH)["PersistentVolumeClaim"]["spec"]
+    assert default["resources"] == {"requests": {"storage": "1Gi"}}
+    assert "storageClassName" not in default  # the cluster's default class
+
+
+def test_ephemeral_storage_is_an_empty_dir_and_a_replaced_server_reports_lost() -> None:
+    from preview_stack.branch_status import branch_statuses
+
+    made = _server_objects({**URL_BRANCH, "storage": "ephemeral"})
+    assert "PersistentVolumeClaim" not in made
+    assert made["Deployment"]["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "data", "emptyDir": {}}
+    ]
+    env = apply_change(
+        AddService(service({**URL_BRANCH, "storage": "ephemeral"}), 3600, "me"), "k", None, NOW
+    )
+    assert env is not None
+    job = made["Job"]
+    job = {
+        **job,
+        "status": {
+            "completionTime": "2026-11-28T12:01:00Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        },
+    }
+    labels = made["Deployment"]["spec"]["template"]["metadata"]["labels"]
+
+    def server_pod(created: str) -> dict[str, Any]:
+        meta = {"namespace": "shop", "labels": labels, "creationTimestamp": created}
+        return {"metadata": meta, "status": {"phase": "Running"}}
+
+    (before,) = branch_statuses(env, [job], [server_pod("2026-11-28T12:00:30Z")])
+    assert before.state == "copied"
+    (after,) = branch_statuses(env, [job], [server_pod("2026-11-28T12:05:00Z")])
+    assert after.state == "lost" and "ephemeral" in (after.message or "")
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ({"size": "lots"}, "storage size 'lots' is not a quantity"),
+        ({"size": "1Gi", "kind": "ssd"}, "'kind' is not supported in a database branch"),
+        ("forever", "storage"),
+    ],
+)
+def test_bad_storage_is_refused(storage: Any, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        service({**URL_BRANCH, "storage": storage})
