@@ -7,11 +7,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from preview_stack import branches
+from preview_stack import branches, naming
 from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 from preview_stack.status import BranchStatus, pod_reason
 
-CopyState = Literal["copying", "copied", "failed", "missing"]
+CopyState = Literal["copying", "copied", "failed", "missing", "lost"]
+LOST = (
+    "the branch server's pod was replaced after the copy and its storage is ephemeral: "
+    "the copied data is gone; run `preview-env clean` and `start` again, or use a claim "
+    "(drop `storage: ephemeral`)"
+)
 
 
 def source_of(branch: DbBranch, service: ServiceSpec) -> str:
@@ -49,6 +54,16 @@ def copy_state(
     return "copying", next((w for w in waiting if w), None)
 
 
+def _started_after_copy(job: Mapping[str, Any], servers: Sequence[Mapping[str, Any]]) -> bool:
+    """A server pod made after the copy completed: an emptyDir it started with is empty."""
+    done = str(job.get("status", {}).get("completionTime") or "")
+    return bool(done) and any(
+        str(p["metadata"].get("creationTimestamp") or "") > done
+        and not p["metadata"].get("deletionTimestamp")
+        for p in servers
+    )
+
+
 def branch_statuses(
     env: EnvironmentSpec,
     jobs: Sequence[Mapping[str, Any]],
@@ -66,13 +81,24 @@ def branch_statuses(
             ),
             None,
         )
-        own = [
+        here = [p for p in pods if p["metadata"]["namespace"] == service.namespace]
+        own = [p for p in here if (p["metadata"].get("labels") or {}).get("job-name") == name]
+        servers = [
             p
-            for p in pods
-            if p["metadata"]["namespace"] == service.namespace
-            and (p["metadata"].get("labels") or {}).get("job-name") == name
+            for p in here
+            if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT)
+            == branches.COMPONENT_SERVER
+            and (p["metadata"].get("labels") or {}).get(branches.LABEL_BRANCH)
+            == naming.label_value(branch.id)
         ]
         state, message = copy_state(job, own)
+        if (
+            state == "copied"
+            and job is not None
+            and branch.storage_size is None
+            and _started_after_copy(job, servers)
+        ):
+            state, message = "lost", LOST
         found.append(
             BranchStatus(
                 id=branch.id,

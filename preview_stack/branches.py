@@ -4,7 +4,9 @@ in-cluster copy Job, and the preview pods' connection variables pointed at it. P
 What a branch is made of, all in the environment's stack and in the target's namespace:
 - a Secret: the branch server's generated password, its user and, for a URL connection,
   the rewritten URL (`url`, written by the copy Job: only it can read the source's URL);
-- the server: a Deployment (the engine's image) and a ClusterIP Service;
+- the server: a Deployment (the engine's image) keeping its data on a claim of its own
+  (`storage`, default 1Gi of the default class; `ephemeral`: an emptyDir), and a ClusterIP
+  Service;
 - the copy Job: `preview-env db copy` in the preview-env image, the source's connection
   variables copied *by reference* from the target's container (secretKeyRef,
   configMapKeyRef, envFrom keys), never by value through the CLI;
@@ -99,6 +101,33 @@ def _placement(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
     if node_affinity:
         placed["affinity"] = {"nodeAffinity": node_affinity}
     return placed
+
+
+def _data_volume(server: str, branch: DbBranch) -> dict[str, Any]:
+    """The server's data: its claim, or (storage: ephemeral) an emptyDir."""
+    if branch.storage_size is None:
+        return {"name": "data", "emptyDir": {}}
+    return {"name": "data", "persistentVolumeClaim": {"claimName": server}}
+
+
+def _claim(
+    env: EnvironmentSpec, service: ServiceSpec, branch: DbBranch, server: str
+) -> list[Manifest]:
+    """The server's own claim (none with storage: ephemeral): the copied data outlives the
+    server's pod (a restart, an eviction, a rollout) and goes with the environment."""
+    if branch.storage_size is None:
+        return []
+    meta = _meta(env, service, branch, server, COMPONENT_SERVER)
+    # Not awaited: with a WaitForFirstConsumer class it binds only once the server's pod
+    # exists; the server's Deployment waits for it instead (and times out naming it).
+    meta["annotations"]["pulumi.com/skipAwait"] = "true"
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": branch.storage_size}},
+    }
+    if branch.storage_class:
+        spec["storageClassName"] = branch.storage_class
+    return [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}]
 
 
 def _secret_ref(name: str, key: str) -> dict[str, Any]:
@@ -201,6 +230,7 @@ def branch_manifests(
         ]
     server_labels = pod_labels(key, branch, COMPONENT_SERVER)
     manifests: list[Manifest] = [
+        *_claim(env, service, branch, server),
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -235,11 +265,17 @@ def branch_manifests(
                                     "periodSeconds": 1,
                                 },
                                 "volumeMounts": [
-                                    {"name": "data", "mountPath": _DATA_DIRS[branch.engine]}
+                                    # a subdirectory: a fresh filesystem's lost+found
+                                    # makes initdb and mysqld refuse the mount's root
+                                    {
+                                        "name": "data",
+                                        "mountPath": _DATA_DIRS[branch.engine],
+                                        "subPath": "data",
+                                    }
                                 ],
                             }
                         ],
-                        "volumes": [{"name": "data", "emptyDir": {}}],
+                        "volumes": [_data_volume(server, branch)],
                     },
                 },
             },

@@ -276,12 +276,19 @@ class Cluster:
     def copy_jobs(
         self, key: str | None, namespaces: Collection[str] | None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Database branch copy Jobs and their pods (of `key`, else all): two list calls."""
-        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_COMPONENT}="
-        selector += "db-branch-copy" + (f",{naming.LABEL_PART_OF}={key}" if key else "")
+        """Database branch copy Jobs, and the pods of the copies and of the branch servers
+        (of `key`, else all): two list calls."""
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        selector += f",{naming.LABEL_PART_OF}={key}" if key else ""
         with _errors("listing database branch copies"):
-            jobs = self._list("job", selector, namespaces)
-            pods = self._list("pod", selector, namespaces)
+            jobs = self._list(
+                "job", f"{selector},{naming.LABEL_COMPONENT}=db-branch-copy", namespaces
+            )
+            pods = self._list(
+                "pod",
+                f"{selector},{naming.LABEL_COMPONENT} in (db-branch-copy,db-branch)",
+                namespaces,
+            )
         return jobs, pods
 
     def routes(

@@ -208,11 +208,12 @@ class _Strict(BaseModel):
     @classmethod
     def _known_fields(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.model_fields))
+            known = [f.alias or name for name, f in cls.model_fields.items()]
+            unknown = sorted(set(value) - set(known))
             if unknown:
                 raise ValueError(
                     f"{', '.join(map(repr, unknown))} is not supported in a database branch "
-                    f"(use: {', '.join(cls.model_fields)})"
+                    f"(use: {', '.join(known)})"
                 )
         return value
 
@@ -256,6 +257,25 @@ class DbCopy(_Strict):
     tables: dict[str, DbTableCopy] = Field(default_factory=dict)
 
 
+# A Kubernetes quantity for a claim's size: digits with an optional binary or decimal suffix.
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+class DbStorage(_Strict):
+    """Where a branch server keeps its data (ours, not mirrord's): its own claim, so the
+    copied rows survive the server pod's restarts, evictions and rescheduling."""
+
+    size: str = "1Gi"
+    class_: str | None = Field(default=None, alias="class")
+
+    @field_validator("size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(value):
+            raise ValueError(f"storage size {value!r} is not a quantity (for example 1Gi, 500Mi)")
+        return value
+
+
 class DbBranchConfig(_Strict):
     """One entry of mirrord's `feature.db_branches` (the subset previews implement)."""
 
@@ -266,6 +286,9 @@ class DbBranchConfig(_Strict):
     image: str | None = None
     connection: DbConnection
     copy_: DbCopy = Field(default_factory=DbCopy, alias="copy")
+    # A claim (default 1Gi of the cluster's default class), or "ephemeral": an emptyDir that
+    # a restarted server pod loses (status then says so).
+    storage: DbStorage | Literal["ephemeral"] = Field(default_factory=DbStorage)
 
     @model_validator(mode="before")
     @classmethod

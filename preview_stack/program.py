@@ -230,7 +230,16 @@ class PreviewEnvironment(pulumi.ComponentResource):
     ) -> tuple[dict[str, list[pulumi.Resource]], dict[str, pulumi.Output[str]]]:
         """Each branch: Secret, Service, server, RBAC, then the copy Job waiting on the
         server. Returns the copy Jobs each target waits for and the servers' addresses."""
-        order = ["Service", "Secret", "Deployment", "ServiceAccount", "Role", "RoleBinding", "Job"]
+        order = [
+            "Service",
+            "Secret",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Job",
+        ]
         addresses: dict[str, pulumi.Output[str]] = {}
         service_names: dict[str, str] = {}
         by_branch: dict[str, dict[str, pulumi.CustomResource]] = {}
@@ -281,13 +290,21 @@ class PreviewEnvironment(pulumi.ComponentResource):
                 )
                 addresses[meta["name"]] = resource.spec.apply(lambda s: s.cluster_ip or "")
                 service_names[branch_id] = meta["name"]
+            elif kind == "PersistentVolumeClaim":  # the server's data, deleted after it
+                resource = k8s.core.v1.PersistentVolumeClaim(
+                    name, metadata=meta, spec=manifest["spec"], opts=child
+                )
             elif kind == "Deployment":
+                needs = [
+                    made["Secret"],
+                    *[c for k, c in made.items() if k == "PersistentVolumeClaim"],
+                ]
                 resource = k8s.apps.v1.Deployment(
                     name,
                     metadata=meta,
                     spec=manifest["spec"],
                     opts=pulumi.ResourceOptions.merge(
-                        child, pulumi.ResourceOptions(depends_on=[made["Secret"]])
+                        child, pulumi.ResourceOptions(depends_on=needs)
                     ),
                 )
             elif kind == "ServiceAccount":

@@ -161,6 +161,8 @@ def db_branches(
                 params=dict(connection.params or {}),
                 password=secrets.token_hex(16),
                 copy_image=copy_image or DEFAULT_COPY_IMAGE,
+                storage_size=None if branch.storage == "ephemeral" else branch.storage.size,
+                storage_class=None if branch.storage == "ephemeral" else branch.storage.class_,
             )
         )
     ids = [b.id for b in specs]

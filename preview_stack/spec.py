@@ -77,6 +77,10 @@ class DbBranch(_Frozen):
     params: dict[str, str] = Field(default_factory=dict)  # part -> variable (connection.params)
     password: str  # generated for the branch server; a secret, never in the record
     copy_image: str = DEFAULT_COPY_IMAGE  # runs `preview-env db copy` in the cluster
+    # The server's claim: its size (None: an emptyDir, lost with the pod) and class (None:
+    # the cluster's default).
+    storage_size: str | None = "1Gi"
+    storage_class: str | None = None
 
     @property
     def port(self) -> int:
@@ -93,7 +97,7 @@ class DbBranch(_Frozen):
 
     def same_branch(self, other: DbBranch) -> bool:
         """Two declarations of one shared id must agree on what the branch is."""
-        fields = ("engine", "image", "database", "mode", "tables")
+        fields = ("engine", "image", "database", "mode", "tables", "storage_size", "storage_class")
         return all(getattr(self, f) == getattr(other, f) for f in fields)
 
 

@@ -64,7 +64,7 @@ class BranchStatus(BaseModel):
     mode: str
     tables: list[str] = Field(default_factory=list)
     namespace: str
-    state: Literal["copying", "copied", "failed", "missing"]
+    state: Literal["copying", "copied", "failed", "missing", "lost"]
     message: str | None = Field(
         default=None, description="the copy's summary line, or why it failed"
     )

@@ -44,6 +44,23 @@ CONTROLLERS = (
     "persistentvolumeclaim-protection-controller,"
     "clusterrole-aggregation-controller"  # fills the built-in admin/edit/view roles
 )
+# The default StorageClass: Kubernetes' in-tree hostPath provisioner (run by the
+# persistentvolume-binder controller with --enable-hostpath-provisioner) makes a directory
+# under /tmp/hostpath_pv/ per claim, as a cluster's default class would make a disk; the
+# real node mounts it, kwok's pods pretend to.
+STORAGE_CLASS = "standard"
+PROVISIONED_UNDER = "/tmp/hostpath_pv/"
+_STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {
+        "name": STORAGE_CLASS,
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
+    "provisioner": "kubernetes.io/host-path",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -172,6 +189,7 @@ class Testbed:
                 Process(entry["name"], [], Path(entry["log"]), pid=entry["pid"])
                 for entry in json.loads(pid_file.read_text())
             ]
+        provisioned = self._provisioned_paths()
         for proc in reversed(self.processes):
             if proc.name == "containerd" and proc.alive():
                 node.stop_containers(self.state_dir)  # kubelet is stopped by now
@@ -180,10 +198,24 @@ class Testbed:
         self.processes.clear()
         pid_file.unlink(missing_ok=True)
         node.cleanup(self.state_dir)
+        for path in provisioned:  # what the hostPath provisioner made for this bed's claims
+            shutil.rmtree(path, ignore_errors=True)
         if not keep_state and self.state_dir.exists():
             if node.mounts_under(self.state_dir):  # never delete through a live mount
                 raise TestbedError(f"mounts left under {self.state_dir}; not removing it")
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _provisioned_paths(self) -> list[Path]:
+        """The directories of the volumes provisioned for this bed's claims (its API server
+        still up), to remove once nothing mounts them."""
+        if not self.kubeconfig.exists():
+            return []
+        try:
+            volumes = json.loads(self.kubectl("get", "pv", "-o", "json", "--request-timeout=5s"))
+        except (TestbedError, ValueError):
+            return []
+        paths = [str((v["spec"].get("hostPath") or {}).get("path", "")) for v in volumes["items"]]
+        return [Path(p) for p in paths if p.startswith(PROVISIONED_UNDER)]
 
     def user_kubeconfig(self, user: str, *, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for a restricted user (RBAC applies; no rights until bound)."""
@@ -293,6 +325,7 @@ class Testbed:
                 f"--cert-dir={self.state_dir / 'kcm-certs'}",
                 "--leader-elect=false",
                 f"--controllers={CONTROLLERS}",
+                "--enable-hostpath-provisioner",
                 f"--root-ca-file={pki.ca.cert}",
                 f"--service-account-private-key-file={sa.key}",
                 "--concurrent-gc-syncs=5",
@@ -350,6 +383,7 @@ class Testbed:
 
         self.kubectl("apply", "-f", "-", input_text=json.dumps(_fake_nodes()))
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tc.crds))
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(_STORAGE_CLASS))
         remaining = max(5, int(deadline - time.monotonic()))
         self.kubectl(
             "wait", "--for=condition=Ready", "node", *FAKE_NODES, f"--timeout={remaining}s"
