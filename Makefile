@@ -5,18 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: test demo demo-db toolchain testbed-up testbed-down lint venv clean
+# The test bed alone (testbed.toolchain.BED); `make test` builds every component.
+BED_COMPONENTS := kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node
+
+.PHONY: test demo demo-db toolchain toolchain-bed testbed-up testbed-down lint venv clean
 
 ## make test: set up the venv and the toolchain, lint, then run every test on the real test bed.
 test: $(STAMP) toolchain lint
 	$(BIN)/pytest
 
 ## make demo: a preview environment on the local test bed: start, status, clean.
-demo: $(STAMP) toolchain
+## Builds only the bed's components (not the S3 server, linters or language host of the tests).
+demo: $(STAMP) toolchain-bed
 	bash scripts/demo.sh
 
 ## make demo-db: a preview with its own database branch, copied for real on the real node.
-demo-db: $(STAMP) toolchain
+demo-db: $(STAMP) toolchain-bed
+	bash scripts/toolchain/build.sh pulumi-language-python
 	bash scripts/demo-db.sh
 
 venv: $(STAMP)
@@ -30,7 +35,11 @@ toolchain:
 	bash scripts/toolchain/system-packages.sh
 	bash scripts/toolchain/build.sh
 
-testbed-up: $(STAMP) toolchain
+toolchain-bed:
+	bash scripts/toolchain/system-packages.sh
+	bash scripts/toolchain/build.sh $(BED_COMPONENTS)
+
+testbed-up: $(STAMP) toolchain-bed
 	$(BIN)/python -m testbed up --state .testbed
 
 testbed-down:

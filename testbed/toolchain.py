@@ -31,6 +31,12 @@ NODE_SYSTEM_FILES = tuple(
 )
 
 
+# build.sh's components: the bed itself (a demo needs no more), and what only tests use.
+BED = ("kine", "kwok", "crds", "pulumi", "pulumi-kubernetes", "kubernetes", "kubernetes-node")
+TESTS_ONLY = ("pulumi-language-python", "actionlint", "seaweedfs")
+ALL = BED + TESTS_ONLY
+
+
 class ToolchainMissing(RuntimeError):
     """A binary of the test bed is not built and building it was not allowed or failed."""
 
@@ -81,27 +87,31 @@ class Toolchain:
         """Directories to put on PATH: pulumi, the provider, kubectl."""
         return [self.pulumi_bin, self.kubernetes_provider.parent, self.kubectl.parent]
 
-    def missing(self) -> list[Path]:
-        required = [
-            self.pulumi,
-            self.kubernetes_provider,
-            self.kube_apiserver,
-            self.kube_controller_manager,
-            self.kube_scheduler,
-            self.kubectl,
-            self.kine,
-            self.kwok,
-            self.kwok_stages,
-            self.crds,
-            self.actionlint,
-            self.weed,
-            self.pulumi_bin / "pulumi-language-python",
-            self.pulumi_bin / "pulumi-language-python-exec",
-            self.kubelet,
-            self.kube_proxy,
-            *NODE_SYSTEM_FILES,
-        ]
-        return [p for p in required if not p.exists()]
+    def files(self, component: str) -> list[Path]:
+        """What `scripts/toolchain/build.sh <component>` makes (or the Debian packages)."""
+        return {
+            "pulumi": [self.pulumi],
+            "pulumi-kubernetes": [self.kubernetes_provider],
+            "kubernetes": [
+                self.kube_apiserver,
+                self.kube_controller_manager,
+                self.kube_scheduler,
+                self.kubectl,
+            ],
+            "kine": [self.kine],
+            "kwok": [self.kwok, self.kwok_stages],
+            "crds": [self.crds],
+            "actionlint": [self.actionlint],
+            "seaweedfs": [self.weed],
+            "pulumi-language-python": [
+                self.pulumi_bin / "pulumi-language-python",
+                self.pulumi_bin / "pulumi-language-python-exec",
+            ],
+            "kubernetes-node": [self.kubelet, self.kube_proxy, *NODE_SYSTEM_FILES],
+        }[component]
+
+    def missing(self, components: tuple[str, ...] = ALL) -> list[Path]:
+        return [p for c in components for p in self.files(c) if not p.exists()]
 
 
 def locate() -> Toolchain:
@@ -134,12 +144,14 @@ def locate() -> Toolchain:
     )
 
 
-def ensure(*, build: bool = True) -> Toolchain:
-    """Return the toolchain, building what is missing when `build` is true."""
+def ensure(*, build: bool = True, components: tuple[str, ...] = ALL) -> Toolchain:
+    """Return the toolchain, building the missing ones of `components` when `build` is
+    true (a demo builds the bed alone; the tests build everything)."""
     toolchain = locate()
-    if toolchain.missing() and build:
-        subprocess.run(["bash", str(BUILD_SCRIPT)], check=False)
-    missing = toolchain.missing()
+    wanted = [c for c in components if toolchain.missing((c,))]
+    if wanted and build:
+        subprocess.run(["bash", str(BUILD_SCRIPT), *wanted], check=False)
+    missing = toolchain.missing(components)
     if missing:
         listing = ", ".join(str(p) for p in missing)
         raise ToolchainMissing(
