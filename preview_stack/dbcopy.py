@@ -344,7 +344,7 @@ def _pg_filter(table: str, where: str) -> str:
         tokens = parser.scan(text)
         statements = parser.parse_sql(text)
     except parser.ParseError as exc:
-        reason = re.sub(r", at (index|location) \d+$", "", str(exc))
+        reason = re.sub(r", at (index|location) \d+$", "", " ".join(str(exc).split()))
         raise _filter_error(table, f"not one SQL expression ({reason})") from None
     if any(t.name in ("SQL_COMMENT", "C_COMMENT") for t in tokens):
         raise _filter_error(table, "comments are not allowed")

@@ -574,9 +574,8 @@ def test_source_reads_are_one_read_only_statement_by_construction(engine: Engine
         ),
     ]:
         sink = io.BytesIO()
-        with pytest.raises(dbcopy.CopyFailed, match=error):
-            with dbcopy.PgReader(source) as reader:
-                reader.copy_out(sql, sink, "read")
+        with pytest.raises(dbcopy.CopyFailed, match=error), dbcopy.PgReader(source) as reader:
+            reader.copy_out(sql, sink, "read")
     assert _counts(engine) == before
     with dbcopy.PgReader(source) as reader:
         sink = io.BytesIO()
