@@ -631,3 +631,51 @@ def test_a_password_is_never_in_a_url_error(engine: Engine) -> None:
     c = copy(engine, "--from", f"{scheme}://app:Pa55w0rd@x@127.0.0.1:{port}/shop")
     assert c.code == 1, c.stderr
     assert "Pa55" not in c.stderr + c.stdout and "w0rd" not in c.stderr + c.stdout
+
+
+def test_a_mysql_filter_may_not_call_a_stored_function(engine: Engine) -> None:
+    if engine.name != "mysql":
+        return
+    engine.sql(
+        engine.source,
+        "shop",
+        # (one statement for the client; a real one would DELETE: it is refused by name)
+        "CREATE FUNCTION purge_orders() RETURNS INT READS SQL DATA "
+        "RETURN (SELECT count(*) FROM orders)",
+    )
+    try:
+        before = _counts(engine)
+        c = copy(engine, "--mode", "schema", "--table", "customers:purge_orders() = 1")
+        assert c.code == 2, c.stderr  # found on the source, before anything is created
+        assert c.stderr.strip().splitlines()[-1].startswith(
+            "error: copy.tables filter of customers: purge_orders is a stored function of the "
+            "source (not allowed)"
+        )
+        assert c.database not in engine.branch_databases()
+        assert _counts(engine) == before
+    finally:
+        engine.sql(engine.source, "shop", "DROP FUNCTION purge_orders")
+
+
+def test_a_read_only_role_is_enough(engine: Engine) -> None:
+    """What the README's security model names: the copy needs no right to write."""
+    if engine.name == "pg":
+        grants = [
+            "CREATE ROLE copier LOGIN PASSWORD 'copier-pw'",
+            "GRANT CONNECT ON DATABASE shop TO copier",
+            "GRANT pg_read_all_data TO copier",
+        ]
+        engine.sql(engine.source, "shop", "; ".join(grants))
+    else:
+        for statement in [
+            "CREATE USER 'copier'@'%' IDENTIFIED BY 'copier-pw'",
+            "GRANT SELECT, SHOW VIEW, TRIGGER ON shop.* TO 'copier'@'%'",
+        ]:
+            engine.sql(engine.source, "", statement)
+    scheme = "postgresql" if engine.name == "pg" else "mysql"
+    url = f"{scheme}://copier:copier-pw@127.0.0.1:{engine.source.port}/shop"
+    c = copy(engine, "--from", url, "--mode", "all")
+    assert _ok(c).startswith("copied 3 tables (10 rows) from ")
+    c = copy(engine, "--from", url, "--mode", "schema", "--table", "customers:region = 'eu'")
+    assert _ok(c).startswith("copied 3 tables (2 rows) from ")
+    assert engine.next_ids(c.database)["customers"] == 6
