@@ -647,9 +647,13 @@ def test_a_mysql_filter_may_not_call_a_stored_function(engine: Engine) -> None:
         before = _counts(engine)
         c = copy(engine, "--mode", "schema", "--table", "customers:purge_orders() = 1")
         assert c.code == 2, c.stderr  # found on the source, before anything is created
-        assert c.stderr.strip().splitlines()[-1].startswith(
-            "error: copy.tables filter of customers: purge_orders is a stored function of the "
-            "source (not allowed)"
+        assert (
+            c.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                "error: copy.tables filter of customers: purge_orders is a stored function of the "
+                "source (not allowed)"
+            )
         )
         assert c.database not in engine.branch_databases()
         assert _counts(engine) == before
