@@ -17,8 +17,11 @@ Modes:
   (all, or those matching their filter).
 - `all`: schema and every row; `tables` are refused (bad input).
 
-A table filter is checked to be one WHERE expression (`check_filter`), and PostgreSQL
-source sessions are read-only, so a filter cannot write to the source.
+A table filter is parsed by the engine's own grammar as exactly one expression
+(`check_filter`: pglast for PostgreSQL, sqlglot for MySQL) and the parsed expression,
+printed back, is what runs. PostgreSQL rows are read in process (`PgReader`): one
+read-only transaction, one statement per protocol message, session settings that a URL
+cannot override. Names never reach an argv where they could be read as options.
 
 Sequence and AUTO_INCREMENT positions are the source's whenever a schema is copied, so new
 rows in the branch never collide with ids the source already handed out. Rows are loaded
