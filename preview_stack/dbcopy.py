@@ -17,8 +17,11 @@ Modes:
   (all, or those matching their filter).
 - `all`: schema and every row; `tables` are refused (bad input).
 
-A table filter is checked to be one WHERE expression (`check_filter`), and PostgreSQL
-source sessions are read-only, so a filter cannot write to the source.
+A table filter is parsed by the engine's own grammar as exactly one expression
+(`check_filter`: pglast for PostgreSQL, sqlglot for MySQL) and the parsed expression,
+printed back, is what runs. PostgreSQL rows are read in process (`PgReader`): one
+read-only transaction, one statement per protocol message, session settings that a URL
+cannot override. Names never reach an argv where they could be read as options.
 
 Sequence and AUTO_INCREMENT positions are the source's whenever a schema is copied, so new
 rows in the branch never collide with ids the source already handed out. Rows are loaded
@@ -136,12 +139,16 @@ class Conn:
 
 
 def parse_url(url: str, engine: Engine | None = None) -> Conn:
-    """A postgres://, postgresql://, mysql:// or mariadb:// URL; BadInput otherwise."""
+    """A postgres://, postgresql://, mysql:// or mariadb:// URL; BadInput otherwise. No
+    message ever shows the URL's user or password."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError as exc:
-        raise BadInput(f"not a database URL ({exc}): {_redact(url)}") from None
+    except ValueError:
+        raise BadInput(
+            "not a database URL (bad host or port; percent-encode '/', '@' and ':' in the user "
+            f"and password): {_redact(url)}"
+        ) from None
     scheme_engine = SCHEMES.get(parts.scheme.lower())
     if scheme_engine is None:
         raise BadInput(
@@ -150,6 +157,11 @@ def parse_url(url: str, engine: Engine | None = None) -> Conn:
         )
     if engine is not None and scheme_engine != engine:
         raise BadInput(f"--engine {engine} does not match the URL's scheme {parts.scheme}://")
+    if "@" in parts.path:
+        raise BadInput(
+            "not a database URL ('@' after the host: percent-encode '/' and '@' in the user "
+            f"and password): {_redact(url)}"
+        )
     if not parts.hostname:
         raise BadInput(f"database URL without a host: {_redact(url)}")
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -209,8 +221,17 @@ def conn_from_env(engine: Engine, prefix: str, env: Mapping[str, str]) -> tuple[
 
 
 def _redact(url: str) -> str:
-    """`url` without its password (for error messages)."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """`url` without its user and password (for error messages): everything between the
+    scheme and the last '@' (a password may hold unencoded '/' or '@'), and the values of
+    password-like query parameters."""
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    rest = re.sub(r"(?i)([?&](?:password|pass|pwd|sslpassword)=)[^&#]*", r"\1***", rest)
+    return scheme + sep + rest
 
 
 def branch_url(
@@ -268,56 +289,162 @@ def parse_table(arg: str) -> tuple[str, str | None]:
     return name, (where or None)
 
 
-def check_filter(engine: str, table: str, where: str) -> None:
-    """A filter is one WHERE expression and nothing else: outside string literals and
-    quoted names it may not end the statement (`;`), hide text (`--`, `/*`, `#`, `$$`),
-    close the surrounding query (unbalanced parentheses) or write (`INTO`). Source
-    sessions are read-only as well (PostgreSQL); this refuses the rest early, as bad input."""
-    depth, i, n = 0, 0, len(where)
-    quotes = "'\"`" if engine == "mysql" else "'\""
+# MySQL built-ins that do more than compute a value: locks, waits, files, sequences.
+_MYSQL_SIDE_EFFECTS = frozenset(
+    {
+        "benchmark",
+        "get_lock",
+        "is_free_lock",
+        "is_used_lock",
+        "last_insert_id",
+        "lastval",
+        "load_file",
+        "master_gtid_wait",
+        "master_pos_wait",
+        "nextval",
+        "release_all_locks",
+        "release_lock",
+        "setval",
+        "sleep",
+        "source_pos_wait",
+        "wait_for_executed_gtid_set",
+    }
+)
 
-    def bad(why: str) -> BadInput:
-        return BadInput(f"copy.tables filter of {table}: {why} (a filter is one WHERE clause)")
 
-    while i < n:
-        ch = where[i]
-        if ch in quotes:
-            j = i + 1
-            while j < n:
-                if where[j] == "\\" and engine == "mysql" and ch != "`":
-                    j += 2
-                    continue
-                if where[j] == ch:
-                    if j + 1 < n and where[j + 1] == ch:  # doubled quote: escaped
-                        j += 2
-                        continue
-                    break
-                j += 1
-            if j >= n:
-                raise bad(f"unterminated {ch}quote{ch}")
-            i = j + 1
-            continue
-        if ch == ";":
-            raise bad("';' is not allowed")
-        if where.startswith(("--", "/*"), i) or (ch == "#" and engine == "mysql"):
-            raise bad("comments are not allowed")
-        if ch == "$" and engine == "pg":
-            raise bad("dollar quoting is not allowed")
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise bad("unbalanced parentheses")
-        elif (
-            where[i : i + 4].lower() == "into"
-            and (i == 0 or not (where[i - 1].isalnum() or where[i - 1] == "_"))
-            and (i + 4 >= n or not (where[i + 4].isalnum() or where[i + 4] == "_"))
-        ):
-            raise bad("INTO is not allowed")
-        i += 1
-    if depth != 0:
-        raise bad("unbalanced parentheses")
+def _filter_error(table: str, why: str) -> BadInput:
+    return BadInput(
+        f"copy.tables filter of {table}: {why} (a filter is one WHERE clause, e.g. region = 'eu')"
+    )
+
+
+def check_filter(engine: str, table: str, where: str) -> str:
+    """A filter is exactly one SQL expression, as the engine's own parser reads it
+    (PostgreSQL's, through pglast; MySQL's dialect of sqlglot): no second statement, no
+    comment, no clause after it, nothing that writes (INSERT/UPDATE/DELETE/MERGE, INTO,
+    FOR UPDATE/SHARE) and, for MySQL, no built-in with side effects. Returns the parsed
+    expression printed back (deparsed): that text, never the one given, is what runs."""
+    if engine == "pg":
+        return _pg_filter(table, where)
+    if engine == "mysql":
+        return _mysql_filter(table, where)[0]
+    raise BadInput(f"unsupported engine {engine!r} (supported: {', '.join(ENGINES)})")
+
+
+def filter_functions(engine: str, table: str, where: str) -> set[str]:
+    """Names (lower case) of the functions a MySQL filter calls that the parser does not
+    know as built-ins: each may be a stored function of the source, refused then."""
+    return _mysql_filter(table, where)[1] if engine == "mysql" else set()
+
+
+def _pg_filter(table: str, where: str) -> str:
+    from pglast import ast, parser
+    from pglast.enums.parsenodes import SetOperation
+    from pglast.stream import RawStream
+
+    text = f"SELECT 1 WHERE (\n{where}\n)"
+    try:
+        tokens = parser.scan(text)
+        statements = parser.parse_sql(text)
+    except parser.ParseError as exc:
+        reason = re.sub(r", at (index|location) \d+$", "", " ".join(str(exc).split()))
+        raise _filter_error(table, f"not one SQL expression ({reason})") from None
+    if any(t.name in ("SQL_COMMENT", "C_COMMENT") for t in tokens):
+        raise _filter_error(table, "comments are not allowed")
+    if len(statements) != 1 or not isinstance(statements[0].stmt, ast.SelectStmt):
+        raise _filter_error(table, "not one SQL expression")
+    select = statements[0].stmt
+    if select.whereClause is None or select.op != SetOperation.SETOP_NONE:
+        raise _filter_error(table, "not one SQL expression")
+    expression = RawStream()(select.whereClause)
+    if RawStream()(select) != f"SELECT 1 WHERE {expression}":
+        raise _filter_error(table, "not one SQL expression (a clause follows it)")
+    for node in _pg_nodes(select.whereClause):
+        if isinstance(node, ast.SelectStmt) and (node.intoClause or node.lockingClause):
+            raise _filter_error(table, "INTO and FOR UPDATE/SHARE are not allowed")
+        if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+            raise _filter_error(table, "INSERT, UPDATE, DELETE and MERGE are not allowed")
+        if type(node).__name__.endswith("Stmt") and not isinstance(node, ast.SelectStmt):
+            raise _filter_error(table, f"{type(node).__name__} is not allowed")
+    return expression
+
+
+def _pg_nodes(node: object) -> Iterator[object]:
+    """Every node of a pglast tree."""
+    from pglast import ast
+
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _pg_nodes(item)
+    elif isinstance(node, ast.Node):
+        yield node
+        for attribute in node:
+            yield from _pg_nodes(getattr(node, attribute, None))
+
+
+def _mysql_filter(table: str, where: str) -> tuple[str, set[str]]:
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.dialects.mysql import MySQL
+    from sqlglot.errors import SqlglotError
+
+    text = f"SELECT 1 FROM t WHERE (\n{where}\n)"
+    try:
+        tokens = MySQL().tokenize(text)
+        statements = sqlglot.parse(text, read="mysql")
+    except SqlglotError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _filter_error(table, f"not one SQL expression ({reason})") from None
+    if any(t.comments for t in tokens):
+        raise _filter_error(table, "comments are not allowed")
+    if len(statements) != 1 or not isinstance(statements[0], exp.Select):
+        raise _filter_error(table, "not one SQL expression")
+    select = statements[0]
+    clause = select.args.get("where")
+    if not isinstance(clause, exp.Where):
+        raise _filter_error(table, "not one SQL expression")
+    node = clause.this.this if isinstance(clause.this, exp.Paren) else clause.this
+    expression = node.sql(dialect="mysql", comments=False)
+    if select.sql(dialect="mysql", comments=False) != f"SELECT 1 FROM t WHERE ({expression})":
+        raise _filter_error(table, "not one SQL expression (a clause follows it)")
+    functions: set[str] = set()
+    for item in node.walk():
+        if isinstance(item, (exp.DML, exp.DDL, exp.Command, exp.Into, exp.Lock, exp.Set)):
+            raise _filter_error(table, f"{type(item).__name__.upper()} is not allowed")
+        if isinstance(item, exp.Select) and (item.args.get("into") or item.args.get("locks")):
+            raise _filter_error(table, "INTO and FOR UPDATE/SHARE are not allowed")
+        if isinstance(item, exp.Dot) and isinstance(item.expression, exp.Func):
+            raise _filter_error(table, "calls to stored functions are not allowed")
+        if isinstance(item, exp.Func):
+            name = (item.name if isinstance(item, exp.Anonymous) else item.sql_name()).lower()
+            if name in _MYSQL_SIDE_EFFECTS:
+                raise _filter_error(table, f"{name.upper()}() is not allowed")
+            if isinstance(item, exp.Anonymous):
+                functions.add(name)
+    return expression, functions
+
+
+# What a name may not be: it reaches client tools' argv and SQL text.
+_NAME_LIMITS = {"pg": 63, "mysql": 64}
+
+
+def check_name(what: str, name: str, engine: str) -> None:
+    """A database, table or user name: not empty, no control characters, not starting
+    with '-' (never read as an option), within the engine's length (per part of a
+    PostgreSQL schema.table). BadInput naming it otherwise."""
+    limit = _NAME_LIMITS.get(engine, 64)
+    parts = name.split(".", 1) if what == "table" and engine == "pg" else [name]
+    why = ""
+    if not name or not all(parts):
+        why = "is empty"
+    elif name.startswith("-"):
+        why = "starts with '-'"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        why = "has a control character"
+    elif any(len(part.encode()) > limit for part in parts):
+        why = f"is longer than {limit} bytes"
+    if why:
+        raise BadInput(f"{what} name {name!r} {why}: use the name of an existing {what}")
 
 
 def table_arg(name: str, where: str | None) -> str:
@@ -350,10 +477,12 @@ def plan(
         raise BadInput(f"unsupported engine {engine!r} (supported: {', '.join(ENGINES)})")
     if mode not in MODES:
         raise BadInput(f"unsupported copy mode {mode!r} (supported: {', '.join(MODES)})")
-    tables = dict(tables or {})
-    for name, where in tables.items():
-        if where:
-            check_filter(engine, name, where)
+    tables = {
+        name: (check_filter(engine, name, where) if where else None)
+        for name, where in (tables or {}).items()
+    }
+    for name in tables:
+        check_name("table", name, engine)
     if mode == "all" and tables:
         raise BadInput(
             "copy.tables is ignored with copy.mode all: every row of every table is copied "
@@ -366,6 +495,10 @@ def plan(
         raise BadInput("the source connection names no database")
     if not branch.database:
         branch = replace(branch, database=source.database)
+    for end in (source, branch):
+        check_name("database", end.database, engine)
+        if end.user:
+            check_name("user", end.user, engine)
     if (source.host, source.port, source.database) == (branch.host, branch.port, branch.database):
         raise BadInput(f"source and branch are the same database ({source.where()})")
     if wait < 0:
@@ -469,20 +602,20 @@ class _Client:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        for var in ("PGPASSWORD", "MYSQL_PWD", "PGSERVICE", "PGPASSFILE"):
+        for var in ("PGPASSWORD", "MYSQL_PWD", "PGSERVICE", "PGPASSFILE", "PGOPTIONS"):
             env.pop(var, None)
         if self.conn.engine == "pg":
             env["PGPASSWORD"] = self.conn.password
             env.setdefault("PGCONNECT_TIMEOUT", "10")
-            env.pop("PGOPTIONS", None)
-            if self.read_only:  # the source: every session read-only
-                env["PGOPTIONS"] = "-c default_transaction_read_only=on"
         else:
             env["MYSQL_PWD"] = self.conn.password
         return env
 
-    # PostgreSQL: a libpq keyword/value string (never with the password).
-    def conninfo(self) -> str:
+    # PostgreSQL: a libpq keyword/value string (the password only when asked: for the
+    # in-process reader, never for a command line). The source's sessions are read-only
+    # and parse strings as the filter parser does: its `options` are preview-env's own,
+    # the URL's are dropped (see `ignored_source_options`).
+    def conninfo(self, with_password: bool = False) -> str:
         def q(value: str) -> str:
             return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -490,10 +623,16 @@ class _Client:
         words = [f"host={q(c.host)}", f"port={c.port}", f"dbname={q(self.database)}"]
         if c.user:
             words.append(f"user={q(c.user)}")
-        words += [f"{k}={q(v)}" for k, v in c.query if k in LIBPQ_OPTIONS]
+        if with_password:
+            words.append(f"password={q(c.password)}")
+        if self.read_only:
+            words += [f"{k}={q(v)}" for k, v in c.query if k in LIBPQ_OPTIONS - {"options"}]
+            words.append(f"options={q(SOURCE_PG_OPTIONS)}")
+        else:
+            words += [f"{k}={q(v)}" for k, v in c.query if k in LIBPQ_OPTIONS]
         return " ".join(words)
 
-    # MySQL: options (never the password).
+    # MySQL: options (never the password); names only in --opt=VALUE form.
     def my_options(self) -> list[str]:
         c = self.conn
         opts = ["--no-defaults", f"--host={c.host}", f"--port={c.port}", "--protocol=TCP"]
@@ -509,11 +648,83 @@ class _Client:
         else:
             argv = [find_tool("mariadb", "mysql"), *self.my_options(), "-N", "-B", "-e", sql]
             if self.database:
-                argv.append(self.database)
+                argv.append(f"--database={self.database}")
         done = subprocess.run(argv, capture_output=True, text=True, env=self.env(), check=False)
         if done.returncode != 0:
             raise CopyFailed(f"{step}: {_engine_error(done.stderr)}")
         return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+# Every PostgreSQL session on the source: read-only transactions, and strings parsed the
+# way pglast (libpg_query) parses filters.
+SOURCE_PG_OPTIONS = "-c default_transaction_read_only=on -c standard_conforming_strings=on"
+
+
+def ignored_source_options(conn: Conn) -> list[str]:
+    """The source URL's parameters that preview-env does not apply to its sessions."""
+    return [k for k, _ in conn.query if k == "options"] if conn.engine == "pg" else []
+
+
+class PgReader:
+    """Reads rows from a PostgreSQL source in process (libpq through psycopg's `pq`): one
+    connection, one REPEATABLE READ, READ ONLY transaction, and every statement sent alone
+    with the extended query protocol, which refuses a second statement in one message. So
+    whatever text reaches it, nothing can end the transaction or write."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> PgReader:
+        try:
+            from psycopg import pq
+        except ImportError as exc:
+            raise CopyFailed(f"read the source: libpq is not usable ({exc})") from None
+        self._pq = pq
+        info = _Client(self.conn, read_only=True).conninfo(with_password=True)
+        if "connect_timeout=" not in info:
+            info += " connect_timeout=10"
+        self.pg = pq.PGconn.connect(info.encode())
+        if self.pg.status != pq.ConnStatus.OK:
+            message = _engine_error(self.pg.get_error_message())
+            self.pg.finish()
+            raise CopyFailed(f"connect to the source: {message}")
+        self._command("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", "begin reading")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pg.finish()
+
+    def _error(self, result: object) -> str:
+        message = getattr(result, "error_message", b"") or self.pg.error_message
+        return _engine_error(bytes(message).decode(errors="replace"))
+
+    def _command(self, sql: str, step: str) -> None:
+        result = self.pg.exec_params(sql.encode(), None)
+        if result.status != self._pq.ExecStatus.COMMAND_OK:
+            raise CopyFailed(f"{step}: {self._error(result)}")
+
+    def copy_out(self, sql: str, sink: IO[bytes], step: str) -> None:
+        """Run one `COPY (...) TO STDOUT` and write its data into `sink`."""
+        pq = self._pq
+        result = self.pg.exec_params(sql.encode(), None)
+        if result.status != pq.ExecStatus.COPY_OUT:
+            raise CopyFailed(f"{step}: {self._error(result)}")
+        from psycopg import OperationalError
+
+        while True:
+            try:
+                size, data = self.pg.get_copy_data(0)
+            except OperationalError as exc:
+                raise CopyFailed(f"{step}: {_engine_error(str(exc))}") from None
+            if size < 0:
+                break
+            sink.write(bytes(data))
+        failed = ""
+        while (final := self.pg.get_result()) is not None:
+            if final.status != pq.ExecStatus.COMMAND_OK:
+                failed = failed or self._error(final)
+        if failed:
+            raise CopyFailed(f"{step}: {failed}")
 
 
 def wait_for(client: _Client, seconds: float, what: str, progress: Progress) -> None:
@@ -544,8 +755,12 @@ def _quote_ident(engine: Engine, name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+def _literal(value: str, engine: Engine = "pg") -> str:
+    """A string literal: PostgreSQL (standard_conforming_strings) takes backslashes as
+    they are; MySQL's default mode escapes them."""
+    if engine == "mysql":
+        value = value.replace("\\", "\\\\")
+    return "'" + value.replace("'", "''") + "'"
 
 
 def source_tables(client: _Client) -> list[str]:
@@ -689,10 +904,17 @@ def run_copy(p: Plan, progress: Progress = _stderr) -> Result:
     maintenance = _Client(p.branch, "postgres" if p.engine == "pg" else "")
     branch = _Client(p.branch)
     progress(f"source: {p.engine} {p.source.where()}; branch: {p.branch.where()}; mode {p.mode}")
+    for option in ignored_source_options(p.source):
+        progress(
+            f"warning: ignoring the source URL's {option} parameter: source sessions are "
+            f"read-only with preview-env's own settings"
+        )
     known = source_tables(source)
     resolved = resolve_tables(p.tables, known)
     listed = {resolved[name]: where for name, where in p.tables.items()}
     progress(f"source has {len(known)} tables")
+    if p.engine == "mysql":
+        _refuse_stored_functions(source, p.tables)
     wait_for(maintenance, p.wait, "the branch server", progress)
     created = _ensure_database(maintenance, branch, progress)
     try:
@@ -713,6 +935,30 @@ def run_copy(p: Plan, progress: Progress = _stderr) -> Result:
     return Result(tables, rows, line)
 
 
+def _refuse_stored_functions(source: _Client, tables: Mapping[str, str | None]) -> None:
+    """A MySQL filter may not call the source's stored functions: they can write, and
+    mariadb-dump's transaction is not read-only. BadInput before anything is created."""
+    called = {
+        name: filter_functions("mysql", name, where) for name, where in tables.items() if where
+    }
+    if not any(called.values()):
+        return
+    stored = {
+        row[0].lower()
+        for row in source.query(
+            "SELECT routine_name FROM information_schema.routines "
+            "WHERE routine_schema = DATABASE() AND routine_type = 'FUNCTION'",
+            "list the source's stored functions",
+        )
+    }
+    for table, names in called.items():
+        found = sorted(names & stored)
+        if found:
+            raise _filter_error(
+                table, f"{', '.join(found)} is a stored function of the source (not allowed)"
+            )
+
+
 def _ensure_database(maintenance: _Client, branch: _Client, progress: Progress) -> bool:
     """Create the branch database when missing (True); refuse one that has tables."""
     name = branch.database
@@ -724,7 +970,8 @@ def _ensure_database(maintenance: _Client, branch: _Client, progress: Progress) 
         )
     else:
         exists = maintenance.query(
-            f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {_literal(name)}",
+            "SELECT 1 FROM information_schema.schemata "
+            f"WHERE schema_name = {_literal(name, 'mysql')}",
             "look for the branch database",
         )
     if not exists:
@@ -825,7 +1072,18 @@ def _pg_rows(
     if not listed:
         return
     sink.write(b"\nSET session_replication_role = replica;\n")
-    psql = [find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", source.conninfo()]
+    with PgReader(source.conn) as reader:
+        _pg_read_rows(source, reader, listed, sink, progress)
+    sink.write(b"SET session_replication_role = DEFAULT;\n")
+
+
+def _pg_read_rows(
+    source: _Client,
+    reader: PgReader,
+    listed: dict[str, str | None],
+    sink: IO[bytes],
+    progress: Progress,
+) -> None:
     for table, where in listed.items():
         columns = source.query(
             "SELECT attname FROM pg_attribute WHERE attrelid = "
@@ -839,15 +1097,8 @@ def _pg_rows(
             select += f" WHERE {where}"
         progress(f"copying rows of {_short(table)}" + (f" where {where}" if where else ""))
         sink.write(f"COPY {_quote_ident('pg', table)} ({cols}) FROM stdin;\n".encode())
-        _stream(
-            source,
-            [*psql, "-c", f"COPY ({select}) TO STDOUT"],
-            sink,
-            f"read the rows of {_short(table)}",
-            _same,
-        )
+        reader.copy_out(f"COPY ({select}) TO STDOUT", sink, f"read the rows of {_short(table)}")
         sink.write(b"\\.\n")
-    sink.write(b"SET session_replication_role = DEFAULT;\n")
 
 
 def _pg_sequences(p: Plan, source: _Client, listed: dict[str, str | None], sink: IO[bytes]) -> None:
@@ -886,26 +1137,26 @@ def _copy_mysql(
         "--no-tablespaces",
         "--skip-comments",
     ]
-    loader = [find_tool("mariadb", "mysql"), *branch.my_options(), branch.database]
+    loader = [find_tool("mariadb", "mysql"), *branch.my_options(), f"--database={branch.database}"]
     with _loading(loader, branch.env(), "load into the branch (mariadb)") as sink:
         sink.write(b"SET FOREIGN_KEY_CHECKS = 0;\n")
         if p.mode == "all":
             progress("copying schema and rows (mariadb-dump)")
-            argv = [*dump, "--routines", "--triggers", source.database]
+            argv = [*dump, "--routines", "--triggers", "--", source.database]
             _stream(source, argv, sink, "dump the source", _strip_definer)
         elif p.mode == "schema" or listed:
             progress("copying the schema (mariadb-dump --no-data)")
             if p.mode == "schema":
-                argv = [*dump, "--no-data", "--routines", "--triggers", source.database]
+                argv = [*dump, "--no-data", "--routines", "--triggers", "--", source.database]
             else:
-                argv = [*dump, "--no-data", "--triggers", source.database, *listed]
+                argv = [*dump, "--no-data", "--triggers", "--", source.database, *listed]
             _stream(source, argv, sink, "dump the source's schema", _strip_definer)
             for table, where in listed.items():
                 progress(f"copying rows of {table}" + (f" where {where}" if where else ""))
                 argv = [*dump, "--no-create-info", "--skip-triggers"]
                 if where:
                     argv.append(f"--where={where}")
-                argv += [source.database, table]
+                argv += ["--", source.database, table]
                 _stream(source, argv, sink, f"read the rows of {table}", _same)
             if p.mode == "empty":
                 for table, constraint, referenced in _dangling_foreign_keys(source, list(listed)):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from preview_stack import naming
+from preview_stack import dbcopy, naming
 from preview_stack.config import (
     DbBranchConfig,
     FileMountConfig,
@@ -141,6 +141,7 @@ def db_branches(
                     f"feature.db_branches[{index}]: a filter on {', '.join(filtered)} has no "
                     'effect with copy.mode "all"; use mode "schema" or "empty", or drop it'
                 )
+        _check_copy(index, branch)
         image = branch.image or (
             f"{DB_IMAGES[branch.type]}:{branch.version or DEFAULT_DB_VERSIONS[branch.type]}"
         )
@@ -173,6 +174,22 @@ def db_branches(
             "give each entry its own id"
         )
     return specs
+
+
+def _check_copy(index: int, branch: DbBranchConfig) -> None:
+    """What the copy Job would refuse, refused at start, before anything is created: the
+    database name, table names, and each filter parsed as one SQL expression."""
+    try:
+        if branch.name is not None:
+            dbcopy.check_name("database", branch.name, branch.type)
+        for name, table in branch.copy_.tables.items():
+            dbcopy.check_name("table", name, branch.type)
+            if table.filter is not None:
+                if not table.filter.strip():
+                    raise BadInput(f"copy.tables filter of {name} is empty (remove it)")
+                dbcopy.check_filter(branch.type, name, table.filter)
+    except BadInput as exc:
+        raise BadInput(f"feature.db_branches[{index}]: {exc}") from None
 
 
 def build_request(

@@ -8,6 +8,7 @@ byte-for-byte the same afterwards. In CI a missing server binary fails, never sk
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -444,7 +446,7 @@ def test_unknown_table_is_bad_input_and_writes_nothing(engine: Engine, tmp_path:
         (["--from", "http://example.com/shop"], "not a database URL (scheme 'http'"),
         (["--from", "postgres://h:notaport/shop"], "not a database URL ("),
         (["--table", "customers:"], "empty filter after the colon"),
-        (["--table", "customers:1 = 1; DELETE FROM orders"], "';' is not allowed"),
+        (["--table", "customers:1 = 1; DELETE FROM orders"], "not one SQL expression"),
         (["--write-url-secret", "s", "--from-env", "SRC"], "neither SRC_URL nor SRC_HOST"),
     ],
 )
@@ -475,3 +477,209 @@ def test_a_failing_filter_names_the_step_and_leaves_no_tables(engine: Engine) ->
     assert "no_such_column" in last
     if c.database in engine.branch_databases():  # pg: rolled back; mysql: dropped
         assert engine.tables(c.database) == []
+
+
+# ------------------------------------------------------------- the source is only read
+# Filters and names come from a PR's mirrord config (db_branches) or a command line: none of
+# them may write to the source, whatever a checker would miss.
+PG_FILTER_ATTACKS = [
+    # An E'...' string: \' does not end it for PostgreSQL (it did for the old checker).
+    "'a' = E'\\'') TO STDOUT; SET default_transaction_read_only = off; COMMIT; "
+    "DELETE FROM orders; COMMIT; COPY (SELECT E'\\''",
+    # Dollar quoting around the quote characters.
+    "$q$a$q$ = $q$a$q$) TO STDOUT; SET default_transaction_read_only = off; COMMIT; "
+    "DELETE FROM orders; COMMIT; COPY (SELECT $$x$$",
+    # Comments hiding the rest of the statement.
+    "1 = 1 /* x */) TO STDOUT; SET default_transaction_read_only = off; COMMIT; "
+    "DELETE FROM orders; COMMIT; COPY (SELECT 1 -- x",
+    "1 = 1 -- ) TO STDOUT; DELETE FROM orders",
+    # A write inside one expression.
+    "(WITH d AS (DELETE FROM orders RETURNING 1) SELECT 1) = 1",
+    "id IN (SELECT id FROM orders FOR UPDATE)",
+    "1 = 1) TO PROGRAM 'rm -rf /tmp/x'; COPY (SELECT 1",
+]
+MYSQL_FILTER_ATTACKS = [
+    "1 = 1; DELETE FROM orders",
+    "'a' = 'a\\'') UNION SELECT 1; DELETE FROM orders; SELECT ('",
+    "1 = 1 /*!50000 OR 1 = (SELECT 1 FROM orders FOR UPDATE) */",
+    "1 = 1 # ; DELETE FROM orders",
+    "(SELECT 1 INTO @x) = 1",
+    "id IN (SELECT id FROM orders FOR UPDATE)",
+    "1 = 1 INTO OUTFILE '/tmp/preview-env-outfile'",
+]
+
+
+def _counts(e: Engine) -> dict[str, int]:
+    return {t: int(e.sql(e.source, "shop", f"SELECT count(*) FROM {t}")[0][0]) for t in COLUMNS}
+
+
+def _bad_input(c: Copied, expected: str) -> str:
+    assert c.code == 2, c.stderr
+    lines = c.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), c.stderr
+    assert expected in lines[0], lines[0]
+    assert c.stdout == ""
+    return lines[0]
+
+
+def test_filters_cannot_write_to_the_source(engine: Engine) -> None:
+    before = _counts(engine)
+    attacks = PG_FILTER_ATTACKS if engine.name == "pg" else MYSQL_FILTER_ATTACKS
+    for where in attacks:
+        c = copy(engine, "--mode", "schema", "--table", f"orders:{where}")
+        _bad_input(c, "copy.tables filter of orders: ")
+        assert c.database not in engine.branch_databases(), where
+        assert _counts(engine) == before, where
+    assert before["orders"] == len(ORDERS)
+
+
+def test_source_url_options_cannot_make_the_source_writable(engine: Engine) -> None:
+    if engine.name != "pg":
+        return  # libpq's options parameter; MySQL URLs have no session settings
+    before = _counts(engine)
+    url = engine.source.url("shop") + "?options=-c%20default_transaction_read_only%3Doff"
+    c = copy(
+        engine,
+        "--from",
+        url,
+        "--mode",
+        "schema",
+        "--table",
+        "orders:(WITH d AS (DELETE FROM orders RETURNING 1) SELECT 1) = 1",
+    )
+    _bad_input(c, "copy.tables filter of orders: ")
+    # The same URL with a harmless filter copies; its options are not applied to the source.
+    c = copy(engine, "--from", url, "--mode", "schema", "--table", "orders:total > 5")
+    assert _ok(c).startswith("copied 3 tables (3 rows) from ")
+    assert "ignoring the source URL's options" in c.stderr
+    assert _counts(engine) == before
+
+
+def test_source_reads_are_one_read_only_statement_by_construction(engine: Engine) -> None:
+    """Below the filter check: the source's rows are read one statement per protocol
+    message, in a read-only transaction the URL cannot turn off."""
+    if engine.name != "pg":
+        return
+    from preview_stack import dbcopy
+
+    before = _counts(engine)
+    url = engine.source.url("shop") + "?options=-c%20default_transaction_read_only%3Doff"
+    source = dbcopy.parse_url(url, "pg")
+    for sql, error in [
+        ("COPY (SELECT 1) TO STDOUT; DELETE FROM orders", "multiple commands"),
+        ("COPY (SELECT nextval('invoice_numbers')) TO STDOUT", "read-only transaction"),
+        (
+            "COPY (WITH d AS (DELETE FROM orders RETURNING 1) SELECT 1) TO STDOUT",
+            "read-only transaction",
+        ),
+    ]:
+        sink = io.BytesIO()
+        with pytest.raises(dbcopy.CopyFailed, match=error), dbcopy.PgReader(source) as reader:
+            reader.copy_out(sql, sink, "read")
+    assert _counts(engine) == before
+    with dbcopy.PgReader(source) as reader:
+        sink = io.BytesIO()
+        reader.copy_out("COPY (SELECT count(*) FROM orders) TO STDOUT", sink, "read")
+    assert sink.getvalue() == b"4\n"
+
+
+def test_a_database_name_is_never_an_option(engine: Engine) -> None:
+    before = _counts(engine)
+    evil = "--init-command=DELETE FROM shop.orders"
+    scheme = "postgresql" if engine.name == "pg" else "mysql"
+    auth = engine.source.url("").split("://", 1)[1].rsplit("/", 1)[0]
+    # through the source URL's path
+    c = copy(engine, "--from", f"{scheme}://{auth}/{quote(evil, safe='')}", check_source=False)
+    _bad_input(c, "database name")
+    # through the branch's `name` (the Job's PREVIEW_ENV_SOURCE_DATABASE) and params
+    env = {
+        "SRC_HOST": localdb.LOOPBACK,
+        "SRC_PORT": str(engine.source.port),
+        "SRC_USER": engine.source.user,
+        "SRC_PASSWORD": engine.source.password,
+        "SRC_DATABASE": evil,
+    }
+    c = copy(engine, "--from-env", "SRC", env=env, check_source=False)
+    _bad_input(c, "database name")
+    # the branch's database and the source's user
+    c = copy(engine, database=evil, check_source=False)
+    _bad_input(c, "database name")
+    env = {**env, "SRC_DATABASE": "shop", "SRC_USER": "--init-command=DELETE FROM shop.orders"}
+    c = copy(engine, "--from-env", "SRC", env=env, check_source=False)
+    _bad_input(c, "user name")
+    c = copy(engine, "--mode", "schema", "--table", f"{evil}:1 = 1", check_source=False)
+    _bad_input(c, "table name")
+    assert _counts(engine) == before
+    assert evil not in engine.branch_databases()
+
+
+def test_a_password_is_never_in_a_url_error(engine: Engine) -> None:
+    scheme = "postgresql" if engine.name == "pg" else "mysql"
+    port = engine.source.port
+    for url in [
+        f"{scheme}://app:Pa55/w0rd@x@127.0.0.1:{port}/shop",  # '/' unencoded: a bad port
+        f"{scheme}://app:Pa55/w0rd@x@127.0.0.1:port/shop",
+        f"{scheme}://app:5432/Pa55w0rd@127.0.0.1:{port}/shop",  # '/' unencoded: a good port
+    ]:
+        c = copy(engine, "--from", url, check_source=False)
+        line = _bad_input(c, "not a database URL")
+        for part in ("Pa55", "w0rd"):
+            assert part not in c.stderr + c.stdout, line
+        assert f"{scheme}://***@127.0.0.1:" in line
+    # An unencoded '@' in the password still reads as one (the last '@' ends it): the
+    # server refuses the user, and no message shows the password.
+    c = copy(engine, "--from", f"{scheme}://app:Pa55w0rd@x@127.0.0.1:{port}/shop")
+    assert c.code == 1, c.stderr
+    assert "Pa55" not in c.stderr + c.stdout and "w0rd" not in c.stderr + c.stdout
+
+
+def test_a_mysql_filter_may_not_call_a_stored_function(engine: Engine) -> None:
+    if engine.name != "mysql":
+        return
+    engine.sql(
+        engine.source,
+        "shop",
+        # (one statement for the client; a real one would DELETE: it is refused by name)
+        "CREATE FUNCTION purge_orders() RETURNS INT READS SQL DATA "
+        "RETURN (SELECT count(*) FROM orders)",
+    )
+    try:
+        before = _counts(engine)
+        c = copy(engine, "--mode", "schema", "--table", "customers:purge_orders() = 1")
+        assert c.code == 2, c.stderr  # found on the source, before anything is created
+        assert (
+            c.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                "error: copy.tables filter of customers: purge_orders is a stored function of the "
+                "source (not allowed)"
+            )
+        )
+        assert c.database not in engine.branch_databases()
+        assert _counts(engine) == before
+    finally:
+        engine.sql(engine.source, "shop", "DROP FUNCTION purge_orders")
+
+
+def test_a_read_only_role_is_enough(engine: Engine) -> None:
+    """What the README's security model names: the copy needs no right to write."""
+    if engine.name == "pg":
+        grants = [
+            "CREATE ROLE copier LOGIN PASSWORD 'copier-pw'",
+            "GRANT CONNECT ON DATABASE shop TO copier",
+            "GRANT pg_read_all_data TO copier",
+        ]
+        engine.sql(engine.source, "shop", "; ".join(grants))
+    else:
+        for statement in [
+            "CREATE USER 'copier'@'%' IDENTIFIED BY 'copier-pw'",
+            "GRANT SELECT, SHOW VIEW, TRIGGER ON shop.* TO 'copier'@'%'",
+        ]:
+            engine.sql(engine.source, "", statement)
+    scheme = "postgresql" if engine.name == "pg" else "mysql"
+    url = f"{scheme}://copier:copier-pw@127.0.0.1:{engine.source.port}/shop"
+    c = copy(engine, "--from", url, "--mode", "all")
+    assert _ok(c).startswith("copied 3 tables (10 rows) from ")
+    c = copy(engine, "--from", url, "--mode", "schema", "--table", "customers:region = 'eu'")
+    assert _ok(c).startswith("copied 3 tables (2 rows) from ")
+    assert engine.next_ids(c.database)["customers"] == 6

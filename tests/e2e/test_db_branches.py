@@ -270,6 +270,42 @@ BAD = [
     ),
     ("unknown-field", [{**PG, "iam_auth": True}], "'iam_auth' is not supported in a database"),
     ("mode", [{**PG, "copy": {"mode": "some"}}], "feature.db_branches.0.copy.mode"),
+    (
+        # An E'...' string hides statements from a quote-counting checker: PostgreSQL's own
+        # parser (pglast) sees that it is not one expression.
+        "estring-filter",
+        [
+            {
+                **PG,
+                "copy": {
+                    "mode": "schema",
+                    "tables": {
+                        "customers": {
+                            "filter": "'a' = E'\\'') TO STDOUT; SET default_transaction_read_only"
+                            " = off; COMMIT; DELETE FROM customers; COMMIT; COPY (SELECT E'\\''"
+                        }
+                    },
+                },
+            }
+        ],
+        "feature.db_branches[0]: copy.tables filter of customers: not one SQL expression",
+    ),
+    (
+        "write-filter",
+        [
+            {
+                **MYSQL,
+                "copy": {"mode": "empty", "tables": {"orders": {"filter": "1 = 1; DELETE"}}},
+            }
+        ],
+        "feature.db_branches[0]: copy.tables filter of orders: not one SQL expression",
+    ),
+    (
+        "option-name",
+        [{**MYSQL, "name": "--init-command=DELETE FROM shop.orders"}],
+        "feature.db_branches[0]: database name '--init-command=DELETE FROM shop.orders' "
+        "starts with '-'",
+    ),
 ]
 
 

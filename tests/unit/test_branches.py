@@ -70,6 +70,64 @@ def test_bad_config_is_refused_by_name(entry: dict[str, Any], message: str) -> N
         service(entry)
 
 
+E_STRING_ATTACK = (
+    "'a' = E'\\'') TO STDOUT; SET default_transaction_read_only = off; COMMIT; "
+    "DELETE FROM playlist_track; COMMIT; COPY (SELECT E'\\''"
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {**URL_BRANCH, "copy": {"tables": {"playlist_track": {"filter": E_STRING_ATTACK}}}},
+            "feature.db_branches[0]: copy.tables filter of playlist_track: not one SQL "
+            'expression (syntax error at or near "TO")',
+        ),
+        (
+            {**URL_BRANCH, "copy": {"tables": {"t": {"filter": "1 = 1 -- x"}}}},
+            "feature.db_branches[0]: copy.tables filter of t: comments are not allowed",
+        ),
+        (
+            {
+                **URL_BRANCH,
+                "copy": {"tables": {"t": {"filter": "(WITH d AS (DELETE FROM t) SELECT 1) = 1"}}},
+            },
+            "feature.db_branches[0]: copy.tables filter of t: INSERT, UPDATE, DELETE and MERGE",
+        ),
+        (
+            {**PARAMS_BRANCH, "copy": {"tables": {"orders": {"filter": "1; DELETE FROM t"}}}},
+            "feature.db_branches[0]: copy.tables filter of orders: not one SQL expression",
+        ),
+        (
+            {**PARAMS_BRANCH, "copy": {"tables": {"orders": {"filter": "GET_LOCK('x', 9) = 1"}}}},
+            "feature.db_branches[0]: copy.tables filter of orders: GET_LOCK() is not allowed",
+        ),
+        (
+            {**PARAMS_BRANCH, "copy": {"tables": {"orders": {"filter": "  "}}}},
+            "feature.db_branches[0]: copy.tables filter of orders is empty",
+        ),
+        (
+            {**PARAMS_BRANCH, "name": "--init-command=DELETE FROM shop.orders"},
+            "feature.db_branches[0]: database name '--init-command=DELETE FROM shop.orders' "
+            "starts with '-'",
+        ),
+        (
+            {**PARAMS_BRANCH, "copy": {"tables": {"--where=1": {}}}},
+            "feature.db_branches[0]: table name '--where=1' starts with '-'",
+        ),
+        (
+            {**URL_BRANCH, "name": "shop\nx"},
+            "feature.db_branches[0]: database name 'shop\\nx' has a control character",
+        ),
+    ],
+)
+def test_hostile_copy_config_is_refused_at_start(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInput) as err:
+        service(entry)
+    assert str(err.value).startswith(message), str(err.value)
+
+
 def test_filter_with_all_and_targetless_are_refused() -> None:
     with pytest.raises(BadInput, match=r'no effect with copy\.mode "all"'):
         service({**URL_BRANCH, "copy": {"mode": "all", "tables": {"t": {"filter": "x"}}}})

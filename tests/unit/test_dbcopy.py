@@ -237,40 +237,167 @@ def test_conninfo_never_has_the_password_and_only_libpq_options() -> None:
 
 
 @pytest.mark.parametrize(
-    ("engine", "where"),
+    ("engine", "where", "runs"),
     [
-        ("pg", "region = 'eu'"),
-        ("pg", "name = 'a;b' AND (id > 1 OR \"Weird;Col\" = 'it''s (')"),
-        ("pg", "created > now() - interval '30 days'"),
-        ("mysql", "name = 'it\\'s; fine' AND `into` = 1"),
-        ("mysql", "id IN (SELECT customer_id FROM orders WHERE total > 5)"),
-        ("pg", "intolerant = 1 AND point_into IS NULL"),
+        ("pg", "region = 'eu'", "region = 'eu'"),
+        (
+            "pg",
+            "name = 'a;b' AND (id > 1 OR \"Weird;Col\" = 'it''s (')",
+            "name = 'a;b' AND (id > 1 OR \"Weird;Col\" = 'it''s (')",
+        ),
+        (
+            "pg",
+            "created > now() - interval '30 days'",
+            "created > now() - CAST('30 days' AS interval)",
+        ),
+        ("pg", "intolerant = 1 AND point_into IS NULL", "intolerant = 1 AND point_into IS NULL"),
+        # E'' and dollar quoting are strings like any other: what runs is a plain literal.
+        ("pg", "note = E'it\\'s' OR note = $$a;b$$", "note = 'it''s' OR note = 'a;b'"),
+        ("pg", "id IN (SELECT customer_id FROM orders)", "id IN (SELECT customer_id FROM orders)"),
+        (
+            "pg",
+            "$q$ $q$ = $q$') TO STDOUT; DELETE FROM t; --$q$",
+            "' ' = ''') TO STDOUT; DELETE FROM t; --'",
+        ),
+        ("mysql", "name = 'it\\'s; fine' AND `into` = 1", "name = 'it''s; fine' AND `into` = 1"),
+        (
+            "mysql",
+            "id IN (SELECT customer_id FROM orders WHERE total > 5)",
+            "id IN (SELECT customer_id FROM orders WHERE total > 5)",
+        ),
+        (
+            "mysql",
+            "created > NOW() - INTERVAL 30 DAY",
+            "created > NOW() - INTERVAL '30' DAY",
+        ),
     ],
 )
-def test_filters_that_are_one_where_clause(engine: str, where: str) -> None:
-    dbcopy.check_filter(engine, "t", where)
+def test_filters_that_are_one_expression_run_as_parsed(engine: str, where: str, runs: str) -> None:
+    assert dbcopy.check_filter(engine, "t", where) == runs
+    assert dbcopy.check_filter(engine, "t", runs) == runs  # printed back: parses the same
+
+
+E_STRING = (
+    "'a' = E'\\'') TO STDOUT; SET default_transaction_read_only = off; COMMIT; "
+    "DELETE FROM playlist_track; COMMIT; COPY (SELECT E'\\''"
+)
 
 
 @pytest.mark.parametrize(
     ("engine", "where", "why"),
     [
-        ("pg", "1 = 1; DELETE FROM customers", "';' is not allowed"),
-        ("pg", "1 = 1) TO PROGRAM 'sh' --", "unbalanced parentheses"),
+        ("pg", E_STRING, 'not one SQL expression (syntax error at or near "TO")'),
+        (
+            "pg",
+            "1 = 1; DELETE FROM customers",
+            'not one SQL expression (syntax error at or near ";")',
+        ),
+        ("pg", "$$a$$ = $$a$$) TO STDOUT; DELETE FROM t; COPY (SELECT 1", "not one SQL expression"),
+        ("pg", "1 = 1) TO PROGRAM 'sh' --", "not one SQL expression"),
         ("pg", "1 = 1 -- x", "comments are not allowed"),
         ("pg", "1 = 1 /* x */", "comments are not allowed"),
+        ("pg", "name = 'open", "not one SQL expression (unterminated quoted string at or near"),
+        ("pg", "(id > 1", "not one SQL expression (syntax error at end of input)"),
+        ("pg", "a = 1 ORDER BY 1", 'not one SQL expression (syntax error at or near "ORDER")'),
+        ("pg", "true) UNION (SELECT 1 WHERE (true", "not one SQL expression"),
+        (
+            "pg",
+            "(WITH d AS (DELETE FROM t RETURNING 1) SELECT 1) = 1",
+            "INSERT, UPDATE, DELETE and MERGE are not allowed",
+        ),
+        (
+            "pg",
+            "EXISTS (WITH u AS (UPDATE t SET a = 1 RETURNING 1) SELECT 1)",
+            "INSERT, UPDATE, DELETE and MERGE are not allowed",
+        ),
+        ("pg", "id IN (SELECT id FROM t FOR UPDATE)", "INTO and FOR UPDATE/SHARE are not allowed"),
+        ("pg", "EXISTS (SELECT 1 INTO x)", "INTO and FOR UPDATE/SHARE are not allowed"),
+        ("mysql", "1 = 1; DELETE FROM customers", "not one SQL expression"),
         ("mysql", "1 = 1 # x", "comments are not allowed"),
-        ("pg", "$$($$ = ')'", "dollar quoting is not allowed"),
-        ("mysql", "1 = 1 INTO OUTFILE '/tmp/x'", "INTO is not allowed"),
-        ("pg", "name = 'open", "unterminated 'quote'"),
-        ("pg", "(id > 1", "unbalanced parentheses"),
+        ("mysql", "1 = 1 /*! OR 1 = 1 */", "comments are not allowed"),
+        ("mysql", "1 = 1 -- x", "comments are not allowed"),
+        ("mysql", "1 = 1 INTO OUTFILE '/tmp/x'", "not one SQL expression"),
+        ("mysql", "(SELECT 1 INTO @x) = 1", "INTO and FOR UPDATE/SHARE are not allowed"),
+        ("mysql", "id IN (SELECT id FROM t FOR UPDATE)", "INTO and FOR UPDATE/SHARE"),
+        ("mysql", "shop.purge() = 1", "calls to stored functions are not allowed"),
+        ("mysql", "SLEEP(5) = 0", "SLEEP() is not allowed"),
+        ("mysql", "LOAD_FILE('/etc/passwd') IS NULL", "LOAD_FILE() is not allowed"),
+        ("mysql", "NEXTVAL(s) > 0", "NEXTVAL() is not allowed"),
+        ("mysql", "a = 1 UNION SELECT 2", "not one SQL expression"),
     ],
 )
 def test_filters_that_could_do_more_are_refused(engine: str, where: str, why: str) -> None:
     with pytest.raises(BadInput) as err:
         dbcopy.check_filter(engine, "customers", where)
-    assert (
-        str(err.value) == f"copy.tables filter of customers: {why} (a filter is one WHERE clause)"
+    message = str(err.value)
+    assert message.startswith(f"copy.tables filter of customers: {why}"), message
+    assert message.endswith("(a filter is one WHERE clause, e.g. region = 'eu')")
+    assert "\n" not in message
+
+
+def test_mysql_filters_name_the_functions_that_may_be_stored() -> None:
+    where = "discount(total) > 1 AND LOWER(region) = 'eu' AND NOW() > created"
+    assert dbcopy.filter_functions("mysql", "t", where) == {"discount", "now"}
+    assert dbcopy.filter_functions("pg", "t", where) == set()
+
+
+def test_plan_runs_the_parsed_filter_and_checks_names() -> None:
+    p = dbcopy.plan("pg", "schema", SRC, BRANCH, {"t": "x = E'a\\'b'"})
+    assert p.tables == {"t": "x = 'a''b'"}
+    evil = "--init-command=DELETE FROM shop.orders"
+    for source, branch, tables, message in [
+        (parse_url(f"mysql://u@h/{evil}"), parse_url("mysql://b/x"), {}, "database name"),
+        (parse_url("mysql://u@h/shop"), parse_url(f"mysql://b/{evil}"), {}, "database name"),
+        (parse_url(f"mysql://{evil}@h/shop"), parse_url("mysql://b/x"), {}, "user name"),
+        (parse_url("mysql://u@h/shop"), parse_url("mysql://b/x"), {evil: None}, "table name"),
+    ]:
+        with pytest.raises(BadInput, match=f"^{message} '--init-command="):
+            dbcopy.plan("mysql", "schema", source, branch, tables)
+
+
+@pytest.mark.parametrize(
+    ("engine", "name", "why"),
+    [
+        ("mysql", "-x", "starts with '-'"),
+        ("pg", "", "is empty"),
+        ("pg", "a\x00b", "has a control character"),
+        ("mysql", "x" * 65, "is longer than 64 bytes"),
+        ("pg", "s." + "t" * 64, "is longer than 63 bytes"),
+    ],
+)
+def test_bad_names(engine: str, name: str, why: str) -> None:
+    with pytest.raises(BadInput, match=why):
+        dbcopy.check_name("table", name, engine)
+
+
+def test_source_sessions_get_preview_envs_options_never_the_urls() -> None:
+    c = parse_url("postgres://u:pw@h:1/d?options=-c%20default_transaction_read_only%3Doff")
+    source = dbcopy._Client(c, read_only=True).conninfo()
+    assert source == (
+        "host='h' port=1 dbname='d' user='u' options='-c default_transaction_read_only=on "
+        "-c standard_conforming_strings=on'"
     )
+    assert dbcopy.ignored_source_options(c) == ["options"]
+    assert "password='pw'" in dbcopy._Client(c, read_only=True).conninfo(with_password=True)
+    assert "PGOPTIONS" not in dbcopy._Client(c, read_only=True).env()
+    assert dbcopy._Client(c).conninfo().endswith("options='-c default_transaction_read_only=off'")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://app:Pa55/w0rd@h:5432/db",
+        "postgres://app:Pa55/w0rd@h:port/db",
+        "mysql://app:5432/Pa55w0rd@h:3306/db",
+        "postgres://app:Pa55w0rd@h:99999/db",
+        "http://app:Pa55w0rd@h/db",
+    ],
+)
+def test_url_errors_never_show_the_userinfo(url: str) -> None:
+    with pytest.raises(BadInput) as err:
+        parse_url(url)
+    assert "Pa55" not in str(err.value) and "w0rd" not in str(err.value)
+    assert "://***@h" in str(err.value)
 
 
 @pytest.mark.parametrize(
