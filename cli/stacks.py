@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cli.checkpoint_store import CheckpointStore, FileStore, open_store
-from cli.context import LazyModule, Settings
+from cli.checkpoint_store import CheckpointStore, FileStore, UnknownStackFile, open_store
+from cli.context import LazyModule, Settings, err_console
 from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
@@ -106,6 +106,7 @@ class Stacks:
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
+        self._warned_unknown = False
 
     # ------------------------------------------------------------------ identity
     def stack_id(self, key: str) -> str:
@@ -155,11 +156,17 @@ class Stacks:
 
     def _listed(self) -> dict[str, bool] | None:
         """The checkpoint store's listing; None without a store or when it fails (then
-        `pulumi` answers)."""
+        `pulumi` answers). A file the store cannot name the stack of is said once on stderr:
+        `pulumi` lists what it knows, and nothing is skipped in silence."""
         if self.store is None:
             return None
         try:
             return self.store.stacks()
+        except UnknownStackFile as exc:
+            if not self._warned_unknown:
+                self._warned_unknown = True
+                err_console.print(f"warning: {exc}; asking `pulumi` instead", markup=False)
+            return None
         except OSError:
             return None
 
@@ -714,16 +721,25 @@ class _Retry(Exception):
     """A momentary backend condition: try the same update again."""
 
 
+# A lock object listed, then released before it was read: Pulumi's diy backends list a
+# stack's locks and read each one (to create, lock or remove a stack), and gocloud says
+# NotFound the same way for files, S3 objects and PostgreSQL rows.
+_LOCK_VANISHED = re.compile(
+    r"\.pulumi/locks/\S*?\.json.*(NotFound|NoSuchKey|not found|no such file)", re.I
+)
+
+
 def _transient(exc: auto.CommandError) -> bool:
     """Pulumi's self-managed backends read checkpoints without the lock and lock to create
     or remove a stack: a concurrent writer shows as a truncated checkpoint ("failed to load
-    checkpoint: EOF", a lock file gone while listed), a concurrent creator or remover as a
-    locked stack."""
+    checkpoint: EOF", a lock file gone while listed or read), a concurrent creator or
+    remover as a locked stack."""
     text = str(exc)
     return (
         "failed to load checkpoint" in text
         or "unexpected end of JSON input" in text
         or "could not list bucket" in text  # a lock file removed while being listed
+        or _LOCK_VANISHED.search(text) is not None
         or re.search(r"error: (unexpected )?EOF\s*$", text, re.M) is not None
         or isinstance(exc, auto.ConcurrentUpdateError)
     )
@@ -750,15 +766,30 @@ def _last_line(exc: auto.CommandError) -> str:
 
 
 _GENERIC = ("update failed", "destroy failed", "Resource monitor has terminated", "preview failed")
+# hashicorp/go-multierror's header: the errors themselves follow as `* ...` lines.
+_SEVERAL = re.compile(r"^\d+ errors? occurred:?$")
 
 
 def _summary(exc: auto.CommandError) -> str:
-    """The distinct, specific error messages of a failed pulumi run, shortened."""
+    """The distinct, specific error messages of a failed pulumi run in one line, the first
+    resource's first: "N errors occurred:" stands for the `* ...` lines under it (the
+    first is the resource's error, the others its detail: an image pull's failure)."""
     found: list[str] = []
-    for line in str(exc).splitlines():
-        if "error:" not in line:
+    lines = str(exc).splitlines()
+    for index, line in enumerate(lines):
+        if "error:" not in line or line.strip().startswith("* "):
             continue
         message = line.rsplit("error: ", 1)[-1].strip()
+        if _SEVERAL.match(message):
+            bullets = [
+                rest.strip().removeprefix("* ").strip()
+                for rest in lines[index + 1 : index + 50]
+                if rest.strip().startswith("* ")
+            ]
+            following = lines[index + 1 : index + 2]
+            if not bullets or not (following and following[0].strip().startswith("* ")):
+                continue  # the progress line's copy; Diagnostics carry the bullets
+            message = "; ".join(bullets)  # the first is the resource's own error
         message = re.sub(r'"urn:pulumi:[^"]*::([^"]+)"', r"\1", message)
         if message and not message.startswith(_GENERIC) and message not in found:
             found.append(message)
