@@ -254,7 +254,8 @@ def reap(
     """Destroy every expired environment and remove its stack. Never touches unexpired ones.
 
     Exit 0 when everything due was reaped (or skipped because a live update holds it), 1 when
-    something due failed or a stack's spec could not be read. With --warn-before, list what expires soon instead (exit 0).
+    something due failed or a stack's spec could not be read. With --warn-before, list what
+    expires soon instead (exit 0).
     """
     if warn_before is not None:
         horizon = parse_duration(warn_before, allow_infinite=False)

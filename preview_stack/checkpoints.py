@@ -2,10 +2,11 @@
 
 A DIY backend (file, S3) keeps each stack's latest state as one JSON document,
 `.pulumi/stacks/<project>/<stack>.json` (gzipped as `.json.gz` when PULUMI_DIY_BACKEND_GZIP
-is set, zstd-compressed as `.json.zst` when PULUMI_DIY_BACKEND_ZSTD is). Its root `pulumi:pulumi:Stack` resource holds the outputs `pulumi stack output`
-prints, so reading it is the same read without one process per stack. Only the non-secret
-`publicSpec` is used: secrets stay encrypted and keep needing `pulumi`. Anything not
-recognised comes back as UNREADABLE and the caller asks `pulumi` instead.
+is set, zstd-compressed as `.json.zst` when PULUMI_DIY_BACKEND_ZSTD is). Its root
+`pulumi:pulumi:Stack` resource holds the outputs `pulumi stack output` prints, so reading
+it is the same read without one process per stack. Only the non-secret `publicSpec` is
+used: secrets stay encrypted and keep needing `pulumi`. Anything not recognised comes back
+as UNREADABLE and the caller asks `pulumi` instead.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Other files Pulumi and its blob drivers keep next to checkpoints: backups (`.bak`),
 # gocloud fileblob's attributes (`.attrs`) and temporary writes (`.<hex>.tmp`), and
 # PULUMI_RETAIN_CHECKPOINTS copies (`.json[.gz|.zst].<unix nanoseconds>`).
-_BOOKKEEPING = re.compile(
-    r"\.json(\.gz|\.zst)?(\.bak|\.[0-9]+|\.[0-9a-f]+\.tmp)*(\.attrs)?$"
-)
+_BOOKKEEPING = re.compile(r"\.json(\.gz|\.zst)?(\.bak|\.[0-9]+|\.[0-9a-f]+\.tmp)*(\.attrs)?$")
 
 
 class Unknown:
@@ -62,7 +61,7 @@ class Unknown:
 UNKNOWN: Final = Unknown()
 
 
-def stack_file_key(name: str) -> str | None | Unknown:
+def stack_file_key(name: str) -> str | Unknown | None:
     """The stack a file of `.pulumi/stacks/<project>/` is the checkpoint of; None for the
     bookkeeping files Pulumi keeps beside them; UNKNOWN for anything else (a format this
     code cannot list: the caller must ask `pulumi`, never skip it)."""

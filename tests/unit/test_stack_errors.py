@@ -11,13 +11,17 @@ from cli.stacks import _summary, _transient
 
 # What `pulumi up` prints when a Deployment never becomes Ready (pulumi-kubernetes joins
 # its await errors): the cause is on the bullet lines, not on the `error:` line.
-SEVERAL = """Updating (pr-7):
+TIMED_OUT = (
+    'the Kubernetes API server reported that "staging/branch-db-pr-7" failed to fully '
+    "initialize or become live: 'branch-db-pr-7' timed out waiting to be Ready"
+)
+SEVERAL = f"""Updating (pr-7):
  +  kubernetes:apps/v1:Deployment branch-db-pr-7 creating (0s)
  +  kubernetes:apps/v1:Deployment branch-db-pr-7 creating (600s) error: 3 errors occurred:
 Diagnostics:
   kubernetes:apps/v1:Deployment (branch-db-pr-7):
     error: 3 errors occurred:
-    \t* the Kubernetes API server reported that "staging/branch-db-pr-7" failed to fully initialize or become live: 'branch-db-pr-7' timed out waiting to be Ready
+    \t* {TIMED_OUT}
     \t* [MinimumReplicasUnavailable] Deployment does not have minimum availability.
     \t* [ErrImagePull] pulling image "ghcr.io/acme/branch-server:9": not found
 
@@ -37,10 +41,7 @@ def test_several_errors_give_the_first_one_in_one_line() -> None:
     summary = _summary(_error(SEVERAL))  # type: ignore[arg-type]
     assert "\n" not in summary
     assert "errors occurred" not in summary
-    assert summary.startswith(
-        'the Kubernetes API server reported that "staging/branch-db-pr-7" failed to fully '
-        "initialize or become live: 'branch-db-pr-7' timed out waiting to be Ready"
-    ), summary
+    assert summary.startswith(TIMED_OUT), summary
     assert '[ErrImagePull] pulling image "ghcr.io/acme/branch-server:9"' in summary
 
 
