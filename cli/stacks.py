@@ -422,9 +422,12 @@ class Stacks:
         held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
         """
         stack_id = self.stack_id(key)
-        # A stack removed between its selection and the update is selected (created) again,
-        # once: only when `create` is set.
-        for attempt in range(2 if create else 1):
+        # A stack removed between its selection (or creation) and the update is created
+        # again when `create` is set, as often as a teammate's `clean` or the reaper removes
+        # it meanwhile (a clean, then the reaper removing the empty stack just created),
+        # until the lock wait is over.
+        recreate_until = time.monotonic() + max(lock_wait, 60.0)
+        while True:
             applied = Applied()
             workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names it)
 
@@ -457,13 +460,12 @@ class Stacks:
                 exc.applied = applied  # type: ignore[attr-defined]
                 raise
             except NotFound:
-                if attempt == 0 and create:
+                if create and time.monotonic() < recreate_until:
                     continue
                 raise
             if applied.after is None:
                 self.remove_if_empty(key)
             return applied
-        raise AssertionError("unreachable")
 
     def _latest(self, key: str, cwd: str | None) -> EnvironmentSpec | None:
         """Under the lock (called by the program): the spec last deployed, from the
@@ -579,9 +581,11 @@ class Stacks:
             try:
                 self._attempt(key, action)
                 return
-            except _Retry:
+            except _Retry as retry:
                 if time.monotonic() >= deadline:
-                    raise Busy(f"environment {key!r} stayed busy; retry later") from None
+                    raise Busy(
+                        f"environment {key!r} stayed busy or unreadable ({retry}); retry later"
+                    ) from None
                 time.sleep(0.5)
                 continue
             except auto.ConcurrentUpdateError as exc:
@@ -614,7 +618,7 @@ class Stacks:
         except auto.CommandError as exc:
             text = str(exc)
             if _transient(exc):
-                raise _Retry from None
+                raise _Retry(_summary(exc)) from None
             if "no stack named" in text:
                 raise NotFound(f"no environment {key!r} in this backend") from None
             if backends.wrong_passphrase(text):

@@ -26,7 +26,7 @@ from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
 from preview_stack.derive import TargetWorkload, derivation_notes
-from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
+from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
     crossing_keys,
@@ -429,14 +429,17 @@ def start(
         progress.line("Deploy failed; undoing this start (other targets are kept)...")
         seen: Applied | None = getattr(exc, "applied", None)
         undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
-        stacks.apply(
-            env_key,
-            undo,
-            reader,
-            on_event=progress.on_event,
-            on_output=progress.on_output,
-            create=False,
-        )
+        try:
+            stacks.apply(
+                env_key,
+                undo,
+                reader,
+                on_event=progress.on_event,
+                on_output=progress.on_output,
+                create=False,
+            )
+        except NotFound:
+            pass  # a teammate's clean removed the whole environment meanwhile: nothing to undo
         if copy is not None and copy.bad_input:
             raise BadInput(reason) from None
         raise DeployFailed(why) from None
