@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import os
@@ -429,7 +430,8 @@ def start(
         progress.line("Deploy failed; undoing this start (other targets are kept)...")
         seen: Applied | None = getattr(exc, "applied", None)
         undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
-        try:
+        # A teammate's clean that removed the whole environment meanwhile left nothing to undo.
+        with contextlib.suppress(NotFound):
             stacks.apply(
                 env_key,
                 undo,
@@ -438,8 +440,6 @@ def start(
                 on_output=progress.on_output,
                 create=False,
             )
-        except NotFound:
-            pass  # a teammate's clean removed the whole environment meanwhile: nothing to undo
         if copy is not None and copy.bad_input:
             raise BadInput(reason) from None
         raise DeployFailed(why) from None
