@@ -163,6 +163,10 @@ class PostgresLocks:
             "ssl_context": None if params.get("sslmode", "require") == "disable" else True,
             "timeout": 10,
         }
+        # Pulumi prefixes every key of a non-file backend with its URL's path (here the
+        # database name): `postgres/.pulumi/locks/...`.
+        path = parsed.path.strip("/")
+        self.prefix = f"{path}/" if path else ""
         self.project = project
 
     def _run(self, sql: str, **values: str) -> list[list[object]]:
@@ -187,7 +191,7 @@ class PostgresLocks:
         return base64.b64decode(raw).decode("utf-8", "replace")
 
     def _key(self, kind: str, stack: str, name: str = "") -> str:
-        return f"{_folder(kind, self.project, stack)}/{name}"
+        return f"{self.prefix}{_folder(kind, self.project, stack)}/{name}"
 
     def locks(self, stack: str) -> list[tuple[str, str, str]]:
         prefix = self._key(LOCKS, stack)
