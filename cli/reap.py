@@ -240,7 +240,7 @@ def reap(
             help="keep running, one round every DURATION (e.g. 5m); stops on SIGTERM/SIGINT"
         ),
     ] = None,
-    stale_lock_after: StaleLockAfter = "30m",
+    stale_lock_after: StaleLockAfter = "1h",
     warn_before: Annotated[
         str | None,
         typer.Option(
