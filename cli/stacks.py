@@ -815,8 +815,16 @@ def _stack_class() -> Callable[[str, auto.Workspace, str], auto.Stack]:
 
 @functools.cache
 def _pulumi_command() -> auto.PulumiCommand:
-    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own."""
-    return auto.PulumiCommand()
+    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own. A
+    `pulumi` that does not run is one line naming it, not a traceback."""
+    try:
+        return auto.PulumiCommand()
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        last = (said.strip().splitlines() or [f"exit {exc.returncode}"])[-1]
+        raise Unreachable(f"`pulumi version` failed: {last}; check the pulumi on PATH") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot run pulumi: {exc}; install it or fix PATH") from None
 
 
 class _Retry(Exception):
