@@ -27,9 +27,29 @@ from xml.etree import ElementTree
 import yaml
 
 from preview_stack import backends
+from preview_stack.checkpoints import STACK_SUFFIXES, Unknown, stack_file_key
 
 ORGANIZATION = "organization"  # the only organization of a DIY backend
-SUFFIXES = (".json", ".json.gz")
+SUFFIXES = STACK_SUFFIXES
+
+
+class UnknownStackFile(OSError):
+    """The stacks folder holds a file this code cannot tell the stack of (a format newer
+    than this code): the listing must come from `pulumi`, never skip it."""
+
+
+def _stack_keys(names: list[str], where: str) -> set[str]:
+    keys = set()
+    for name in names:
+        found = stack_file_key(name)
+        if isinstance(found, Unknown):
+            raise UnknownStackFile(
+                f"unknown file {name!r} in {where}: not a checkpoint name this version of "
+                "preview-env reads (.json, .json.gz, .json.zst)"
+            )
+        if found is not None:
+            keys.add(found)
+    return keys
 
 
 class CheckpointStore(Protocol):
@@ -43,7 +63,7 @@ class CheckpointStore(Protocol):
 
 
 class FileStore:
-    """A `file://` backend: `.pulumi/stacks/<project>/<stack>.json[.gz]`, locks under
+    """A `file://` backend: `.pulumi/stacks/<project>/<stack>.json[.gz|.zst]`, locks under
     `.pulumi/locks/<org>/<project>/<stack>/`."""
 
     def __init__(self, root: Path, project: str) -> None:
@@ -51,15 +71,12 @@ class FileStore:
         self.locks_dir = root / ".pulumi" / "locks" / ORGANIZATION / project
 
     def stacks(self) -> dict[str, bool]:
-        keys = set()
         try:
-            names = [p.name for p in self.stacks_dir.iterdir()]
+            # Pulumi lists files only (a folder here is too deep to be a stack).
+            names = [p.name for p in self.stacks_dir.iterdir() if not p.is_dir()]
         except FileNotFoundError:
             return {}
-        for name in names:
-            for suffix in SUFFIXES:
-                if name.endswith(suffix):
-                    keys.add(name[: -len(suffix)])
+        keys = _stack_keys(names, str(self.stacks_dir))
         try:
             locked = {p.name for p in self.locks_dir.iterdir() if any(p.glob("*.json"))}
         except FileNotFoundError:
@@ -106,11 +123,8 @@ class S3Store:
         self.locks_prefix = f"{base}.pulumi/locks/{ORGANIZATION}/{project}/"
 
     def stacks(self) -> dict[str, bool]:
-        keys = set()
-        for name, _ in self._list(self.stacks_prefix):
-            for suffix in SUFFIXES:
-                if "/" not in name and name.endswith(suffix):
-                    keys.add(name[: -len(suffix)])
+        names = [name for name, _ in self._list(self.stacks_prefix) if "/" not in name]
+        keys = _stack_keys(names, f"s3://{self.bucket}/{self.stacks_prefix}")
         locked = {
             name.split("/", 1)[0]
             for name, _ in self._list(self.locks_prefix)
@@ -119,7 +133,7 @@ class S3Store:
         return {key: key in locked for key in sorted(keys)}
 
     def read(self, key: str) -> bytes | None:
-        # One listing names the checkpoint (`.json` or `.json.gz`; the newer if both, as
+        # One listing names the checkpoint (`.json`, `.json.gz` or `.json.zst`; the newer, as
         # Pulumi picks) and its GET reads it: both fresh, for reads under the lock.
         names = {f"{key}{suffix}" for suffix in SUFFIXES}
         found = [

@@ -42,7 +42,7 @@ def clean(
         str | None,
         typer.Option("-t", "--target", help="only this target's pods, e.g. deployment/users"),
     ] = None,
-    stale_lock_after: StaleLockAfter = "30m",
+    stale_lock_after: StaleLockAfter = "1h",
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Destroy an environment and remove its stack. An unknown key is not an error.

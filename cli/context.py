@@ -64,8 +64,9 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
 StaleLockAfter = Annotated[
     str,
     typer.Option(
-        help="take over a stack lock this old (at least 15m, longer than any update); a lock "
-        "whose holder is provably gone (same host, process not running) is taken over at once"
+        help="take over a stack lock this old (at least 40m, longer than any update); a lock "
+        "whose holder is provably gone (its record: this boot, PID namespace and host, process "
+        "not running) is taken over at once"
     ),
 ]
 
@@ -79,12 +80,13 @@ def check_stale_threshold(seconds: float) -> None:
         raise BadInput(
             f"--stale-lock-after {int(seconds)}s is shorter than the longest update "
             f"({MIN_STALE_LOCK_SECONDS // 60}m) and could take a live update's lock; "
-            "use 15m or more (dead holders on this host are recovered at once anyway)"
+            f"use {MIN_STALE_LOCK_SECONDS // 60}m or more (provably dead holders are recovered "
+            "at once anyway)"
         )
 
 
 def stale_lock_seconds(text: str) -> float:
-    """--stale-lock-after parsed (default 30m when empty) and checked (see below)."""
+    """--stale-lock-after parsed (default 1h when empty) and checked (see below)."""
     from preview_stack.reaping import DEFAULT_STALE_LOCK_SECONDS
     from preview_stack.ttl import parse_duration
 

@@ -118,15 +118,18 @@ def reap_one(
     return result("reaped")
 
 
-def find_due(stacks: Stacks, now: dt.datetime) -> list[Due]:
+def find_due(stacks: Stacks, now: dt.datetime) -> tuple[list[Due], list[ReapResult]]:
     """Due environments of this backend, from its stacks and their specs as the backend
     holds them (records in the cluster are never read: anyone with a namespace could plant
     one). An emptied stack is due at once: removing it is all that is left. The re-check
-    under the lock decides in the end."""
-    due = []
+    under the lock decides in the end. A stack whose spec cannot be read is a failure of
+    this round (exit 1), never skipped in silence: it may be due and leaking."""
+    due, unreadable = [], []
     for key, spec in stacks.specs(stacks.environments()).items():
         if isinstance(spec, PreviewError):
-            err_console.print(f"warning: {spec}; left for the next round")
+            unreadable.append(
+                ReapResult(key=key, expiresAt="unknown", outcome="failed", reason=str(spec))
+            )
             continue
         if spec is None:
             due.append(Due(key=key, expires_at=now))
@@ -134,7 +137,7 @@ def find_due(stacks: Stacks, now: dt.datetime) -> list[Due]:
         moment = spec.expiry()
         if moment is not None and moment <= now:
             due.append(Due(key=key, expires_at=moment))
-    return sorted(due, key=lambda d: (d.expires_at, d.key))
+    return sorted(due, key=lambda d: (d.expires_at, d.key)), unreadable
 
 
 def run_round(
@@ -147,7 +150,7 @@ def run_round(
     stopper: Stopper,
 ) -> RoundReport:
     now = dt.datetime.now(dt.UTC)  # once per pass
-    due = find_due(stacks, now)
+    due, unreadable = find_due(stacks, now)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(
             pool.map(
@@ -162,7 +165,7 @@ def run_round(
                 due,
             )
         )
-    return RoundReport(startedAt=rfc3339(now), results=results)
+    return RoundReport(startedAt=rfc3339(now), results=results + unreadable)
 
 
 def _print_round(report: RoundReport, text: bool) -> None:
@@ -170,7 +173,8 @@ def _print_round(report: RoundReport, text: bool) -> None:
         print_json(report)
         return
     for r in report.results:
-        line = f"{r.outcome:<10} {r.key}  (expired {r.expiresAt})"
+        when = "expiry unknown" if r.expiresAt == "unknown" else f"expired {r.expiresAt}"
+        line = f"{r.outcome:<10} {r.key}  ({when})"
         out_console.print(line + (f": {r.reason}" if r.reason else ""), markup=False)
     out_console.print(
         f"reaped {report.count('reaped')}, would reap {report.count('would-reap')}, "
@@ -236,7 +240,7 @@ def reap(
             help="keep running, one round every DURATION (e.g. 5m); stops on SIGTERM/SIGINT"
         ),
     ] = None,
-    stale_lock_after: StaleLockAfter = "30m",
+    stale_lock_after: StaleLockAfter = "1h",
     warn_before: Annotated[
         str | None,
         typer.Option(
@@ -250,7 +254,8 @@ def reap(
     """Destroy every expired environment and remove its stack. Never touches unexpired ones.
 
     Exit 0 when everything due was reaped (or skipped because a live update holds it), 1 when
-    something due failed. With --warn-before, list what expires soon instead (exit 0).
+    something due failed or a stack's spec could not be read. With --warn-before, list what
+    expires soon instead (exit 0).
     """
     if warn_before is not None:
         horizon = parse_duration(warn_before, allow_infinite=False)

@@ -7,6 +7,7 @@ change (preview_stack.changes) and declares the result. Maps Pulumi's errors to 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import functools
@@ -14,18 +15,18 @@ import json
 import os
 import re
 import shutil
-import socket
+import stat
 import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from cli.checkpoint_store import CheckpointStore, FileStore, open_store
-from cli.context import LazyModule, Settings
+from cli.checkpoint_store import CheckpointStore, FileStore, UnknownStackFile, open_store
+from cli.context import LazyModule, Settings, err_console
+from cli.lockstore import LockStore, here, open_locks, our_holder, start_time_of
 from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
@@ -35,6 +36,7 @@ from preview_stack.latest import read_latest_spec
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
+    holder_from_json,
     lock_from_json,
     lock_is_stale,
     parse_locks,
@@ -106,6 +108,8 @@ class Stacks:
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
+        self._warned_unknown = False
+        self._locks: LockStore | Literal[False] | None = False  # opened on first use
 
     # ------------------------------------------------------------------ identity
     def stack_id(self, key: str) -> str:
@@ -155,11 +159,17 @@ class Stacks:
 
     def _listed(self) -> dict[str, bool] | None:
         """The checkpoint store's listing; None without a store or when it fails (then
-        `pulumi` answers)."""
+        `pulumi` answers). A file the store cannot name the stack of is said once on stderr:
+        `pulumi` lists what it knows, and nothing is skipped in silence."""
         if self.store is None:
             return None
         try:
             return self.store.stacks()
+        except UnknownStackFile as exc:
+            if not self._warned_unknown:
+                self._warned_unknown = True
+                err_console.print(f"warning: {exc}; asking `pulumi` instead", markup=False)
+            return None
         except OSError:
             return None
 
@@ -174,33 +184,28 @@ class Stacks:
         )
         return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
 
-    def lock_holders(self, key: str) -> list[Lock]:
-        """Who holds `key`'s lock, read cheaply where it can be: a file backend keeps each
-        lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host, time),
-        read directly without taking or touching anything; an S3 backend keeps the same
-        files in its bucket (cli.s3locks: one listing). Postgres and Pulumi Cloud give an
-        empty list: the state then says only that the stack is locked (a `pulumi`
-        operation that would make the engine name the holder takes the lock when it is
-        free, which a read-only `status` must never do)."""
-        relative = f".pulumi/locks/{self._organization()}/{naming.PROJECT}/{key}"
-        if backends.kind(self.backend) == "s3":
-            from cli.s3locks import lock_files  # S3 client only for S3 backends
+    def lock_store(self) -> LockStore | None:
+        """The backend's lock objects (cli.lockstore); None for Pulumi Cloud."""
+        if self._locks is False:
+            self._locks = open_locks(self.backend, naming.PROJECT)
+        return self._locks
 
-            texts = lock_files(self.backend, relative)
-            return [lock for path, text in texts if (lock := lock_from_json(text, path))]
-        root = backends.file_backend_root(self.backend)
-        if root is None:
+    def lock_holders(self, key: str) -> list[Lock]:
+        """Who holds `key`'s lock, read without taking or touching anything: Pulumi keeps
+        each lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host,
+        time) in a file, S3 or PostgreSQL backend alike (cli.lockstore: one listing).
+        Pulumi Cloud, or a store that cannot be read, gives an empty list: the state then
+        says only that the stack is locked (a `pulumi` operation that would make the engine
+        name the holder takes the lock when it is free, which a read-only `status` must
+        never do)."""
+        store = self.lock_store()
+        if store is None:
             return []
-        folder = root / relative
-        found = []
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            try:
-                lock = lock_from_json(path.read_text(), str(path))
-            except OSError:
-                continue  # released while we looked
-            if lock is not None:
-                found.append(lock)
-        return found
+        try:
+            found = store.locks(key)
+        except Exception:  # any client's error: the holder stays unnamed
+            return []
+        return [lock for _name, where, text in found if (lock := lock_from_json(text, where))]
 
     def unfinished(self, key: str) -> Unfinished:
         """What the backend holds for `key` when it has no committed spec: its state's
@@ -417,9 +422,12 @@ class Stacks:
         held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
         """
         stack_id = self.stack_id(key)
-        # A stack removed between its selection and the update is selected (created) again,
-        # once: only when `create` is set.
-        for attempt in range(2 if create else 1):
+        # A stack removed between its selection (or creation) and the update is created
+        # again when `create` is set, as often as a teammate's `clean` or the reaper removes
+        # it meanwhile (a clean, then the reaper removing the empty stack just created),
+        # until the lock wait is over.
+        recreate_until = time.monotonic() + max(lock_wait, 60.0)
+        while True:
             applied = Applied()
             workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names it)
 
@@ -452,13 +460,12 @@ class Stacks:
                 exc.applied = applied  # type: ignore[attr-defined]
                 raise
             except NotFound:
-                if attempt == 0 and create:
+                if create and time.monotonic() < recreate_until:
                     continue
                 raise
             if applied.after is None:
                 self.remove_if_empty(key)
             return applied
-        raise AssertionError("unreachable")
 
     def _latest(self, key: str, cwd: str | None) -> EnvironmentSpec | None:
         """Under the lock (called by the program): the spec last deployed, from the
@@ -574,9 +581,11 @@ class Stacks:
             try:
                 self._attempt(key, action)
                 return
-            except _Retry:
+            except _Retry as retry:
                 if time.monotonic() >= deadline:
-                    raise Busy(f"environment {key!r} stayed busy; retry later") from None
+                    raise Busy(
+                        f"environment {key!r} stayed busy or unreadable ({retry}); retry later"
+                    ) from None
                 time.sleep(0.5)
                 continue
             except auto.ConcurrentUpdateError as exc:
@@ -599,15 +608,17 @@ class Stacks:
                 time.sleep(1.0)
 
     def _attempt(self, key: str, action: Callable[[], object]) -> None:
-        """One try of `action`; Pulumi's errors become ours, a held lock is re-raised."""
+        """One try of `action`; Pulumi's errors become ours, a held lock is re-raised.
+        While it runs, the lock it takes gets its holder record (see _HolderWatch)."""
         try:
-            action()
+            with _HolderWatch(self.lock_store(), key):
+                action()
         except auto.ConcurrentUpdateError:
             raise
         except auto.CommandError as exc:
             text = str(exc)
             if _transient(exc):
-                raise _Retry from None
+                raise _Retry(_summary(exc)) from None
             if "no stack named" in text:
                 raise NotFound(f"no environment {key!r} in this backend") from None
             if backends.wrong_passphrase(text):
@@ -615,16 +626,13 @@ class Stacks:
             raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
 
     def _take_over(self, key: str, action: Callable[[], object], stale_after: float) -> bool:
-        """Under a host-wide file lock per stack: look at the locks afresh (by trying again),
-        remove them if stale and run `action`. True when `action` ran; False when the locks
-        were not stale. `pulumi cancel` removes every lock of a stack, so two waiters that
-        both judged one dead lock must not both cancel: the second would remove the lock of
-        the update the first just started."""
-        guard = Path(tempfile.gettempdir()) / "preview-env-takeover"
-        guard.mkdir(exist_ok=True)
+        """Under this user's file lock per stack: look at the locks afresh (by trying
+        again), remove them if stale and run `action`. True when `action` ran; False when
+        the locks were not stale. Only the judged lock objects are removed (by their ids),
+        so a fresh lock another waiter took meanwhile is never touched; the file lock only
+        spares this user's waiters the same work."""
         name = naming.stack_identity(backends.redact(self.backend), key)
-        with (guard / f"{name}.lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with _guard(name):
             try:
                 self._attempt(key, action)
                 return True
@@ -635,36 +643,137 @@ class Stacks:
             return True
 
     def _recover(self, key: str, locks: list[Lock], stale_after: float) -> bool:
-        """Take over `locks` when every one is stale (preview_stack.reaping.lock_is_stale):
-        `pulumi cancel` removes them on every backend, then the killed update's pending
-        operations are cleared. True when done."""
-        if not locks:
+        """Take over `locks` when every one is stale (preview_stack.reaping.lock_is_stale,
+        judged on the lock objects as the store holds them and their holder records): the
+        killed update's pending operations are cleared, then exactly those lock objects
+        are removed. True when done (or when they were released meanwhile)."""
+        store = self.lock_store()
+        if not locks or store is None:
             return False
+        wanted = {lock.path.rsplit("/", 1)[-1] for lock in locks}
         now = dt.datetime.now(dt.UTC)
-        host = socket.gethostname()
-        if not all(
-            lock_is_stale(
-                lock, now=now, this_host=host, pid_alive=_pid_alive, threshold_seconds=stale_after
-            )
-            for lock in locks
-        ):
+        where = here()
+        judged = []
+        try:
+            for name, place, text in store.locks(key):
+                lock = lock_from_json(text, place)
+                if name not in wanted or lock is None:
+                    continue
+                holder = holder_from_json(store.read_holder(key, name))
+                if not lock_is_stale(
+                    lock,
+                    now=now,
+                    holder=holder,
+                    here=where,
+                    start_time_of=start_time_of,
+                    threshold_seconds=stale_after,
+                ):
+                    return False
+                judged.append(name)
+        except Exception:  # the store cannot be read: nothing is taken over
             return False
+        if not judged:
+            return True  # released meanwhile: retry the update
         stack = self._select(key, _noop)
         self._orphans_possible.add(key)
+        self._clear_pending(stack, judged, store, key)
+        return True
+
+    def _clear_pending(
+        self, stack: auto.Stack, judged: list[str], store: LockStore, key: str
+    ) -> None:
+        """Remove the judged lock objects, and the pending operations the killed update
+        left. The state is read while the stale locks still keep every update out, and
+        written back (the import takes the lock) only if nothing changed it since."""
         try:
-            stack._run_pulumi_cmd_sync(["cancel", "--yes", "--stack", key])
-        except auto.CommandError:
-            return True  # another waiter removed it first: retry the update
-        try:
-            exported = stack.export_stack()
-            deployment = dict(exported.deployment or {})
-            if deployment.get("pending_operations"):
-                deployment["pending_operations"] = []
-                stack.import_stack(auto.Deployment(version=exported.version, deployment=deployment))
+            before = stack.export_stack()
         except auto.CommandError as exc:
             if "no stack named" not in str(exc):
                 raise self._backend_error(exc) from None
-        return True
+            before = None
+        for name in judged:
+            try:
+                store.delete_lock(key, name)
+                store.delete_holder(key, name)
+            except Exception as exc:
+                raise Unreachable(
+                    f"cannot remove the stale lock {name} of {key!r} in {self._shown}: {exc}"
+                ) from None
+        deployment = dict(before.deployment or {}) if before else {}
+        if not before or not deployment.get("pending_operations"):
+            return
+        try:
+            if stack.export_stack().deployment != before.deployment:
+                return  # another update ran meanwhile: its state stands
+            deployment["pending_operations"] = []
+            stack.import_stack(auto.Deployment(version=before.version, deployment=deployment))
+        except auto.ConcurrentUpdateError:
+            return  # another update started: it proceeds (Pulumi warns of pending ones)
+        except auto.CommandError as exc:
+            if "no stack named" not in str(exc):
+                raise self._backend_error(exc) from None
+
+
+class _HolderWatch:
+    """While an update runs: once the lock it takes is there (a lock on this host held by
+    a `pulumi` process of ours), write its holder record beside it; removed when the
+    update ends. A killed update leaves the record, which lets a later takeover on the
+    same boot and PID namespace prove the holder gone (preview_stack.reaping)."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, store: LockStore | None, key: str) -> None:
+        self.store, self.key = store, key
+        self.written: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _HolderWatch:
+        if self.store is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.store is not None and self.written is not None:
+            with contextlib.suppress(Exception):
+                self.store.delete_holder(self.key, self.written)
+
+    def _watch(self) -> None:
+        assert self.store is not None
+        while not self._stop.wait(self.POLL_SECONDS):
+            try:
+                for name, place, text in self.store.locks(self.key):
+                    lock = lock_from_json(text, place)
+                    holder = our_holder(lock) if lock else None
+                    if holder is not None:
+                        self.store.write_holder(self.key, name, holder.to_json())
+                        self.written = name
+                        return
+            except Exception:
+                continue  # a momentary store error: look again
+
+
+@contextlib.contextmanager
+def _guard(name: str) -> Iterator[None]:
+    """An exclusive file lock in this user's private state directory (never a shared
+    temporary directory, where another user could plant the file or a symlink)."""
+    folder = backends.default_state_dir() / "takeover"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise Unreachable(f"{folder} is not a directory of this user; remove it")
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+    handle = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 _KNOWN = "known"  # with _stack_class(): neither select nor create, the stack exists
@@ -706,37 +815,44 @@ def _stack_class() -> Callable[[str, auto.Workspace, str], auto.Stack]:
 
 @functools.cache
 def _pulumi_command() -> auto.PulumiCommand:
-    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own."""
-    return auto.PulumiCommand()
+    """One `pulumi version` per process: each LocalWorkspace otherwise runs its own. A
+    `pulumi` that does not run is one line naming it, not a traceback."""
+    try:
+        return auto.PulumiCommand()
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        last = (said.strip().splitlines() or [f"exit {exc.returncode}"])[-1]
+        raise Unreachable(f"`pulumi version` failed: {last}; check the pulumi on PATH") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot run pulumi: {exc}; install it or fix PATH") from None
 
 
 class _Retry(Exception):
     """A momentary backend condition: try the same update again."""
 
 
+# A lock object listed, then released before it was read: Pulumi's diy backends list a
+# stack's locks and read each one (to create, lock or remove a stack), and gocloud says
+# NotFound the same way for files, S3 objects and PostgreSQL rows.
+_LOCK_VANISHED = re.compile(
+    r"\.pulumi/locks/\S*?\.json.*(NotFound|NoSuchKey|not found|no such file)", re.I
+)
+
+
 def _transient(exc: auto.CommandError) -> bool:
     """Pulumi's self-managed backends read checkpoints without the lock and lock to create
     or remove a stack: a concurrent writer shows as a truncated checkpoint ("failed to load
-    checkpoint: EOF", a lock file gone while listed), a concurrent creator or remover as a
-    locked stack."""
+    checkpoint: EOF", a lock file gone while listed or read), a concurrent creator or
+    remover as a locked stack."""
     text = str(exc)
     return (
         "failed to load checkpoint" in text
         or "unexpected end of JSON input" in text
         or "could not list bucket" in text  # a lock file removed while being listed
+        or _LOCK_VANISHED.search(text) is not None
         or re.search(r"error: (unexpected )?EOF\s*$", text, re.M) is not None
         or isinstance(exc, auto.ConcurrentUpdateError)
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _noop() -> None:
@@ -750,15 +866,30 @@ def _last_line(exc: auto.CommandError) -> str:
 
 
 _GENERIC = ("update failed", "destroy failed", "Resource monitor has terminated", "preview failed")
+# hashicorp/go-multierror's header: the errors themselves follow as `* ...` lines.
+_SEVERAL = re.compile(r"^\d+ errors? occurred:?$")
 
 
 def _summary(exc: auto.CommandError) -> str:
-    """The distinct, specific error messages of a failed pulumi run, shortened."""
+    """The distinct, specific error messages of a failed pulumi run in one line, the first
+    resource's first: "N errors occurred:" stands for the `* ...` lines under it (the
+    first is the resource's error, the others its detail: an image pull's failure)."""
     found: list[str] = []
-    for line in str(exc).splitlines():
-        if "error:" not in line:
+    lines = str(exc).splitlines()
+    for index, line in enumerate(lines):
+        if "error:" not in line or line.strip().startswith("* "):
             continue
         message = line.rsplit("error: ", 1)[-1].strip()
+        if _SEVERAL.match(message):
+            bullets = [
+                rest.strip().removeprefix("* ").strip()
+                for rest in lines[index + 1 : index + 50]
+                if rest.strip().startswith("* ")
+            ]
+            following = lines[index + 1 : index + 2]
+            if not bullets or not (following and following[0].strip().startswith("* ")):
+                continue  # the progress line's copy; Diagnostics carry the bullets
+            message = "; ".join(bullets)  # the first is the resource's own error
         message = re.sub(r'"urn:pulumi:[^"]*::([^"]+)"', r"\1", message)
         if message and not message.startswith(_GENERIC) and message not in found:
             found.append(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import os
@@ -26,7 +27,7 @@ from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
 from preview_stack.derive import TargetWorkload, derivation_notes
-from preview_stack.errors import BadInput, Busy, DeployFailed, PreviewError
+from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
     crossing_keys,
@@ -429,14 +430,16 @@ def start(
         progress.line("Deploy failed; undoing this start (other targets are kept)...")
         seen: Applied | None = getattr(exc, "applied", None)
         undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
-        stacks.apply(
-            env_key,
-            undo,
-            reader,
-            on_event=progress.on_event,
-            on_output=progress.on_output,
-            create=False,
-        )
+        # A teammate's clean that removed the whole environment meanwhile left nothing to undo.
+        with contextlib.suppress(NotFound):
+            stacks.apply(
+                env_key,
+                undo,
+                reader,
+                on_event=progress.on_event,
+                on_output=progress.on_output,
+                create=False,
+            )
         if copy is not None and copy.bad_input:
             raise BadInput(reason) from None
         raise DeployFailed(why) from None

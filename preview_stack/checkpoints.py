@@ -2,18 +2,22 @@
 
 A DIY backend (file, S3) keeps each stack's latest state as one JSON document,
 `.pulumi/stacks/<project>/<stack>.json` (gzipped as `.json.gz` when PULUMI_DIY_BACKEND_GZIP
-is set). Its root `pulumi:pulumi:Stack` resource holds the outputs `pulumi stack output`
-prints, so reading it is the same read without one process per stack. Only the non-secret
-`publicSpec` is used: secrets stay encrypted and keep needing `pulumi`. Anything not
-recognised comes back as UNREADABLE and the caller asks `pulumi` instead.
+is set, zstd-compressed as `.json.zst` when PULUMI_DIY_BACKEND_ZSTD is). Its root
+`pulumi:pulumi:Stack` resource holds the outputs `pulumi stack output` prints, so reading
+it is the same read without one process per stack. Only the non-secret `publicSpec` is
+used: secrets stay encrypted and keep needing `pulumi`. Anything not recognised comes back
+as UNREADABLE and the caller asks `pulumi` instead.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import re
 from typing import Any, Final
 
+import zstandard
 from pydantic import ValidationError
 
 from preview_stack.spec import EnvironmentSpec
@@ -37,15 +41,56 @@ class Unreadable:
 
 UNREADABLE: Final = Unreadable()
 
+# The names of a stack's checkpoint as Pulumi v3.274 writes it (plain, gzip, zstd).
+STACK_SUFFIXES = (".json", ".json.gz", ".json.zst")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+# Other files Pulumi and its blob drivers keep next to checkpoints: backups (`.bak`),
+# gocloud fileblob's attributes (`.attrs`) and temporary writes (`.<hex>.tmp`), and
+# PULUMI_RETAIN_CHECKPOINTS copies (`.json[.gz|.zst].<unix nanoseconds>`).
+_BOOKKEEPING = re.compile(r"\.json(\.gz|\.zst)?(\.bak|\.[0-9]+|\.[0-9a-f]+\.tmp)*(\.attrs)?$")
+
+
+class Unknown:
+    """A file in the stacks folder whose name no Pulumi version this code knows writes."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = Unknown()
+
+
+def stack_file_key(name: str) -> str | Unknown | None:
+    """The stack a file of `.pulumi/stacks/<project>/` is the checkpoint of; None for the
+    bookkeeping files Pulumi keeps beside them; UNKNOWN for anything else (a format this
+    code cannot list: the caller must ask `pulumi`, never skip it)."""
+    for suffix in STACK_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    if _BOOKKEEPING.search(name) and not name.startswith(".json"):
+        return None
+    return UNKNOWN
+
+
+def decompressed(raw: bytes) -> bytes:
+    """Checkpoint bytes as written plain, gzipped or zstd-compressed (Go's encoders stream
+    zstd without a content size, so it is read as a stream). Raises OSError, EOFError or
+    zstandard.ZstdError for a truncated or corrupt file."""
+    if raw[:2] == GZIP_MAGIC:
+        return gzip.decompress(raw)
+    if raw[:4] == ZSTD_MAGIC:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+            return reader.read()
+    return raw
+
 
 def stack_outputs(raw: bytes) -> dict[str, Any] | Unreadable:
-    """The root stack's outputs in checkpoint bytes (plain or gzipped JSON); {} for a stack
-    that holds nothing yet; UNREADABLE for a format this code does not know."""
+    """The root stack's outputs in checkpoint bytes (plain, gzipped or zstd JSON); {} for a
+    stack that holds nothing yet; UNREADABLE for a format this code does not know."""
     try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        document = json.loads(raw)
-    except (OSError, EOFError, ValueError):
+        document = json.loads(decompressed(raw))
+    except (OSError, EOFError, ValueError, zstandard.ZstdError):
         return UNREADABLE  # truncated, or written while we read: let pulumi retry it
     if not isinstance(document, dict) or document.get("version") not in KNOWN_VERSIONS:
         return UNREADABLE

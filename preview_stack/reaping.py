@@ -2,11 +2,16 @@
 
 The reaper finds candidates in the backend (never in the cluster's records, which anyone
 with a namespace could plant); the re-check under the stack's lock decides. A lock is
-taken over by one rule, the same on every backend (Pulumi's lock error names holder, host,
-PID and time everywhere): its holder is provably gone (a process on this host that no
-longer runs), or the lock is older than the threshold, which is always longer than the
-longest update preview-env runs (creation timeouts are capped at
-MAX_CREATION_TIMEOUT_SECONDS).
+taken over by one rule, the same on every backend: its holder is provably gone, or the
+lock is older than the threshold, which is always longer than the longest update
+preview-env runs (creation timeouts are capped at MAX_CREATION_TIMEOUT_SECONDS, and one
+update may wait for a branch server, its copy Job and the preview in turn).
+
+"Provably gone" needs more than Pulumi's lock (host name and PID): containers and CI
+runners share host names but not PID namespaces. The update that holds a lock records
+its process beside it (Holder: boot id, PID namespace, PID and that PID's start time);
+only a process on the same boot, in the same PID namespace and on the same host, that
+finds no process with that PID and start time, may call the holder gone.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from dataclasses import dataclass
 
 from preview_stack.ttl import parse_rfc3339
 
-DEFAULT_STALE_LOCK_SECONDS = 30 * 60
-# The longest a preview-env update may wait for pods; an update adds at most a few minutes
-# of engine and API time on top, so a lock younger than MIN_STALE_LOCK_SECONDS may be live.
+# The longest a preview-env update may wait for one object to become ready. One update
+# waits for at most three in turn (a database branch's server, its copy Job, then the
+# preview that reads it), plus a few minutes of engine and API time: a lock younger than
+# MIN_STALE_LOCK_SECONDS may be live.
 MAX_CREATION_TIMEOUT_SECONDS = 10 * 60
-MIN_STALE_LOCK_SECONDS = 15 * 60
+SEQUENTIAL_WAITS = 3
+MIN_STALE_LOCK_SECONDS = SEQUENTIAL_WAITS * MAX_CREATION_TIMEOUT_SECONDS + 10 * 60
+DEFAULT_STALE_LOCK_SECONDS = 60 * 60
 _LOCK_LINE = re.compile(
     r"(?P<path>\S+?\.json)(?:\?\S*)?: created by (?P<user>\S+)@(?P<host>[^\s@]+) "
     r"\(pid (?P<pid>\d+)\) at (?P<time>\S+)"
@@ -71,16 +79,91 @@ def parse_locks(message: str) -> list[Lock]:
     return list(found.values())
 
 
+@dataclass(frozen=True)
+class Holder:
+    """The process that holds a lock, as the update that took it recorded it: what
+    identifies a process across PID namespaces and PID reuse."""
+
+    boot_id: str
+    pid_namespace: str
+    pid: int
+    start_time: int  # clock ticks after boot (/proc/<pid>/stat field 22)
+    hostname: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "bootId": self.boot_id,
+                "pidNamespace": self.pid_namespace,
+                "pid": self.pid,
+                "startTime": self.start_time,
+                "hostname": self.hostname,
+            }
+        )
+
+
+def holder_from_json(text: str | None) -> Holder | None:
+    """A holder record; None when missing or not one."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        return Holder(
+            boot_id=str(doc["bootId"]),
+            pid_namespace=str(doc["pidNamespace"]),
+            pid=int(doc["pid"]),
+            start_time=int(doc["startTime"]),
+            hostname=str(doc["hostname"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Here:
+    """Where the judging process runs: its boot, PID namespace and host name (empty
+    boot id or namespace when they cannot be read: then nothing is provable here)."""
+
+    boot_id: str
+    pid_namespace: str
+    hostname: str
+
+
+def holder_is_gone(
+    lock: Lock,
+    holder: Holder | None,
+    *,
+    here: Here,
+    start_time_of: Callable[[int], int | None],
+) -> bool:
+    """Provably gone: the lock's own holder record (same PID and host as the lock) says it
+    ran on this boot, in this PID namespace, on this host, and no process with that PID
+    and start time runs. Anything less (no record, another namespace or boot) proves
+    nothing: a process we cannot see may still hold the lock."""
+    if holder is None or not here.boot_id or not here.pid_namespace:
+        return False
+    if (holder.pid, holder.hostname) != (lock.pid, lock.hostname):
+        return False
+    if (holder.boot_id, holder.pid_namespace, holder.hostname) != (
+        here.boot_id,
+        here.pid_namespace,
+        here.hostname,
+    ):
+        return False
+    return start_time_of(holder.pid) != holder.start_time
+
+
 def lock_is_stale(
     lock: Lock,
     *,
     now: dt.datetime,
-    this_host: str,
-    pid_alive: Callable[[int], bool],
+    holder: Holder | None,
+    here: Here,
+    start_time_of: Callable[[int], int | None],
     threshold_seconds: float,
 ) -> bool:
-    """Gone for sure (same host, PID not running), or older than any live update can be."""
-    if lock.hostname == this_host and not pid_alive(lock.pid):
+    """Gone for sure (holder_is_gone), or older than any live update can be."""
+    if holder_is_gone(lock, holder, here=here, start_time_of=start_time_of):
         return True
     return (now - lock.timestamp).total_seconds() >= threshold_seconds
 

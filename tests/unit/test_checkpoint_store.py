@@ -11,7 +11,15 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from cli.checkpoint_store import EMPTY_SHA256, FileStore, S3Store, open_store, s3_store, sigv4
+from cli.checkpoint_store import (
+    EMPTY_SHA256,
+    FileStore,
+    S3Store,
+    UnknownStackFile,
+    open_store,
+    s3_store,
+    sigv4,
+)
 
 CREDS = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}
 
@@ -115,6 +123,8 @@ def test_s3_store_lists_pages_and_reads_the_newer_checkpoint(fake_s3: str) -> No
         f"{s}b.json": ("2026-01-01T00:00:00.000Z", b"old"),
         f"{s}b.json.gz": ("2026-01-02T00:00:00.000Z", b"new"),
         f"{s}c.json.gz": ("2026-01-01T00:00:00.000Z", b"C"),
+        f"{s}z.json.zst": ("2026-01-01T00:00:00.000Z", b"Z"),
+        f"{s}z.json.zst.bak": ("2026-01-01T00:00:00.000Z", b"backup"),
         ".pulumi/stacks/other/x.json": ("2026-01-01T00:00:00.000Z", b"X"),
         ".pulumi/locks/organization/preview-env/b/1234.json": ("2026-01-01T00:00:00.000Z", b"{}"),
         ".pulumi/history/preview-env/a/a-1.history.json": ("2026-01-01T00:00:00.000Z", b"{}"),
@@ -122,7 +132,8 @@ def test_s3_store_lists_pages_and_reads_the_newer_checkpoint(fake_s3: str) -> No
     url = f"s3://bkt?endpoint={fake_s3}&use_path_style=true&region=us-east-1"
     store = open_store(url, "preview-env", CREDS)
     assert isinstance(store, S3Store)
-    assert store.stacks() == {"a": False, "ab": False, "b": True, "c": False}
+    assert store.stacks() == {"a": False, "ab": False, "b": True, "c": False, "z": False}
+    assert store.read("z") == b"Z"
     assert store.read("a") == b"A"
     assert store.read("b") == b"new"
     assert store.read("c") == b"C"
@@ -144,3 +155,32 @@ def test_no_store_without_a_known_meta_yaml(fake_s3: str, tmp_path: Any) -> None
 def test_an_unreachable_s3_gives_no_store() -> None:
     url = "s3://bkt?endpoint=http://127.0.0.1:9&use_path_style=true&region=us-east-1"
     assert open_store(url, "preview-env", CREDS) is None
+
+
+def test_s3_store_refuses_to_list_past_an_unknown_stack_file(fake_s3: str) -> None:
+    s = ".pulumi/stacks/preview-env/"
+    FakeS3.objects = {
+        ".pulumi/meta.yaml": ("2026-01-01T00:00:00.000Z", b"version: 1\n"),
+        f"{s}a.json": ("2026-01-01T00:00:00.000Z", b"A"),
+        f"{s}ghost.json.foo": ("2026-01-01T00:00:00.000Z", b"?"),
+    }
+    url = f"s3://bkt?endpoint={fake_s3}&use_path_style=true&region=us-east-1"
+    store = open_store(url, "preview-env", CREDS)
+    assert store is not None
+    with pytest.raises(UnknownStackFile, match=r"ghost\.json\.foo"):
+        store.stacks()
+
+
+def test_file_store_lists_zstd_and_refuses_unknown_files(tmp_path: Any) -> None:
+    stacks = tmp_path / ".pulumi" / "stacks" / "preview-env"
+    stacks.mkdir(parents=True)
+    (tmp_path / ".pulumi" / "meta.yaml").write_text("version: 1\n")
+    for name in ("a.json", "a.json.bak", "a.json.attrs", "z.json.zst", "z.json.zst.bak"):
+        (stacks / name).write_bytes(name.encode())
+    store = open_store(f"file://{tmp_path}", "preview-env", {})
+    assert isinstance(store, FileStore)
+    assert store.stacks() == {"a": False, "z": False}
+    assert store.read("z") == b"z.json.zst"
+    (stacks / "ghost.json.foo").write_bytes(b"?")
+    with pytest.raises(UnknownStackFile, match=r"ghost\.json\.foo"):
+        store.stacks()

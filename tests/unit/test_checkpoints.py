@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from typing import Any
+
+import pytest
+import zstandard
 
 from preview_stack import checkpoints
 from preview_stack.config import TargetPath
@@ -52,9 +56,23 @@ def _outputs(env: EnvironmentSpec) -> dict[str, Any]:
     }
 
 
-def test_public_spec_is_read_plain_or_gzipped() -> None:
+def _zstd_streamed(data: bytes) -> bytes:
+    """zstd as Go's encoders write it: streamed, no content size in the frame header."""
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+def test_public_spec_is_read_plain_gzipped_or_zstd() -> None:
     env = _env({"TOKEN": "hunter2"})
-    for raw in (_checkpoint(_outputs(env)), gzip.compress(_checkpoint(_outputs(env)))):
+    plain = _checkpoint(_outputs(env))
+    for raw in (
+        plain,
+        gzip.compress(plain),
+        zstandard.ZstdCompressor().compress(plain),
+        _zstd_streamed(plain),
+    ):
         outputs = checkpoints.stack_outputs(raw)
         assert isinstance(outputs, dict)
         assert checkpoints.public_spec(outputs) == redacted(env)
@@ -89,3 +107,27 @@ def test_anything_unknown_falls_back_to_pulumi() -> None:
     assert checkpoints.public_spec(forged) is checkpoints.UNREADABLE
     hidden = {**_outputs(env), checkpoints.PUBLIC_SPEC: SECRET}
     assert checkpoints.public_spec(hidden) is checkpoints.UNREADABLE
+
+
+@pytest.mark.parametrize(
+    "name, found",
+    [
+        ("pr-1.json", "pr-1"),
+        ("pr-1.json.gz", "pr-1"),
+        ("pr-1.json.zst", "pr-1"),
+        ("pr-1.json.bak", None),
+        ("pr-1.json.zst.bak", None),
+        ("pr-1.json.attrs", None),
+        ("pr-1.json.gz.bak.attrs", None),
+        ("pr-1.json.1764924000123456789", None),  # PULUMI_RETAIN_CHECKPOINTS
+        ("pr-1.json.zst.1764924000123456789", None),
+        ("pr-1.json.18a2b3c4d5e6f.tmp", None),  # fileblob's no_tmp_dir writes
+    ],
+)
+def test_stack_file_names_pulumi_writes_are_known(name: str, found: str | None) -> None:
+    assert checkpoints.stack_file_key(name) == found
+
+
+@pytest.mark.parametrize("name", ["pr-1.json.foo", "pr-1.yaml", "pr-1.json.xz", "README"])
+def test_a_stack_file_name_nobody_knows_is_unknown(name: str) -> None:
+    assert checkpoints.stack_file_key(name) is checkpoints.UNKNOWN

@@ -101,24 +101,62 @@ def test_missing_image_is_refused() -> None:
 
 
 def test_stale_locks() -> None:
-    from preview_stack.reaping import Lock, lock_is_stale
+    from preview_stack.reaping import Here, Holder, Lock, holder_from_json, lock_is_stale
 
     now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
-
     lock = Lock(pid=42, hostname="me", timestamp=now - dt.timedelta(minutes=5), path="x")
+    here = Here(boot_id="boot-1", pid_namespace="pid:[4026531836]", hostname="me")
+    holder = Holder("boot-1", "pid:[4026531836]", 42, start_time=1000, hostname="me")
+    assert holder_from_json(holder.to_json()) == holder
 
-    def alive(_pid: int) -> bool:
-        return True
+    def running(_pid: int) -> int | None:
+        return 1000  # the holder itself
 
-    def dead(_pid: int) -> bool:
-        return False
+    def gone(_pid: int) -> int | None:
+        return None
 
-    # The holder is provably gone (same host, PID not running): taken over at once.
-    assert lock_is_stale(lock, now=now, this_host="me", pid_alive=dead, threshold_seconds=600)
-    # A live holder on this host, or any holder elsewhere: only past the threshold.
-    assert not lock_is_stale(lock, now=now, this_host="me", pid_alive=alive, threshold_seconds=600)
-    assert lock_is_stale(lock, now=now, this_host="me", pid_alive=alive, threshold_seconds=60)
-    assert not lock_is_stale(
-        lock, now=now, this_host="other", pid_alive=dead, threshold_seconds=600
+    def reused(_pid: int) -> int | None:
+        return 5000  # another process got PID 42 since
+
+    def stale(holder: Holder | None, here: Here, ticks: object, threshold: float) -> bool:
+        return lock_is_stale(
+            lock,
+            now=now,
+            holder=holder,
+            here=here,
+            start_time_of=ticks,  # type: ignore[arg-type]
+            threshold_seconds=threshold,
+        )
+
+    # The holder is provably gone (its record: this boot, PID namespace and host; no process
+    # with that PID and start time): taken over at once.
+    assert stale(holder, here, gone, 600)
+    assert stale(holder, here, reused, 600)
+    # A live holder: only past the threshold.
+    assert not stale(holder, here, running, 600)
+    assert stale(holder, here, running, 60)
+    # Same host name, another PID namespace (a container, a CI runner) or another boot, or
+    # no record at all: nothing is provable, whatever PID 42 is here.
+    for elsewhere in (
+        Here("boot-1", "pid:[4026532999]", "me"),
+        Here("boot-2", "pid:[4026531836]", "me"),
+        Here("boot-1", "pid:[4026531836]", "other"),
+        Here("", "", "me"),
+    ):
+        assert not stale(holder, elsewhere, gone, 600)
+    assert not stale(None, here, gone, 600)
+    # A record that is not this lock's (another PID) proves nothing either.
+    other = Holder("boot-1", "pid:[4026531836]", 43, start_time=1000, hostname="me")
+    assert not stale(other, here, gone, 600)
+
+
+def test_the_stale_lock_threshold_outlasts_the_longest_update() -> None:
+    from preview_stack.reaping import (
+        DEFAULT_STALE_LOCK_SECONDS,
+        MAX_CREATION_TIMEOUT_SECONDS,
+        MIN_STALE_LOCK_SECONDS,
     )
-    assert lock_is_stale(lock, now=now, this_host="other", pid_alive=alive, threshold_seconds=60)
+
+    # A branch server, its copy Job and the preview each wait up to the creation timeout.
+    assert MIN_STALE_LOCK_SECONDS > 3 * MAX_CREATION_TIMEOUT_SECONDS
+    assert DEFAULT_STALE_LOCK_SECONDS >= MIN_STALE_LOCK_SECONDS
