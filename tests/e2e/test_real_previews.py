@@ -429,3 +429,56 @@ def test_a_host_path_of_the_target_is_not_the_previews(
         for leftover in host_dir.iterdir():
             leftover.unlink()
         host_dir.rmdir()
+
+
+def test_logs_name_a_pod_whose_kubelet_cannot_be_reached_and_print_the_others(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path, shop: str
+) -> None:
+    """Issue 21 item 8: one environment, a pod on the real node and one on a kwok node,
+    whose kubelet API nobody serves (the API server answers 500): `logs` prints the real
+    pod's lines, one line naming the other pod, the status and the API server's message,
+    and exits 1, without a traceback."""
+    labels = {"app": "ghost"}
+    ghost = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ghost", "namespace": namespace},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {real_node.LABEL: "kwok"},
+                    "containers": [{"name": "ghost", "image": "ghost:1"}],
+                },
+            },
+        },
+    }
+    testbed.kubectl("apply", "-f", "-", input_text=json.dumps(ghost))
+    key = "rp-logs-ghost"
+    config = _config(tmp_path, namespace, {})
+    try:
+        real = cli("start", "-f", config, "-i", shop, "-k", key, "--routing", "none", "-o", "json")
+        assert real.code == 0, real.stderr
+        (pod,) = real.json()["pods"]
+        kwok = cli(
+            "start", "-t", "deployment/ghost", "-n", namespace, "-i", "ghost:pr", "-k", key,
+            "--routing", "none", "-o", "json",
+        )  # fmt: skip
+        assert kwok.code == 0, kwok.stderr
+        (ghost_pod,) = [p for p in kwok.json()["pods"] if p["target"] == "deployment/ghost"]
+        got = cli("logs", "-k", key)
+        assert got.code == 1, (got.stdout, got.stderr)
+        assert "Traceback" not in got.stderr, got.stderr
+        (line,) = got.stderr.strip().splitlines()
+        assert line.startswith(
+            f"error: cannot read the logs of pod {namespace}/{ghost_pod['name']} "
+            "(container ghost): HTTP 500"
+        ), line
+        assert f"[{pod['name']}/shop] echo: {pod['name']} listening on :8080" in got.stdout
+        followed = cli("logs", "-k", key, "-t", "deployment/ghost", "-f")
+        assert followed.code == 1 and "Traceback" not in followed.stderr, followed.stderr
+        assert followed.stderr.strip().splitlines() == [line]
+    finally:
+        assert cli("clean", "-k", key).code == 0
