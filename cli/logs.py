@@ -65,11 +65,20 @@ def logs(
         print(f"no preview pods of {key} are running", file=sys.stderr)
         return
     if not follow:
+        failed = False
         for stream in streams:
-            for line in stream.lines():
-                print(f"[{stream.pod}/{stream.container}] {line}")
+            try:
+                for line in stream.lines():
+                    print(f"[{stream.pod}/{stream.container}] {line}")
+            except PreviewError as exc:  # one pod's node is unreachable: the others still
+                sys.stdout.flush()
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                failed = True
+        if failed:
+            raise typer.Exit(1)
         return
-    _follow(cluster, streams)
+    if not _follow(cluster, streams):
+        raise typer.Exit(1)
 
 
 def _services(spec: EnvironmentSpec, target: str | None) -> list[ServiceSpec]:
@@ -82,14 +91,21 @@ def _services(spec: EnvironmentSpec, target: str | None) -> list[ServiceSpec]:
     return chosen
 
 
-def _follow(cluster: Cluster, streams: list[PodLogs]) -> None:
-    """One thread per pod; lines are printed whole, in arrival order, until Ctrl-C."""
+def _follow(cluster: Cluster, streams: list[PodLogs]) -> bool:
+    """One thread per pod; lines are printed whole, in arrival order, until Ctrl-C. False
+    when some pod's logs could not be read (each said in one line on stderr)."""
     printing = threading.Lock()
+    failures: list[str] = []
 
     def pump(stream: PodLogs) -> None:
-        for line in stream.lines(follow=True):
+        try:
+            for line in stream.lines(follow=True):
+                with printing:
+                    print(f"[{stream.pod}/{stream.container}] {line}", flush=True)
+        except PreviewError as exc:
             with printing:
-                print(f"[{stream.pod}/{stream.container}] {line}", flush=True)
+                failures.append(stream.pod)
+                print(f"error: {exc}", file=sys.stderr, flush=True)
 
     threads = [threading.Thread(target=pump, args=(s,), daemon=True) for s in streams]
     for thread in threads:
@@ -99,4 +115,5 @@ def _follow(cluster: Cluster, streams: list[PodLogs]) -> None:
             while thread.is_alive():
                 thread.join(0.2)
     except KeyboardInterrupt:
-        return
+        pass
+    return not failures

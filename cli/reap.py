@@ -31,7 +31,7 @@ from cli.start import CachedReader
 from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
-from preview_stack.reaping import Due, expiring_within
+from preview_stack.reaping import Due, due_without_spec, expiring_within
 from preview_stack.ttl import parse_duration, remaining, rfc3339
 
 Outcome = Literal["reaped", "would-reap", "skipped", "failed"]
@@ -121,18 +121,27 @@ def reap_one(
 def find_due(stacks: Stacks, now: dt.datetime) -> tuple[list[Due], list[ReapResult]]:
     """Due environments of this backend, from its stacks and their specs as the backend
     holds them (records in the cluster are never read: anyone with a namespace could plant
-    one). An emptied stack is due at once: removing it is all that is left. The re-check
-    under the lock decides in the end. A stack whose spec cannot be read is a failure of
-    this round (exit 1), never skipped in silence: it may be due and leaking."""
+    one). An emptied stack is due at once: removing it is all that is left; a kept failed
+    first start (objects, no spec) when the expiry in its state passes. The re-check under
+    the lock decides in the end. A stack whose spec cannot be read is a failure of this
+    round (exit 1), never skipped in silence: it may be due and leaking."""
     due, unreadable = [], []
-    for key, spec in stacks.specs(stacks.environments()).items():
+    busy = stacks.environments()
+    for key, spec in stacks.specs(busy).items():
         if isinstance(spec, PreviewError):
             unreadable.append(
                 ReapResult(key=key, expiresAt="unknown", outcome="failed", reason=str(spec))
             )
             continue
         if spec is None:
-            due.append(Due(key=key, expires_at=now))
+            # No committed spec: a kept failed first start keeps the TTL its objects were
+            # declared with (read from the stack's state); else due at once. A running first
+            # start is due too: its lock makes it skipped.
+            kept = None if busy.get(key) else stacks.unfinished(key)
+            expires = kept.expires_at if kept is not None and kept.resources else None
+            moment = due_without_spec(expires, now)
+            if moment is not None:
+                due.append(Due(key=key, expires_at=moment))
             continue
         moment = spec.expiry()
         if moment is not None and moment <= now:

@@ -26,7 +26,7 @@ from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
-from preview_stack.derive import TargetWorkload, derivation_notes
+from preview_stack.derive import TargetWorkload, derivation_notes, preview_pod
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
@@ -71,6 +71,10 @@ class StartResult(BaseModel):
     changes: list[str] = Field(
         default_factory=list,
         description="what was changed from the target's pod (storage, host ports, ...)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="volumes kept shared with the target (feature.preview.shared_volumes)",
     )
     routes_problem: str | None = Field(
         default=None,
@@ -388,7 +392,9 @@ def start(
     from preview_stack.program import manifests_for  # not at the top: not for `status`
 
     manifests = manifests_for(alone, reader, stack_id)
-    changes = derivation_notes(alone, service, workload) if workload else []
+    derived = preview_pod(workload, service, alone) if workload else None
+    changes = derived.notes if derived else []
+    warnings = derived.warnings if derived else []
     if any(m["kind"] == "HTTPRoute" for m in manifests) and not cluster.has_gateway_api():
         raise BadInput(
             "the cluster has no Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) "
@@ -405,6 +411,8 @@ def start(
             )
 
     _check_routes_of_others(cluster, manifests, service, env_key, stack_id)
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", markup=False)
 
     progress.line("Deploying pod...")
     try:
@@ -459,6 +467,7 @@ def start(
         expires_at=env.expires_at,
         links=share_links(env),
         changes=changes,
+        warnings=warnings,
         routes_problem=not_served,
     )
     if not text:

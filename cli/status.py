@@ -87,22 +87,30 @@ def status(
     if owner is not None:
         specs = {k: s for k, s in specs.items() if stacks.owner(k, s) == owner}
     keys = {k: v for k, v in keys.items() if k in specs}
+    # No committed spec and no update running: a first start that never finished (kept with
+    # --keep-on-failure) or an emptied stack; the backend's state tells them apart, and
+    # holds the spec a kept one's objects were declared from.
+    unfinished = {
+        k: stacks.unfinished(k)
+        for k, s in specs.items()
+        if s is None and not keys[k] and not stacks.lock_holders(k)
+    }
+    declared: dict[str, EnvironmentSpec] = {}
+    for k, s in specs.items():
+        kept = unfinished.get(k)
+        if isinstance(s, EnvironmentSpec):
+            declared[k] = s
+        elif kept is not None and kept.resources and kept.spec is not None:
+            declared[k] = kept.spec
     if namespace is not None:
         specs = {
             k: s
             for k, s in specs.items()
-            if isinstance(s, EnvironmentSpec) and namespace in {v.namespace for v in s.services}
+            if k in declared and namespace in {v.namespace for v in declared[k].services}
         }
         keys = {k: v for k, v in keys.items() if k in specs}
     namespaces = (
-        {namespace}
-        if namespace
-        else {
-            v.namespace
-            for s in specs.values()
-            if isinstance(s, EnvironmentSpec)
-            for v in s.services
-        }
+        {namespace} if namespace else {v.namespace for s in declared.values() for v in s.services}
     )
 
     def ours(obj: Mapping[str, Any]) -> bool:
@@ -111,11 +119,7 @@ def status(
         found = labels.get(naming.LABEL_KEY, "")
         return found in keys and labels.get(naming.LABEL_STACK) == stacks.stack_id(found)
 
-    homes = {
-        k: {v.namespace for v in s.services}
-        for k, s in specs.items()
-        if isinstance(s, EnvironmentSpec)
-    }
+    homes = {k: {v.namespace for v in s.services} for k, s in declared.items() if k in specs}
 
     def ours_here(obj: Mapping[str, Any]) -> bool:
         """Ours, and where the backend says the environment runs: labels are copyable, so a
@@ -158,7 +162,7 @@ def status(
                 route
             )
     not_served = {k: problem for k, rs in routes_by_key.items() if (problem := serving_problem(rs))}
-    committed = {k: s if isinstance(s, EnvironmentSpec) else None for k, s in specs.items()}
+    committed = {k: declared.get(k) for k in specs}
     for where in ignored_records(all_records, committed, ours):
         err_console.print(
             f"warning: ignored record {where}: not where its environment keeps its record "
@@ -171,9 +175,6 @@ def status(
         if (holders := stacks.lock_holders(k))
     }
     keys = {k: busy or k in locks for k, busy in keys.items()}
-    # No committed spec and no update running: a first start that never finished (kept with
-    # --keep-on-failure) or an emptied stack; the backend's state tells them apart.
-    unfinished = {k: stacks.unfinished(k) for k, s in specs.items() if s is None and not keys[k]}
     summaries = summarize(
         specs=specs,
         pods=pods,

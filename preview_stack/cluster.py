@@ -7,6 +7,7 @@ maps client errors to ours.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -56,6 +57,17 @@ def _errors(what: str) -> Iterator[None]:
         ) from None
 
 
+def api_message(exc: ApiException) -> str:
+    """The API server's own message in an error response (a Status object), one line."""
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+    try:
+        message = json.loads(body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    text = str(message or body or "no message").strip()
+    return " ".join(text.split())[:500]
+
+
 def _in_cluster(target: ClusterTarget) -> bool:
     """In a pod (the reaper CronJob) with no kubeconfig given or found: the pod's identity."""
     if target.kubeconfig or os.environ.get("KUBECONFIG"):
@@ -95,7 +107,14 @@ class PodLogs:
             except ApiException as exc:
                 if exc.status in (400, 404):  # not started yet, or gone meanwhile
                     return
-                raise
+                if exc.status in (401, 403):
+                    raise
+                # The API server could not get them from the pod's kubelet (500: the
+                # node is unreachable, or its kubelet refused): say so, in one line.
+                raise Unreachable(
+                    f"cannot read the logs of pod {self.namespace}/{self.pod} (container "
+                    f"{self.container}): HTTP {exc.status} {exc.reason}: {api_message(exc)}"
+                ) from None
             if pending:
                 yield pending.decode(errors="replace")
 

@@ -122,6 +122,9 @@ class PreviewFeature(_Model):
     replicas: int = Field(default=1, ge=1, le=20)
     labels: LabelRules = Field(default_factory=LabelRules)
     volumes: Literal["ephemeral", "persistent"] = "ephemeral"
+    # Volumes of the target kept as they are (hostPath, nfs, a claim, ...): the preview then
+    # reads and writes staging's data there. Every other such volume becomes an emptyDir.
+    shared_volumes: list[str] = Field(default_factory=list)
     config_mounts: list[FileMountConfig] = Field(default_factory=list)
     secret_mounts: list[FileMountConfig] = Field(default_factory=list)
     cronjob: CronJobFeature = Field(default_factory=CronJobFeature)

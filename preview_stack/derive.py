@@ -6,7 +6,10 @@ select it, and gets preview Services of its own with the same ports. Whatever wo
 staging's state or identity, or keep the preview from being scheduled where the target is,
 is rewritten (see `preview_pod`; each rewrite is reported as a note):
 
-- claim templates and persistentVolumeClaim volumes become per-preview storage;
+- claim templates and persistentVolumeClaim volumes become per-preview storage, and every
+  other volume that could hold staging's data (hostPath, nfs, csi, ...: all but the
+  pod-local types in POD_LOCAL_VOLUMES) an emptyDir, unless feature.preview.shared_volumes
+  names it;
 - hostNetwork and hostPort go;
 - pod (anti-)affinity and topology spread terms that select the target's pods select the
   preview's own pods instead;
@@ -43,6 +46,15 @@ _TEMPLATE_RUNTIME_ANNOTATION = ("kubectl.kubernetes.io/", "deployment.kubernetes
 FILES_VOLUME = "preview-env-files"
 SECRET_FILES_VOLUME = "preview-env-secret-files"
 FILES_OWNER_ANNOTATION = f"{naming.DOMAIN}/owned-by-configmap"
+# Volume types that cannot hold staging's data, kept as the target has them: storage made
+# for the pod and gone with it (emptyDir; ephemeral: a claim the pod creates and owns, from
+# its template, never an existing one), read-only views of API objects (configMap, secret,
+# downwardAPI, projected) and images. Every other type (hostPath, nfs, csi, iscsi, cephfs,
+# rbd, cloud disks, flexVolume, gitRepo and any type added later) becomes an emptyDir;
+# persistentVolumeClaim has rules of its own (`_replace_claims`).
+POD_LOCAL_VOLUMES = frozenset(
+    {"emptyDir", "configMap", "secret", "downwardAPI", "projected", "ephemeral", "image"}
+)
 
 
 @dataclass(frozen=True)
@@ -308,6 +320,8 @@ class _Pod:
     spec: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     claims: list[Manifest] = field(default_factory=list)  # per-preview PVCs (persistent)
+    # Volumes kept shared with the target (feature.preview.shared_volumes): said loudly.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _rewrite_scheduling(pod: _Pod, target: TargetWorkload, own: Mapping[str, str]) -> None:
@@ -407,7 +421,7 @@ def _replace_claims(
         volumes.append({"name": name})
     for volume in volumes:
         claim = volume.get("persistentVolumeClaim")
-        if claim:
+        if claim and volume.get("name") not in spec.shared_volumes:
             claim_name = str(claim.get("claimName"))
             wanted.append(
                 (str(volume["name"]), f"claim {claim_name}", target.claims.get(claim_name))
@@ -461,6 +475,80 @@ def _replace_claims(
             pod.notes.append(f"volume {name}: {origin} replaced by an emptyDir ({sized})")
     if volumes:
         pod.spec["volumes"] = volumes
+
+
+def _volume_type(volume: Mapping[str, Any]) -> str:
+    return next((k for k in volume if k != "name"), "emptyDir")  # none given: an emptyDir
+
+
+def _describe_volume(volume: Mapping[str, Any]) -> str:
+    """`hostPath /var/lib/x`, `nfs server:/path`, `csi driver`, `claim name`, or the type."""
+    kind = _volume_type(volume)
+    source = volume.get(kind)
+    source = source if isinstance(source, Mapping) else {}
+    if kind == "hostPath":
+        return f"hostPath {source.get('path')}"
+    if kind == "nfs":
+        return f"nfs {source.get('server')}:{source.get('path')}"
+    if kind in ("csi", "flexVolume"):
+        return f"{kind} {source.get('driver')}"
+    if kind == "persistentVolumeClaim":
+        return f"claim {source.get('claimName')}"
+    return kind
+
+
+def _check_shared_volumes(target: TargetWorkload, spec: ServiceSpec) -> None:
+    """feature.preview.shared_volumes must name volumes the target's pods mount."""
+    names = [str(v.get("name")) for v in target.pod_spec.get("volumes") or []]
+    templates = [str(t.get("metadata", {}).get("name")) for t in target.claim_templates]
+    for name in spec.shared_volumes:
+        if name in templates and name not in names:
+            raise BadInput(
+                f"feature.preview.shared_volumes: {name!r} is a claim template: each pod of "
+                f"{spec.display_target} has its own claim, none to share; remove it"
+            )
+        if name not in names:
+            listing = ", ".join(names) or "none"
+            raise BadInput(
+                f"feature.preview.shared_volumes: {spec.display_target} has no volume "
+                f"{name!r} (volumes: {listing}); name one of its volumes"
+            )
+
+
+def _replace_shared_storage(pod: _Pod, spec: ServiceSpec) -> None:
+    """Every volume that could hold staging's data (anything but POD_LOCAL_VOLUMES and the
+    claims `_replace_claims` rewrites) becomes an emptyDir, so the preview never writes
+    staging's files; one named in feature.preview.shared_volumes stays, with a warning."""
+    for volume in pod.spec.get("volumes") or []:
+        name = str(volume.get("name"))
+        kind = _volume_type(volume)
+        if kind in POD_LOCAL_VOLUMES:
+            continue
+        described = _describe_volume(volume)
+        if name in spec.shared_volumes:
+            pod.warnings.append(
+                f"volume {name} ({described}) is shared with {spec.display_target} "
+                "(feature.preview.shared_volumes): the preview can read and write staging's "
+                "data there"
+            )
+            pod.notes.append(
+                f"volume {name}: shared with the target ({described}; "
+                "feature.preview.shared_volumes)"
+            )
+            continue
+        if kind == "persistentVolumeClaim":
+            continue  # `_replace_claims`
+        volume.clear()
+        volume.update({"name": name, "emptyDir": {}})
+        persistent = (
+            "; volumes: persistent makes claims only of the target's claims"
+            if spec.volumes == "persistent"
+            else ""
+        )
+        pod.notes.append(
+            f"volume {name}: {described} replaced by an emptyDir (it would share staging's "
+            f"storage; feature.preview.shared_volumes keeps it{persistent})"
+        )
 
 
 def _mount_files(pod: _Pod, spec: ServiceSpec, env: EnvironmentSpec, workload: str) -> None:
@@ -601,7 +689,9 @@ def preview_pod(
                     container.pop("envFrom", None)
     _drop_host_networking(pod)
     _rewrite_scheduling(pod, target, preview_labels(key, spec))
+    _check_shared_volumes(target, spec)
     _replace_claims(pod, target, spec, env, workload)
+    _replace_shared_storage(pod, spec)
     _mount_files(pod, spec, env, workload)
     return pod
 

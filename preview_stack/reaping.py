@@ -44,6 +44,19 @@ class Due:
     expires_at: dt.datetime
 
 
+def due_without_spec(expires_at: str | None, now: dt.datetime) -> dt.datetime | None:
+    """When a stack with no committed spec is due, or None while it is not. A kept failed
+    first start keeps the TTL its objects were declared with (`expires_at` from the stack's
+    state: RFC 3339 or "never"); a stack whose state says nothing (emptied, or never
+    deployed) is due at once: removing it is all that is left."""
+    if expires_at == "never":
+        return None
+    if expires_at is None:
+        return now
+    moment = parse_rfc3339(expires_at)
+    return moment if moment <= now else None
+
+
 @dataclass(frozen=True)
 class Lock:
     """A Pulumi stack lock, as every self-managed backend's lock error describes it."""

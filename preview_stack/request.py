@@ -255,6 +255,11 @@ def build_request(
             "feature.preview.cronjob.schedule applies to cronjob/NAME targets only; "
             "remove it or target a CronJob"
         )
+    if target is None and preview.shared_volumes:
+        raise BadInput(
+            "feature.preview.shared_volumes needs a target whose volumes it names; remove it "
+            "in targetless mode"
+        )
     branches = db_branches(
         config.feature.db_branches,
         target,
@@ -280,6 +285,7 @@ def build_request(
         routing=flags.routing,
         share=share,
         volumes=preview.volumes,
+        shared_volumes=list(dict.fromkeys(preview.shared_volumes)),
         files=files,
         cronjob=CronJobRules(
             schedule=preview.cronjob.schedule, trigger_on_start=preview.cronjob.trigger_on_start

@@ -115,6 +115,7 @@ class ServiceSpec(_Frozen):
     routing: bool = True  # False: `--routing none`, the preview Service alone
     share: ShareLink | None = None
     volumes: Literal["ephemeral", "persistent"] = "ephemeral"
+    shared_volumes: list[str] = Field(default_factory=list)  # kept as the target has them
     files: list[FileMount] = Field(default_factory=list)
     cronjob: CronJobRules = Field(default_factory=CronJobRules)
     db_branches: list[DbBranch] = Field(default_factory=list)

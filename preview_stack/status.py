@@ -112,6 +112,11 @@ class Unfinished(BaseModel):
     ended: str | None = None
     owner: str | None = None
     namespaces: list[str] = Field(default_factory=list)
+    # What its objects were declared from, as the state holds them (never the cluster): the
+    # record ConfigMap's redacted spec, and the objects' expiry (RFC 3339, "never", or None
+    # when no object says).
+    spec: EnvironmentSpec | None = None
+    expires_at: str | None = None
 
     def describe(self, key: str) -> str:
         if self.result is None:  # history is written when an update ends
@@ -135,24 +140,56 @@ def unfinished_from(history: Any, checkpoint: Any) -> Unfinished:
         if r.get("type") != "pulumi:pulumi:Stack"
         and not str(r.get("type", "")).startswith("pulumi:providers:")
     ]
-    owner = None
+    owner = expires_at = None
+    spec = None
     namespaces = set()
     for resource in objects:
-        meta = (resource.get("outputs") or resource.get("inputs") or {}).get("metadata")
+        body = resource.get("outputs") or resource.get("inputs") or {}
+        meta = body.get("metadata")
         if not isinstance(meta, dict):
             continue
         if isinstance(meta.get("namespace"), str):
             namespaces.add(meta["namespace"])
-        found = (meta.get("annotations") or {}).get(naming.ANNOTATION_OWNER)
+        annotations = meta.get("annotations") or {}
+        found = annotations.get(naming.ANNOTATION_OWNER)
         if owner is None and isinstance(found, str):
             owner = found
+        expiry = annotations.get(naming.ANNOTATION_EXPIRES_AT)
+        if expires_at is None and isinstance(expiry, str) and _valid_expiry(expiry):
+            expires_at = expiry
+        if spec is None and (meta.get("labels") or {}).get(naming.LABEL_COMPONENT) == "record":
+            spec = _record_spec(body)
     return Unfinished(
         resources=len(objects),
         result=last.get("result") if isinstance(last, dict) else None,
         ended=str(last["endTime"]) if isinstance(last, dict) and last.get("endTime") else None,
         owner=owner,
         namespaces=sorted(namespaces),
+        spec=spec,
+        expires_at=(spec.expires_at or "never") if spec else expires_at,
     )
+
+
+def _valid_expiry(text: str) -> bool:
+    if text == "never":
+        return True
+    try:
+        parse_rfc3339(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _record_spec(body: Mapping[str, Any]) -> EnvironmentSpec | None:
+    """The redacted spec a record ConfigMap in the state carries (None if it does not)."""
+    data = body.get("data")
+    raw = data.get(naming.RECORD_DATA_KEY) if isinstance(data, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return EnvironmentSpec.model_validate_json(raw)
+    except ValueError:
+        return None
 
 
 def pod_reason(pod: Mapping[str, Any]) -> str | None:
@@ -291,6 +328,11 @@ def summarize(
                 )
             )
             continue
+        kept = None if updating else unfinished.get(key)
+        kept_reason = None
+        if spec is None and kept is not None and kept.resources and kept.spec is not None:
+            # A kept failed first start: shown as its objects were declared (in the state).
+            spec, kept_reason = kept.spec, kept.describe(key)
         if not isinstance(spec, EnvironmentSpec):
             state: State = "updating" if updating else "orphaned"
             reason = None
@@ -298,11 +340,10 @@ def summarize(
                 reason = f"locked by {holder}" if holder else "its stack is locked"
             elif isinstance(spec, Exception):
                 state, reason = "not-ready", f"cannot read its spec: {spec}"
-            elif (kept := unfinished.get(key)) and kept.resources:
+            elif kept is not None and kept.resources:
                 state, reason = "not-ready", kept.describe(key)
             else:
                 reason = "a stack without objects in this cluster"
-            kept = None if updating else unfinished.get(key)
             result.append(
                 EnvironmentStatus(
                     key=key,
@@ -360,6 +401,9 @@ def summarize(
             reason = f"pod {starting[0].name}: {starting[0].reason}"
         else:
             state = "ready"
+        if kept_reason is not None and state not in ("updating", "expired"):
+            # No spec committed: never `ready`, whatever its pods say (see Unfinished).
+            state, reason = "not-ready", kept_reason + (f"; {reason}" if reason else "")
         result.append(
             EnvironmentStatus(
                 key=key,

@@ -21,6 +21,8 @@ def files(tmp: Path) -> dict[str, str]:
         "both.json": '{"target": "deployment/users", "feature": {"preview": '
         '{"ttl_mins": 5, "ttl_secs": 5}}}',
         "types.yaml": "target: deployment/users\nfeature:\n  preview:\n    replicas: lots\n",
+        "shared.json": '{"target": {"path": "deployment/users", "namespace": "staging"}, '
+        '"feature": {"preview": {"shared_volumes": ["uploads"]}}}',
     }
     for name, text in made.items():
         (tmp / name).write_text(text)
@@ -69,6 +71,12 @@ CASES = [
         ["-f", CONFIG, "-i", "x:1", "-n", "nope"],
         2,
         "namespace 'nope' not found (namespaces: ",
+    ),
+    (
+        "shared-volume-not-found",
+        ["-f", "@shared.json", "-i", "x:1"],
+        2,
+        "feature.preview.shared_volumes: deployment/users has no volume 'uploads' (volumes: ",
     ),
     (
         "kept-label-matches-service",

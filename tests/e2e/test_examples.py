@@ -57,7 +57,9 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     for verb, resource, allowed in [
         ("list", "configmaps", "yes"),
         ("delete", "deployments.apps", "yes"),
-        ("list", "secrets", "no"),  # get only: what a stack names (refresh)
+        ("get", "secrets", "no"),  # no Secret at all: ours go with their owners
+        ("list", "secrets", "no"),
+        ("watch", "secrets", "no"),
         ("delete", "secrets", "no"),  # the garbage collector removes ours
         ("delete", "persistentvolumeclaims", "yes"),
         ("delete", "cronjobs.batch", "yes"),
@@ -83,6 +85,18 @@ def test_reaper_rbac_is_least_privilege_and_enough(
             check=False,
         )
         assert out.stdout.strip() == allowed, (verb, resource, out.stdout, out.stderr)
+    # Issue 21: not even one Secret whose name it knows, in any namespace.
+    for namespace in ("kube-system", "staging", "preview-env-system"):
+        out = subprocess.run(
+            [
+                *(str(testbed.toolchain.kubectl), "--kubeconfig", str(testbed.kubeconfig)),
+                *("auth", "can-i", "get", "secret/x", "-n", namespace, f"--as={SA}"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.stdout.strip() == "no", (namespace, out.stdout, out.stderr)
 
     token = testbed.kubectl(
         "-n", "preview-env-system", "create", "token", "preview-env-reaper"
@@ -93,11 +107,15 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     reaper_kubeconfig = tmp_path / "reaper-kubeconfig"
     reaper_kubeconfig.write_text(json.dumps(admin))
 
-    # With files: the environment's Secret goes too (the reaper only gets Secrets; the
-    # files ConfigMap owns it).
+    # With files and a database branch: their Secrets go too, though the reaper may not
+    # read a Secret (Pulumi retains them; the files ConfigMap and the branch Service own
+    # them, so the garbage collector deletes them).
     config = json.loads((EXAMPLES / "mirrord.json").read_text())
     config["feature"]["preview"]["secret_mounts"] = [{"path": "/run/secrets/t", "text": "x"}]
     config["feature"]["preview"]["config_mounts"] = [{"path": "/etc/app.conf", "text": "y"}]
+    config["feature"]["db_branches"] = [
+        {"type": "pg", "connection": {"url": {"type": "env", "variable": "DATABASE_URL"}}}
+    ]
     (tmp_path / "mirrord.json").write_text(json.dumps(config))
     started = cli(
         "start",
@@ -124,10 +142,17 @@ def test_reaper_rbac_is_least_privilege_and_enough(
     assert {r["key"]: r["outcome"] for r in reaped.json()["results"]} == {"rbac-reap": "reaped"}
     assert "rbac-reap" not in stack_names()
     assert wait_until(lambda: objects_of(kube, "rbac-reap") == [])
-    secrets = kube.core.list_secret_for_all_namespaces(
-        label_selector="preview-env.dev/key=rbac-reap"
-    )
-    assert secrets.items == []
+
+    def left() -> list[str]:
+        kinds = (
+            "deployments,services,secrets,configmaps,jobs,pods,serviceaccounts,roles,rolebindings"
+        )
+        found = testbed.kubectl(
+            "get", kinds, "-A", "-o", "name", "-l", "app.kubernetes.io/part-of=rbac-reap"
+        )
+        return found.split()
+
+    assert wait_until(lambda: left() == []), left()
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ states (updating with its holder, not-ready Unschedulable, orphaned), --glob/--o
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -160,6 +161,48 @@ def test_a_kept_failed_first_start_is_not_ready_not_orphaned(
     finally:
         if key in stack_names():
             assert cli("clean", "-k", key).code == 0
+    assert key not in stack_names()
+
+
+def test_a_kept_failed_first_start_keeps_its_ttl_and_shows_its_pods(
+    cli: Cli, kube: Kube, staging: str, testbed: Any, tmp_path: Path
+) -> None:
+    """Issue 21 item 7: kept with a 120-minute TTL, a failed first start (no spec committed)
+    is not reaped before its TTL; `status` shows its Pending pod and why, with its TTL, and
+    does not call its own record planted."""
+    apply_unschedulable_target(testbed, "op-ttl")
+    key = "op-kept-ttl"
+    config = tmp_path / "mirrord.json"
+    config.write_text(json.dumps({"feature": {"preview": {"ttl_mins": 120}}}))
+    started = cli(
+        "start", "-f", str(config), "-i", "op-ttl:2", "-k", key, "-t", "deployment/op-ttl",
+        "-n", staging, "--timeout", "8", "--keep-on-failure",
+    )  # fmt: skip
+    try:
+        assert started.code == 1, started.stderr
+        time.sleep(2)
+        reaped = cli("reap", "-o", "json")
+        assert reaped.code == 0, reaped.stderr
+        assert key not in {r["key"] for r in reaped.json()["results"]}, reaped.stdout
+        assert key in stack_names()
+        assert any(o.startswith("deploy/") for o in objects_of(kube, key))
+
+        shown = cli("status", "-k", key, "-o", "json")
+        assert shown.code == 0, shown.stderr
+        assert "planted" not in shown.stderr and "ignored record" not in shown.stderr
+        [env] = shown.json()
+        assert env["state"] == "not-ready", env
+        assert "first start failed" in env["reason"] and "Unschedulable" in env["reason"], env
+        [pod] = env["pods"]
+        assert pod["name"].startswith(f"op-ttl-{key}-") and pod["phase"] == "Pending", pod
+        assert pod["state"] == "not-ready" and pod["reason"].startswith("Unschedulable"), pod
+        assert env["ttl"].startswith(("1h 59m", "2h")) and env["ttl"].endswith("remaining")
+        assert env["expiresAt"]
+        text = cli("status", "-k", key)
+        assert "Unschedulable" in text.stdout and pod["name"] in text.stdout, text.stdout
+        assert "planted" not in text.stderr, text.stderr
+    finally:
+        assert cli("clean", "-k", key).code == 0
     assert key not in stack_names()
 
 

@@ -317,3 +317,169 @@ def test_status_names_real_failures_not_ready(
         assert "not-ready" in text.stdout and "CrashLoopBackOff" in text.stdout
     finally:
         assert cli("clean", "-k", key).code == 0
+
+
+def test_a_host_path_of_the_target_is_not_the_previews(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path
+) -> None:
+    """The target writes into a hostPath on the real node; its preview, Ready (so its own
+    write succeeded), wrote into an emptyDir: the host directory never sees the preview's
+    file. Named in feature.preview.shared_volumes, the same preview writes there."""
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    host_dir = Path(f"/tmp/preview-env-uploads-{uuid.uuid4().hex[:8]}")
+    host_dir.mkdir()
+    host_dir.chmod(0o777)  # the echo image runs as nobody
+    labels = {"app": "uploader"}
+    target = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "uploader", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    **real_node.pod_placement(),
+                    "terminationGracePeriodSeconds": 1,
+                    "volumes": [
+                        {
+                            "name": "uploads",
+                            "hostPath": {"path": str(host_dir), "type": "Directory"},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "uploader",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "env": [{"name": "ECHO_WRITE", "value": "/uploads/from-target"}],
+                            "volumeMounts": [{"name": "uploads", "mountPath": "/uploads"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": 8080},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    try:
+        testbed.kubectl("apply", "-f", "-", input_text=json.dumps(target))
+        testbed.kubectl(
+            "rollout", "status", "deployment/uploader", "-n", namespace, "--timeout=90s"
+        )
+        assert sorted(p.name for p in host_dir.iterdir()) == ["from-target"]
+
+        def start(key: str, shared: list[str]) -> Any:
+            config = tmp_path / f"{key}.json"
+            preview: dict[str, Any] = {"creation_timeout_secs": 45}
+            if shared:
+                preview["shared_volumes"] = shared
+            config.write_text(
+                json.dumps(
+                    {
+                        "target": {"path": "deployment/uploader", "namespace": namespace},
+                        "feature": {
+                            "preview": preview,
+                            "env": {"override": {"ECHO_WRITE": f"/uploads/from-{key}"}},
+                        },
+                    }
+                )
+            )
+            return cli(
+                "start", "-f", str(config), "-i", image, "-k", key, "--routing", "none",
+                "-o", "json",
+            )  # fmt: skip
+
+        key = "rp-hostpath"
+        started = start(key, [])
+        try:
+            assert started.code == 0, started.stderr
+            (pod,) = started.json()["pods"]
+            assert pod["ready"]
+            live = kube.core.read_namespaced_pod(pod["name"], namespace)
+            assert live.spec.node_name == real_node.NAME
+            (uploads,) = [v for v in live.spec.volumes if v.name == "uploads"]
+            assert uploads.host_path is None and uploads.empty_dir is not None
+            assert any(
+                c.startswith(f"volume uploads: hostPath {host_dir} replaced by an emptyDir")
+                for c in started.json()["changes"]
+            ), started.json()["changes"]
+            got = cli("logs", "-k", key)
+            assert f"echo: wrote /uploads/from-{key}" in got.stdout, got.stdout + got.stderr
+            assert sorted(p.name for p in host_dir.iterdir()) == ["from-target"]  # untouched
+        finally:
+            assert cli("clean", "-k", key).code == 0
+
+        key = "rp-hostpath-shared"
+        started = start(key, ["uploads"])
+        try:
+            assert started.code == 0, started.stderr
+            assert "is shared with deployment/uploader" in started.stderr
+            assert sorted(p.name for p in host_dir.iterdir()) == [
+                "from-rp-hostpath-shared",
+                "from-target",
+            ]
+        finally:
+            assert cli("clean", "-k", key).code == 0
+    finally:
+        testbed.kubectl("delete", "deployment", "uploader", "-n", namespace, "--wait=true")
+        for leftover in host_dir.iterdir():
+            leftover.unlink()
+        host_dir.rmdir()
+
+
+def test_logs_name_a_pod_whose_kubelet_cannot_be_reached_and_print_the_others(
+    cli: Cli, kube: Kube, testbed: Testbed, namespace: str, tmp_path: Path, shop: str
+) -> None:
+    """Issue 21 item 8: one environment, a pod on the real node and one on a kwok node,
+    whose kubelet API nobody serves (the API server answers 500): `logs` prints the real
+    pod's lines, one line naming the other pod, the status and the API server's message,
+    and exits 1, without a traceback."""
+    labels = {"app": "ghost"}
+    ghost = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ghost", "namespace": namespace},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {real_node.LABEL: "kwok"},
+                    "containers": [{"name": "ghost", "image": "ghost:1"}],
+                },
+            },
+        },
+    }
+    testbed.kubectl("apply", "-f", "-", input_text=json.dumps(ghost))
+    key = "rp-logs-ghost"
+    config = _config(tmp_path, namespace, {})
+    try:
+        real = cli("start", "-f", config, "-i", shop, "-k", key, "--routing", "none", "-o", "json")
+        assert real.code == 0, real.stderr
+        (pod,) = real.json()["pods"]
+        kwok = cli(
+            "start", "-t", "deployment/ghost", "-n", namespace, "-i", "ghost:pr", "-k", key,
+            "--routing", "none", "-o", "json",
+        )  # fmt: skip
+        assert kwok.code == 0, kwok.stderr
+        (ghost_pod,) = [p for p in kwok.json()["pods"] if p["target"] == "deployment/ghost"]
+        got = cli("logs", "-k", key)
+        assert got.code == 1, (got.stdout, got.stderr)
+        assert "Traceback" not in got.stderr, got.stderr
+        (line,) = got.stderr.strip().splitlines()
+        assert line.startswith(
+            f"error: cannot read the logs of pod {namespace}/{ghost_pod['name']} "
+            "(container ghost): HTTP 500"
+        ), line
+        assert f"[{pod['name']}/shop] echo: {pod['name']} listening on :8080" in got.stdout
+        followed = cli("logs", "-k", key, "-t", "deployment/ghost", "-f")
+        assert followed.code == 1 and "Traceback" not in followed.stderr, followed.stderr
+        (followed_line,) = followed.stderr.strip().splitlines()
+        assert followed_line.startswith(line.split(": HTTP 500")[0] + ": HTTP 500"), followed_line
+    finally:
+        assert cli("clean", "-k", key).code == 0

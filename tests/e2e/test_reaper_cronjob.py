@@ -84,9 +84,31 @@ def test_the_example_cronjob_reaps_an_expired_environment(
     key = "cronjob-reaped"
     home = tmp_path / "home"
     home.mkdir()
+    # Secret mounts and a database branch: Secrets the reaper may not even read (Pulumi
+    # retains them; their owners' deletion takes them).
+    config = tmp_path / "mirrord.json"
+    config.write_text(
+        json.dumps(
+            {
+                "target": {"path": "deployment/users/container/app", "namespace": staging},
+                "feature": {
+                    "preview": {
+                        "secret_mounts": [{"path": "/run/secrets/token", "text": "t0k"}],
+                        "config_mounts": [{"path": "/etc/app.conf", "text": "x"}],
+                    },
+                    "db_branches": [
+                        {
+                            "type": "pg",
+                            "connection": {"url": {"type": "env", "variable": "DATABASE_URL"}},
+                        }
+                    ],
+                },
+            }
+        )
+    )
     started_env = cli(
-        *("start", "-t", "targetless", "-n", staging, "-i", f"acme/{key}:1", "-k", key),
-        *("--ttl", "2s", "--output", "json"),
+        *("start", "-f", str(config), "-i", f"acme/{key}:1", "-k", key),
+        *("--routing", "none", "--ttl", "2s", "--output", "json"),
         env={
             "PULUMI_BACKEND_URL": host_url,
             "PULUMI_HOME": str(home / ".pulumi"),
@@ -94,6 +116,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
         },
     )
     assert started_env.code == 0, started_env.stderr
+    created = time.monotonic()
     assert objects_of(kube, key) != []
     assert key in backend.stack_keys()
 
@@ -122,7 +145,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
     _apply(testbed, secret, cronjob)
 
     job = "reap-now"
-    time.sleep(max(0.0, 3 - (time.monotonic() - started)))  # the 2s TTL is over
+    time.sleep(max(0.0, 3 - (time.monotonic() - created)))  # the 2s TTL is over
     testbed.kubectl("-n", NS, "create", "job", job, "--from=cronjob/preview-env-reaper")
     triggered = time.monotonic()
     try:
@@ -135,6 +158,17 @@ def test_the_example_cronjob_reaps_an_expired_environment(
         assert "reaped 1," in logs and "failed 0" in logs, logs
         assert key not in backend.stack_keys()
         assert wait_until(lambda: objects_of(kube, key) == []), objects_of(kube, key)
+        kinds = (
+            "deployments,services,secrets,configmaps,jobs,pods,serviceaccounts,roles,rolebindings"
+        )
+
+        def left() -> list[str]:
+            listed = testbed.kubectl(
+                "get", kinds, "-A", "-o", "name", "-l", f"app.kubernetes.io/part-of={key}"
+            )
+            return listed.split()
+
+        assert wait_until(lambda: left() == []), left()
         ran = time.monotonic() - triggered
     finally:
         testbed.kubectl("-n", NS, "delete", "job", job, "--ignore-not-found", "--wait=false")

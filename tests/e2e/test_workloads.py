@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client as kclient
 
 from preview_stack import naming
+from preview_stack.derive import POD_LOCAL_VOLUMES
 from tests.e2e.conftest import Cli, Kube
 from tests.support import wait_until
 
@@ -71,6 +72,14 @@ CASES = [
         "deployment/redis-ha-haproxy",
         [f"podAntiAffinity (required): {REWRITTEN}"],
     ),
+    Case(
+        "deployment/uploader",
+        [
+            "volume uploads: hostPath /var/lib/uploader replaced by an emptyDir",
+            "volume media: nfs nfs.staging.example:/exports/media replaced by an emptyDir",
+            "volume blobs: csi blob.csi.azure.com replaced by an emptyDir",
+        ],
+    ),
 ]
 
 
@@ -111,6 +120,7 @@ def corpus(testbed: Any, kube: Kube) -> dict[str, Any]:
         "deployment/node-exporter",
         "deployment/redis-ha-haproxy",
         "deployment/mastodon-web",
+        "deployment/uploader",
         "--timeout=120s",
     )
     return {"batch": kclient.BatchV1Api(kube.core.api_client)}
@@ -218,6 +228,15 @@ def _check_preview(
                 if v.persistent_volume_claim
             }
             assert claims <= own_claims and not claims & target_claims, claims
+            # No storage of staging's: every other volume is made for the pod, or a view
+            # of API objects (unless the case's config shares one by name).
+            shared = set(
+                case.config.get("feature", {}).get("preview", {}).get("shared_volumes", [])
+            )
+            for volume in kube.core.api_client.sanitize_for_serialization(pod.spec.volumes or []):
+                kinds = set(volume) - {"name"}
+                if volume["name"] not in shared and kinds != {"persistentVolumeClaim"}:
+                    assert kinds <= POD_LOCAL_VOLUMES, volume
             assert not pod.spec.host_network
             for c in pod.spec.containers:
                 assert all(not p.host_port for p in c.ports or []), c.ports
@@ -289,6 +308,65 @@ def test_persistent_volumes_are_claims_of_the_environment(
     assert claim.spec.storage_class_name == STORAGE_CLASS
     assert claim.spec.resources.requests["storage"] == "8Gi"
     assert claim.status.phase == "Bound"
+
+
+def test_host_paths_nfs_and_csi_volumes_become_empty_dirs_unless_shared_by_name(
+    cli: Cli, kube: Kube, corpus: dict[str, Any], tmp_path: Path
+) -> None:
+    """deployment/uploader mounts a hostPath, an nfs export and a CSI volume: the preview's
+    pod (read from the API) has emptyDirs there and its config volumes as they were; with
+    feature.preview.shared_volumes the named one stays, said on stderr and in JSON."""
+    batch = corpus["batch"]
+    seen: dict[str, Any] = {}
+
+    def start_and_read(key: str) -> Any:
+        def run(*args: str, **kw: Any) -> Any:
+            result = cli(*args, **kw)
+            if args[0] == "start" and result.code == 0:
+                seen[key] = kube.apps.read_namespaced_deployment(f"uploader-{key}", NS)
+                seen[f"{key}-stderr"] = result.stderr
+            return result
+
+        return run
+
+    key = "wl-uploader"
+    doc = _check_preview(
+        start_and_read(key), kube, batch, Case("deployment/uploader", []), key, tmp_path
+    )
+    volumes = {
+        v["name"]: v
+        for v in kube.core.api_client.sanitize_for_serialization(
+            seen[key].spec.template.spec.volumes
+        )
+    }
+    assert volumes["uploads"] == {"name": "uploads", "emptyDir": {}}
+    assert volumes["media"] == {"name": "media", "emptyDir": {}}
+    assert volumes["blobs"] == {"name": "blobs", "emptyDir": {}}
+    assert volumes["config"]["configMap"]["name"] == "uploader-config"
+    assert volumes["scratch"] == {"name": "scratch", "emptyDir": {}}
+    assert len([c for c in doc["changes"] if c.startswith("volume ")]) == 3, doc["changes"]
+    assert doc["warnings"] == []
+
+    key = "wl-uploader-shared"
+    config = {"feature": {"preview": {"shared_volumes": ["media"]}}}
+    doc = _check_preview(
+        start_and_read(key), kube, batch, Case("deployment/uploader", [], config), key, tmp_path
+    )
+    volumes = {
+        v["name"]: v
+        for v in kube.core.api_client.sanitize_for_serialization(
+            seen[key].spec.template.spec.volumes
+        )
+    }
+    assert volumes["media"]["nfs"] == {"server": "nfs.staging.example", "path": "/exports/media"}
+    assert volumes["uploads"] == {"name": "uploads", "emptyDir": {}}
+    warning = (
+        "volume media (nfs nfs.staging.example:/exports/media) is shared with "
+        "deployment/uploader (feature.preview.shared_volumes): the preview can read and "
+        "write staging's data there"
+    )
+    assert doc["warnings"] == [warning]
+    assert f"warning: {warning}" in seen[f"{key}-stderr"]
 
 
 def test_env_rules_cover_env_from_and_files_are_mounted(

@@ -18,6 +18,7 @@ from preview_stack.derive import (
     derivation_notes,
     derive_service,
     pod_template_of,
+    preview_pod,
     record_manifest,
     selector_matches,
 )
@@ -583,3 +584,127 @@ def test_override_of_an_env_from_variable_comes_before_env_references() -> None:
         "NEW",
         naming.ENV_KEY_VAR,
     ]
+
+
+# ------------------------------------------------------------------ volumes that share storage
+SHARING = [
+    {"name": "uploads", "hostPath": {"path": "/var/lib/uploader", "type": "DirectoryOrCreate"}},
+    {"name": "media", "nfs": {"server": "nfs.staging", "path": "/exports/media"}},
+    {"name": "blobs", "csi": {"driver": "blob.csi.azure.com", "volumeAttributes": {"x": "y"}}},
+    {"name": "rbd", "rbd": {"monitors": ["10.0.0.1:6789"], "image": "staging"}},
+    {"name": "ebs", "awsElasticBlockStore": {"volumeID": "vol-1"}},
+    {"name": "repo", "gitRepo": {"repository": "https://example.com/r.git"}},
+]
+POD_LOCAL = [
+    {"name": "tmp", "emptyDir": {}},
+    {"name": "conf", "configMap": {"name": "app-config"}},
+    {"name": "creds", "secret": {"secretName": "app-creds"}},
+    {"name": "info", "downwardAPI": {"items": [{"path": "l", "fieldRef": {"fieldPath": "x"}}]}},
+    {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+    {
+        "name": "scratch",
+        "ephemeral": {
+            "volumeClaimTemplate": {
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {}}}
+            }
+        },
+    },
+    {"name": "models", "image": {"reference": "models:1"}},
+]
+
+
+def sharing_target() -> dict[str, Any]:
+    obj = statefulset(volumes=copy.deepcopy(SHARING + POD_LOCAL))
+    obj["spec"]["volumeClaimTemplates"] = []
+    return obj
+
+
+def test_volumes_that_can_hold_stagings_data_become_empty_dirs_with_notes() -> None:
+    """An allow-list: only volumes made for the pod (emptyDir, ephemeral claims) or views of
+    API objects and images stay; hostPath, nfs, csi and every other type is replaced."""
+    obj = sharing_target()
+    spec = db()
+    pod = pod_of(derived(obj, spec))
+    by_name = {v["name"]: v for v in pod["volumes"]}
+    for volume in SHARING:
+        assert by_name[volume["name"]] == {"name": volume["name"], "emptyDir": {}}, volume
+    for volume in POD_LOCAL:
+        assert by_name[volume["name"]] == volume  # kept as the target has it
+    notes = derivation_notes(env_with(spec), spec, pod_template_of(obj))
+    assert any(
+        n.startswith("volume uploads: hostPath /var/lib/uploader replaced by an emptyDir")
+        for n in notes
+    ), notes
+    assert any(
+        n.startswith("volume media: nfs nfs.staging:/exports/media replaced by an emptyDir")
+        for n in notes
+    ), notes
+    assert any(n.startswith("volume blobs: csi blob.csi.azure.com replaced") for n in notes)
+    assert any(n.startswith("volume ebs: awsElasticBlockStore replaced") for n in notes)
+    assert all("shared_volumes" in n for n in notes if n.startswith("volume ")), notes
+    assert not [n for n in notes if any(v["name"] in n.split(":")[0] for v in POD_LOCAL)]
+
+
+def test_persistent_volumes_do_not_share_host_paths_either() -> None:
+    obj = sharing_target()
+    manifests = derived(obj, db(volumes="persistent"))
+    pod = pod_of(manifests)
+    assert {v["name"]: v for v in pod["volumes"]}["uploads"] == {
+        "name": "uploads",
+        "emptyDir": {},
+    }
+    assert [m for m in manifests if m["kind"] == "PersistentVolumeClaim"] == []
+    persistent = db(volumes="persistent")
+    notes = derivation_notes(env_with(persistent), persistent, pod_template_of(obj))
+    assert any(n.startswith("volume uploads: hostPath") for n in notes)
+
+
+def test_shared_volumes_are_kept_by_name_with_a_warning() -> None:
+    obj = sharing_target()
+    obj["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "state", "persistentVolumeClaim": {"claimName": "uploader-state"}}
+    )
+    spec = db(shared_volumes=["uploads", "state"])
+    pod = pod_of(derived(obj, spec))
+    by_name = {v["name"]: v for v in pod["volumes"]}
+    assert by_name["uploads"] == SHARING[0]
+    assert by_name["state"] == {
+        "name": "state",
+        "persistentVolumeClaim": {"claimName": "uploader-state"},
+    }
+    assert by_name["media"] == {"name": "media", "emptyDir": {}}  # not named: replaced
+    derived_pod = preview_pod(pod_template_of(obj), spec, env_with(spec))
+    assert derived_pod.warnings == [
+        "volume uploads (hostPath /var/lib/uploader) is shared with statefulset/db "
+        "(feature.preview.shared_volumes): the preview can read and write staging's data there",
+        "volume state (claim uploader-state) is shared with statefulset/db "
+        "(feature.preview.shared_volumes): the preview can read and write staging's data there",
+    ]
+    assert any(n.startswith("volume uploads: shared with the target") for n in derived_pod.notes)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["nowhere"], r"shared_volumes: statefulset/db has no volume 'nowhere' \(volumes: "),
+        (["data"], r"'data' is a claim template: each pod of statefulset/db has its own"),
+    ],
+)
+def test_shared_volumes_must_name_a_volume_of_the_target(names: list[str], message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        derived(statefulset(), db(shared_volumes=names))
+
+
+def test_shared_volumes_come_from_the_config() -> None:
+    config = validate(
+        {"feature": {"preview": {"shared_volumes": ["uploads"]}}}, source=Path("m.json")
+    )
+    request = build_request(
+        config, Flags(image="x:1", target="deployment/u"), default_namespace="staging"
+    )
+    assert request.service.shared_volumes == ["uploads"]
+    targetless = validate(
+        {"feature": {"preview": {"shared_volumes": ["uploads"]}}}, source=Path("m.json")
+    )
+    with pytest.raises(BadInput, match="shared_volumes needs a target"):
+        build_request(targetless, Flags(image="x:1", target="targetless"), default_namespace="s")

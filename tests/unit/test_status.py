@@ -9,7 +9,8 @@ from markdown_it import MarkdownIt
 
 from preview_stack import naming
 from preview_stack.config import IncomingFeature, TargetPath
-from preview_stack.reaping import expiring_within, lock_from_json
+from preview_stack.derive import record_manifest
+from preview_stack.reaping import due_without_spec, expiring_within, lock_from_json
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import (
     Unfinished,
@@ -191,6 +192,73 @@ def test_a_stack_without_a_spec_but_with_objects_is_not_ready_not_orphaned() -> 
     # A running update wins: it may be that first start, still going.
     busy = summary(specs={"pr-42": None}, stacks={"pr-42": True}, unfinished={"pr-42": kept})[0]
     assert busy.state == "updating"
+
+
+def kept_first_start(expires: str | None = "2026-01-01T02:00:00Z") -> dict[str, Any]:
+    """`pulumi stack export` of a kept failed first start: its record ConfigMap (the
+    redacted spec it was declared from) and its Deployment, both in the stack's state."""
+    record = record_manifest(env(owner="ann", expires=expires))
+    meta = {
+        "namespace": "staging",
+        "annotations": {
+            naming.ANNOTATION_OWNER: "ann",
+            naming.ANNOTATION_EXPIRES_AT: expires or "never",
+        },
+    }
+    return {
+        "deployment": {
+            "resources": [
+                {"type": "pulumi:pulumi:Stack", "outputs": {}},
+                {"type": "kubernetes:apps/v1:Deployment", "outputs": {"metadata": meta}},
+                {"type": "kubernetes:core/v1:ConfigMap", "inputs": record, "outputs": record},
+            ]
+        }
+    }
+
+
+def test_a_kept_failed_first_start_keeps_its_ttl_and_shows_its_pods() -> None:
+    history = [{"result": "failed", "endTime": "2026-01-01T00:10:00.000Z"}]
+    kept = unfinished_from(history, kept_first_start())
+    assert kept.expires_at == "2026-01-01T02:00:00Z"
+    assert kept.spec is not None and kept.spec.services[0].display_target == "deployment/users"
+    # The reaper: due only once its TTL has passed (never for an infinite one); a stack whose
+    # objects say nothing of it is due at once, as before.
+    assert due_without_spec(kept.expires_at, NOW) is None
+    later = dt.datetime(2026, 1, 1, 2, 0, 1, tzinfo=dt.UTC)
+    assert due_without_spec(kept.expires_at, later) == dt.datetime(2026, 1, 1, 2, tzinfo=dt.UTC)
+    forever = unfinished_from(history, kept_first_start(expires=None))
+    assert forever.expires_at == "never" and due_without_spec("never", later) is None
+    assert due_without_spec(None, NOW) == NOW
+    # Without a record, the objects' annotation still tells.
+    resources = kept_first_start()["deployment"]["resources"][:2]
+    bare = unfinished_from(history, {"deployment": {"resources": resources}})
+    assert (bare.spec, bare.expires_at) == (None, "2026-01-01T02:00:00Z")
+    # `status`: its pods with their reasons, its TTL, and still why it has no spec.
+    stuck = pod(containers=[], conditions=[unschedulable()])
+    shown = summary(specs={"pr-42": None}, unfinished={"pr-42": kept}, pods=[stuck])[0]
+    assert shown.state == "not-ready" and shown.owner == "ann"
+    assert shown.reason.startswith("first start failed at 2026-01-01T00:10:00")
+    assert "pod users-pr-42-abc: Unschedulable" in shown.reason
+    assert [(p.name, p.state, p.phase) for p in shown.pods] == [
+        ("users-pr-42-abc", "not-ready", "Pending")
+    ]
+    assert shown.pods[0].reason.startswith("Unschedulable: 0/3 nodes are available")
+    assert (shown.ttl, shown.expires_at) == ("1h 30m remaining", "2026-01-01T02:00:00Z")
+    assert shown.namespaces == ["staging"]
+    gone = summary(
+        specs={"pr-42": None},
+        unfinished={"pr-42": unfinished_from(history, kept_first_start("2026-01-01T00:20:00Z"))},
+    )[0]
+    assert gone.state == "expired" and gone.ttl == "expired"
+
+
+def unschedulable() -> dict[str, Any]:
+    return {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity.",
+    }
 
 
 def test_glob_and_owner_filters() -> None:

@@ -3,6 +3,8 @@
 // headers, so tests can see which pod answered and what reached it. Logs one line at
 // start-up and one per request to stdout, so `kubectl logs` has something to show.
 // ECHO_EXIT=N makes it print one line and exit with code N at once (a crash loop on demand).
+// ECHO_WRITE=PATH writes the pod name to PATH before listening and exits 1 when it cannot
+// (where a volume really lives: a Ready pod has written its file).
 package main
 
 import (
@@ -35,6 +37,13 @@ func main() {
 	hostname, _ := os.Hostname()
 	if h := os.Getenv("HOSTNAME"); h != "" {
 		hostname = h
+	}
+	if path := os.Getenv("ECHO_WRITE"); path != "" {
+		if err := os.WriteFile(path, []byte(hostname+"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "echo:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("echo: wrote %s\n", path)
 	}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		headers := map[string]string{"Host": r.Host}
