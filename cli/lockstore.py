@@ -19,7 +19,7 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
 from preview_stack import backends
@@ -155,7 +155,7 @@ class PostgresLocks:
         if not self.table.replace("_", "").replace(".", "").isalnum():
             raise OSError(f"unexpected table name {self.table!r}")
         # One PostgreSQL client for the project: psycopg (libpq), as the db copy reads with.
-        self.connect_args = {
+        self.connect_args: dict[str, Any] = {
             "user": unquote(parsed.username or os.environ.get("PGUSER", "postgres")),
             "password": unquote(parsed.password) if parsed.password else None,
             "host": parsed.hostname or "localhost",
@@ -172,9 +172,11 @@ class PostgresLocks:
 
     def _run(self, sql: str, **values: str) -> list[list[object]]:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         try:
-            connection = psycopg.connect(**self.connect_args, autocommit=True)
+            conninfo = make_conninfo(**self.connect_args)
+            connection = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise OSError(f"PostgreSQL backend: {str(exc).strip().splitlines()[0]}") from None
         try:
@@ -209,11 +211,14 @@ class PostgresLocks:
         return sorted(found)
 
     def delete_lock(self, stack: str, name: str) -> None:
-        self._run(f"DELETE FROM {self.table} WHERE key = %(key)s", key=self._key(LOCKS, stack, name))
+        self._run(
+            f"DELETE FROM {self.table} WHERE key = %(key)s", key=self._key(LOCKS, stack, name)
+        )
 
     def read_holder(self, stack: str, name: str) -> str | None:
         rows = self._run(
-            f"SELECT data FROM {self.table} WHERE key = %(key)s", key=self._key(HOLDERS, stack, name)
+            f"SELECT data FROM {self.table} WHERE key = %(key)s",
+            key=self._key(HOLDERS, stack, name),
         )
         return self._decode(rows[0][0]) if rows else None
 
@@ -227,7 +232,9 @@ class PostgresLocks:
         )
 
     def delete_holder(self, stack: str, name: str) -> None:
-        self._run(f"DELETE FROM {self.table} WHERE key = %(key)s", key=self._key(HOLDERS, stack, name))
+        self._run(
+            f"DELETE FROM {self.table} WHERE key = %(key)s", key=self._key(HOLDERS, stack, name)
+        )
 
 
 def open_locks(backend: str, project: str) -> LockStore | None:

@@ -26,7 +26,7 @@ from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
 from preview_stack.cluster import Cluster
-from preview_stack.derive import TargetWorkload, derivation_notes, preview_pod
+from preview_stack.derive import TargetWorkload, preview_pod
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
