@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from preview_stack.dbcopy import find_tool  # noqa: E402
+from adapters.dbcopy import find_tool  # noqa: E402
 from testbed import localdb  # noqa: E402
 
 

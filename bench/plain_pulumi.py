@@ -18,9 +18,9 @@ from pulumi import automation as auto
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from adapters.k8s.cluster import Cluster, ClusterTarget  # noqa: E402
+from adapters.program import manifests_for  # noqa: E402
 from bench.bench_cli import bench_spec  # noqa: E402
-from preview_stack.cluster import Cluster, ClusterTarget  # noqa: E402
-from preview_stack.program import manifests_for  # noqa: E402
 
 
 def main(action: str, key: str) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from adapters.automation import connect
 from cli.context import (
     StaleLockAfter,
     err_console,
@@ -16,7 +17,6 @@ from cli.context import (
     stale_lock_seconds,
 )
 from cli.output import Format, Progress, print_json
-from cli.stacks import connect
 from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget

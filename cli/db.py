@@ -1,5 +1,5 @@
 """`preview-env db copy`: copy a database into a branch server, on a laptop or in the
-branch's copy Job (the same code: preview_stack.dbcopy)."""
+branch's copy Job (the same code: adapters.dbcopy)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from adapters import dbcopy
 from cli.context import handles_errors
-from preview_stack import dbcopy
 from preview_stack.errors import BadInput, PreviewError
 
 app = typer.Typer(
@@ -164,7 +164,7 @@ def _patch_secret(name: str, url: str) -> None:
     from kubernetes.client.api_client import ApiClient
     from kubernetes.config.config_exception import ConfigException
 
-    from preview_stack.kubeapi import RESOURCES, ApiException, KubeApi
+    from adapters.k8s.client import RESOURCES, ApiException, KubeApi
 
     namespace = _namespace()
     try:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from adapters.automation import connect
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import connect
 from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import SetExpiry

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
+from adapters.automation import connect
+from adapters.k8s.cluster import Cluster, PodLogs
 from cli.context import handles_errors, settings
-from cli.stacks import connect
 from preview_stack import naming
-from preview_stack.cluster import Cluster, PodLogs
 from preview_stack.errors import BadInput, NotFound, PreviewError
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import parse_duration

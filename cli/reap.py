@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 import typer
 from pydantic import BaseModel
 
+from adapters.automation import Stacks, connect
+from adapters.k8s.cluster import Cluster
 from cli.context import (
     StaleLockAfter,
     err_console,
@@ -26,10 +28,8 @@ from cli.context import (
     stale_lock_seconds,
 )
 from cli.output import Format, print_json
-from cli.stacks import Stacks, connect
 from cli.start import CachedReader
 from preview_stack.changes import DestroyIfDue, NotDue
-from preview_stack.cluster import Cluster
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
 from preview_stack.reaping import Due, due_without_spec, expiring_within
 from preview_stack.ttl import parse_duration, remaining, rfc3339

@@ -17,15 +17,15 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.automation import Applied, connect
+from adapters.k8s.cluster import Cluster
 from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.stacks import Applied, connect
 from preview_stack import config as mirrord_config
 from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
-from preview_stack.cluster import Cluster
 from preview_stack.derive import TargetWorkload, preview_pod
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
@@ -389,7 +389,7 @@ def start(
     # whole environment is derived again under the lock, from the latest spec).
     alone = apply_change(change, env_key, None, now)
     assert alone is not None
-    from preview_stack.program import manifests_for  # not at the top: not for `status`
+    from adapters.program import manifests_for  # not at the top: not for `status`
 
     manifests = manifests_for(alone, reader, stack_id)
     derived = preview_pod(workload, service, alone) if workload else None

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+from adapters.automation import connect
 from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import StatusFormat, columns, print_json
-from cli.stacks import connect
 from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import BadInput, NotFound

@@ -24,7 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from preview_stack import dbcopy, naming
+from adapters import dbcopy
+from preview_stack import naming
 from preview_stack.errors import BadInput
 from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 

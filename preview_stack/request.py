@@ -8,7 +8,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from preview_stack import dbcopy, naming
+from adapters import dbcopy
+from preview_stack import naming
 from preview_stack.config import (
     DbBranchConfig,
     FileMountConfig,

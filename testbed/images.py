@@ -182,7 +182,7 @@ _STDLIB_SKIP = frozenset(
     {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip"}
 )
 REAPER_UID = "10001"
-PROJECT_SOURCES = ("cli", "preview_stack", "pyproject.toml", "requirements.lock")
+PROJECT_SOURCES = ("cli", "preview_stack", "adapters", "pyproject.toml", "requirements.lock")
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
 
 
 def db_clients() -> dict[str, _Entry]:
-    """The database client tools `preview-env db copy` runs (preview_stack.dbcopy): pg_dump,
+    """The database client tools `preview-env db copy` runs (adapters.dbcopy): pg_dump,
     pg_restore and psql at Debian's real paths (its /usr/bin ones are perl wrappers), the
     MariaDB clients (also MySQL's) and their character set files. Their shared libraries
     come with the image's ldd pass."""

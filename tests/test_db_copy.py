@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from preview_stack.dbcopy import find_tool, job_args
+from adapters.dbcopy import find_tool, job_args
 from testbed import localdb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -560,7 +560,7 @@ def test_source_reads_are_one_read_only_statement_by_construction(engine: Engine
     message, in a read-only transaction the URL cannot turn off."""
     if engine.name != "pg":
         return
-    from preview_stack import dbcopy
+    from adapters import dbcopy
 
     before = _counts(engine)
     url = engine.source.url("shop") + "?options=-c%20default_transaction_read_only%3Doff"

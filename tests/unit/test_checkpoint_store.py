@@ -1,4 +1,4 @@
-"""Listing and reading checkpoints straight from a backend (cli.checkpoint_store)."""
+"""Listing and reading checkpoints straight from a backend (adapters.backend.checkpoints)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from cli.checkpoint_store import (
+from adapters.backend.checkpoints import (
     EMPTY_SHA256,
     FileStore,
     S3Store,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from preview_stack import dbcopy
-from preview_stack.dbcopy import Conn, branch_url, job_args, parse_table, parse_url
+from adapters import dbcopy
+from adapters.dbcopy import Conn, branch_url, job_args, parse_table, parse_url
 from preview_stack.errors import BadInput
 
 
@@ -443,8 +443,8 @@ def test_branch_url_secret_is_merge_patched_in_the_namespace(
 ) -> None:
     import kubernetes
 
+    from adapters.k8s import client as kubeapi
     from cli import db
-    from preview_stack import kubeapi
 
     calls: list[tuple[object, ...]] = []
 

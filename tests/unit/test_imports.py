@@ -27,7 +27,7 @@ def test_the_cli_loads_without_pulumi() -> None:
 def test_the_lazy_automation_api_is_the_real_one() -> None:
     from pulumi import automation
 
-    from cli import stacks
+    from adapters import automation as stacks
 
     assert stacks.auto.CommandError is automation.CommandError
     made = stacks._stack_class()

@@ -1,4 +1,4 @@
-"""Paths of the JSON-only Kubernetes client (`preview_stack.kubeapi`)."""
+"""Paths of the JSON-only Kubernetes client (`adapters.k8s.client`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from preview_stack.kubeapi import RESOURCES
+from adapters.k8s.client import RESOURCES
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_cluster_reads_never_load_the_typed_models(tmp_path: Path) -> None:
     config.write_text(KUBECONFIG)
     code = (
         "import sys\n"
-        "from preview_stack.cluster import Cluster, ClusterTarget\n"
+        "from adapters.k8s.cluster import Cluster, ClusterTarget\n"
         f"assert Cluster(ClusterTarget({str(config)!r})).default_namespace() == 'shop'\n"
         "loaded = [m for m in sys.modules if m.startswith(('kubernetes.client.api.',"
         " 'kubernetes.client.models.'))]\n"

@@ -1,5 +1,6 @@
-"""Holder records of stack locks (cli.lockstore, cli.stacks._HolderWatch): written for a
-lock a process of ours holds, proving its death only on the same boot and PID namespace."""
+"""Holder records of stack locks (adapters.backend.locks, adapters.automation._HolderWatch):
+written for a lock a process of ours holds, proving its death only on the same boot and
+PID namespace."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from cli.lockstore import FileLocks, here, our_holder, start_time_of
-from cli.stacks import _HolderWatch
+from adapters.automation import _HolderWatch
+from adapters.backend.locks import FileLocks, here, our_holder, start_time_of
 from preview_stack.reaping import Lock, holder_from_json, holder_is_gone, lock_from_json
 
 

@@ -1,4 +1,4 @@
-"""How Pulumi's failures become ours (cli.stacks): one line with the cause, and which
+"""How Pulumi's failures become ours (adapters.automation): one line with the cause, and which
 backend conditions are momentary (tried again) on file, PostgreSQL and S3 backends."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from pulumi.automation import CommandResult
 from pulumi.automation.errors import create_command_error
 
-from cli.stacks import _summary, _transient
+from adapters.automation import _summary, _transient
 
 # What `pulumi up` prints when a Deployment never becomes Ready (pulumi-kubernetes joins
 # its await errors): the cause is on the bullet lines, not on the `error:` line.

@@ -24,15 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from cli.checkpoint_store import CheckpointStore, FileStore, UnknownStackFile, open_store
+from adapters.backend.checkpoints import CheckpointStore, FileStore, UnknownStackFile, open_store
+from adapters.backend.latest import read_latest_spec
+from adapters.backend.locks import LockStore, here, open_locks, our_holder, start_time_of
+from adapters.k8s.cluster import Cluster, ClusterTarget
 from cli.context import LazyModule, Settings, err_console
-from cli.lockstore import LockStore, here, open_locks, our_holder, start_time_of
 from preview_stack import backends, checkpoints, naming
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
-from preview_stack.cluster import Cluster, ClusterTarget
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
-from preview_stack.latest import read_latest_spec
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -47,7 +47,7 @@ from preview_stack.status import Unfinished, unfinished_from
 if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
     from pulumi import automation as auto
 
-    from preview_stack.program import TargetReader
+    from adapters.program import TargetReader
 else:  # and the Automation API when a `pulumi` process is first needed: not by `status`
     auto = LazyModule("pulumi.automation")
 
@@ -185,7 +185,7 @@ class Stacks:
         return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
 
     def lock_store(self) -> LockStore | None:
-        """The backend's lock objects (cli.lockstore); None for Pulumi Cloud."""
+        """The backend's lock objects (adapters.backend.locks); None for Pulumi Cloud."""
         if self._locks is False:
             self._locks = open_locks(self.backend, naming.PROJECT)
         return self._locks
@@ -193,7 +193,7 @@ class Stacks:
     def lock_holders(self, key: str) -> list[Lock]:
         """Who holds `key`'s lock, read without taking or touching anything: Pulumi keeps
         each lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host,
-        time) in a file, S3 or PostgreSQL backend alike (cli.lockstore: one listing).
+        time) in a file, S3 or PostgreSQL backend alike (adapters.backend.locks: one listing).
         Pulumi Cloud, or a store that cannot be read, gives an empty list: the state then
         says only that the stack is locked (a `pulumi` operation that would make the engine
         name the holder takes the lock when it is free, which a read-only `status` must
@@ -439,7 +439,7 @@ class Stacks:
                     applied.after = apply_change(change, key, before, _now())
                     if applied.after is None or key in self._orphans_possible:
                         self._sweep_orphans(key, before, applied.after, reader, stack_id)
-                    from preview_stack.program import declare
+                    from adapters.program import declare
 
                     declare(applied.after, reader, stack_id)
                 except PreviewError as exc:
@@ -493,7 +493,7 @@ class Stacks:
         stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
-            from preview_stack.program import manifests_for
+            from adapters.program import manifests_for
 
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]

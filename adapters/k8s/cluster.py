@@ -20,10 +20,10 @@ from kubernetes.client.api_client import ApiClient
 from kubernetes.client.configuration import Configuration
 from kubernetes.config.config_exception import ConfigException
 
+from adapters.k8s.client import RESOURCES, ApiException, KubeApi
 from preview_stack import naming
 from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
 from preview_stack.errors import NotFound, PreviewError, Unreachable
-from preview_stack.kubeapi import RESOURCES, ApiException, KubeApi
 from preview_stack.spec import ServiceSpec
 
 # Kinds whose name another stack could hold (what `foreign_holder` checks).

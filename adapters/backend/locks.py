@@ -91,10 +91,10 @@ class FileLocks:
 
 
 class S3Locks:
-    """An S3 backend's lock objects (credentials as `pulumi` finds them: cli.s3locks)."""
+    """An S3 backend's lock objects (credentials as `pulumi` finds them: adapters.backend.s3)."""
 
     def __init__(self, url: str, project: str) -> None:
-        from cli.s3locks import client_and_prefix  # S3 client only for S3 backends
+        from adapters.backend.s3 import client_and_prefix  # S3 client only for S3 backends
 
         self.client, self.bucket, self.prefix = client_and_prefix(url)
         self.project = project

@@ -1,0 +1,1 @@
+"""One module (or package) per outside system; the pure core (preview_stack) imports none."""
