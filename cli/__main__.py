@@ -6,7 +6,7 @@ needs neither Pulumi nor the other commands: it starts without importing them.""
 import sys
 
 if sys.argv[1:2] == ["db"]:
-    from cli.db import app as db_app
+    from cli.commands.db import app as db_app
 
     db_app(args=sys.argv[2:], prog_name="preview-env db")
 else:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import clean, db, extend, logs, reap, start, status
+from cli.commands import clean, db, extend, logs, reap, start, status
 from cli.context import Settings
 
 app = typer.Typer(

@@ -294,7 +294,7 @@ def test_declared_key_with_get_env_and_placeholders(
 
 
 def test_mirrord_branch_name_overrides_git_branch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.start import git_branch
+    from cli.commands.start import git_branch
 
     monkeypatch.setenv("GITHUB_HEAD_REF", "pr-branch")
     monkeypatch.setenv("MIRRORD_BRANCH_NAME", "override")

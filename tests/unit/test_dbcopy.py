@@ -444,7 +444,7 @@ def test_branch_url_secret_is_merge_patched_in_the_namespace(
     import kubernetes
 
     from adapters.k8s import client as kubeapi
-    from cli import db
+    from cli.commands import db
 
     calls: list[tuple[object, ...]] = []
 

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from adapters.automation import connect
+from cli.commands.start import CachedReader
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
-from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import SetExpiry
 from preview_stack.errors import BadInput, NotFound

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from adapters.automation import Stacks, connect
 from adapters.k8s.cluster import Cluster
+from cli.commands.start import CachedReader
 from cli.context import (
     StaleLockAfter,
     err_console,
@@ -28,7 +29,6 @@ from cli.context import (
     stale_lock_seconds,
 )
 from cli.output import Format, print_json
-from cli.start import CachedReader
 from preview_stack.changes import DestroyIfDue, NotDue
 from preview_stack.errors import BadInput, Busy, NotFound, PreviewError
 from preview_stack.reaping import Due, due_without_spec, expiring_within

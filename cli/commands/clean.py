@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.automation import connect
+from cli.commands.start import CachedReader
 from cli.context import (
     StaleLockAfter,
     err_console,
@@ -17,7 +18,6 @@ from cli.context import (
     stale_lock_seconds,
 )
 from cli.output import Format, Progress, print_json
-from cli.start import CachedReader
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget
 from preview_stack.errors import BadInput, NotFound, PreviewError
