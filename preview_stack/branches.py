@@ -24,8 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adapters import dbcopy
-from preview_stack import naming
+from preview_stack import copy_plan, naming
 from preview_stack.errors import BadInput
 from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 
@@ -203,7 +202,7 @@ def source_value_names() -> tuple[str, ...]:
 def copy_args(branch: DbBranch, *, wait: int, url_secret: str | None) -> list[str]:
     """`preview-env db copy ...` as the Job runs it: the same command as on a laptop."""
     tables = {t.name: t.filter for t in branch.tables}
-    return dbcopy.job_args(branch.engine, branch.mode, tables, wait, url_secret)
+    return copy_plan.job_args(branch.engine, branch.mode, tables, wait, url_secret)
 
 
 def branch_manifests(

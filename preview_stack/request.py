@@ -8,8 +8,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from adapters import dbcopy
-from preview_stack import naming
+from preview_stack import copy_plan, naming
 from preview_stack.config import (
     DbBranchConfig,
     FileMountConfig,
@@ -182,13 +181,13 @@ def _check_copy(index: int, branch: DbBranchConfig) -> None:
     database name, table names, and each filter parsed as one SQL expression."""
     try:
         if branch.name is not None:
-            dbcopy.check_name("database", branch.name, branch.type)
+            copy_plan.check_name("database", branch.name, branch.type)
         for name, table in branch.copy_.tables.items():
-            dbcopy.check_name("table", name, branch.type)
+            copy_plan.check_name("table", name, branch.type)
             if table.filter is not None:
                 if not table.filter.strip():
                     raise BadInput(f"copy.tables filter of {name} is empty (remove it)")
-                dbcopy.check_filter(branch.type, name, table.filter)
+                copy_plan.check_filter(branch.type, name, table.filter)
     except BadInput as exc:
         raise BadInput(f"feature.db_branches[{index}]: {exc}") from None
 

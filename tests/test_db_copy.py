@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import pytest
 
-from adapters.dbcopy import find_tool, job_args
+from adapters.dbcopy import find_tool
+from preview_stack.copy_plan import job_args
 from testbed import localdb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -561,10 +562,11 @@ def test_source_reads_are_one_read_only_statement_by_construction(engine: Engine
     if engine.name != "pg":
         return
     from adapters import dbcopy
+    from preview_stack import copy_plan
 
     before = _counts(engine)
     url = engine.source.url("shop") + "?options=-c%20default_transaction_read_only%3Doff"
-    source = dbcopy.parse_url(url, "pg")
+    source = copy_plan.parse_url(url, "pg")
     for sql, error in [
         ("COPY (SELECT 1) TO STDOUT; DELETE FROM orders", "multiple commands"),
         ("COPY (SELECT nextval('invoice_numbers')) TO STDOUT", "read-only transaction"),

@@ -1,5 +1,6 @@
 """`preview-env db copy`: copy a database into a branch server, on a laptop or in the
-branch's copy Job (the same code: adapters.dbcopy)."""
+branch's copy Job (the same code: the plan in preview_stack.copy_plan, run by
+adapters.dbcopy)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 
 from adapters import dbcopy
 from cli.context import handles_errors
+from preview_stack import copy_plan
 from preview_stack.errors import BadInput, PreviewError
 
 app = typer.Typer(
@@ -101,9 +103,9 @@ def _copy(
     url_secret: str | None,
 ) -> str:
     if engine is None:
-        raise BadInput(f"--engine is required ({' or '.join(dbcopy.ENGINES)})")
-    if engine not in dbcopy.ENGINES:
-        raise BadInput(f"unsupported engine {engine!r} (supported: {', '.join(dbcopy.ENGINES)})")
+        raise BadInput(f"--engine is required ({' or '.join(copy_plan.ENGINES)})")
+    if engine not in copy_plan.ENGINES:
+        raise BadInput(f"unsupported engine {engine!r} (supported: {', '.join(copy_plan.ENGINES)})")
     source, source_url = _end("--from", from_url, "--from-env", from_env, engine)
     branch, _ = _end("--to", to_url, "--to-env", to_env, engine)
     if url_secret and source_url is None:
@@ -113,15 +115,15 @@ def _copy(
         )
     parsed: dict[str, str | None] = {}
     for arg in tables:
-        name, where = dbcopy.parse_table(arg)
+        name, where = copy_plan.parse_table(arg)
         if name in parsed:
             raise BadInput(f"--table {name} given twice")
         parsed[name] = where
-    plan = dbcopy.plan(engine, mode, source, branch, parsed, wait)
+    plan = copy_plan.plan(engine, mode, source, branch, parsed, wait)
     result = dbcopy.run_copy(plan)
     if url_secret and source_url is not None:
         b = plan.branch
-        url = dbcopy.branch_url(
+        url = copy_plan.branch_url(
             source_url,
             host=b.host,
             port=b.port,
@@ -136,13 +138,13 @@ def _copy(
 
 def _end(
     url_flag: str, url: str | None, env_flag: str, prefix: str | None, engine: str
-) -> tuple[dbcopy.Conn, str | None]:
+) -> tuple[copy_plan.Conn, str | None]:
     if (url is None) == (prefix is None):
         raise BadInput(f"give exactly one of {url_flag} URL or {env_flag} PREFIX")
     if url is not None:
-        return dbcopy.parse_url(url, engine), url  # type: ignore[arg-type]
+        return copy_plan.parse_url(url, engine), url  # type: ignore[arg-type]
     assert prefix is not None
-    return dbcopy.conn_from_env(engine, prefix, os.environ)  # type: ignore[arg-type]
+    return copy_plan.conn_from_env(engine, prefix, os.environ)  # type: ignore[arg-type]
 
 
 def _namespace() -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from adapters import dbcopy
-from adapters.dbcopy import Conn, branch_url, job_args, parse_table, parse_url
+from preview_stack import copy_plan
+from preview_stack.copy_plan import Conn, branch_url, job_args, parse_table, parse_url
 from preview_stack.errors import BadInput
 
 
@@ -66,15 +67,15 @@ def test_engine_must_match_scheme() -> None:
 
 def test_params_and_env() -> None:
     env = {"P_HOST": "h", "P_PORT": "3307", "P_USER": "u", "P_PASSWORD": "pw", "P_DATABASE": ""}
-    conn, url = dbcopy.conn_from_env("mysql", "P", env)
+    conn, url = copy_plan.conn_from_env("mysql", "P", env)
     assert conn == Conn("mysql", "h", 3307, "u", "pw", "") and url is None
-    conn, url = dbcopy.conn_from_env("pg", "P", {"P_URL": "postgres://h/db", "P_HOST": "x"})
+    conn, url = copy_plan.conn_from_env("pg", "P", {"P_URL": "postgres://h/db", "P_HOST": "x"})
     assert conn.host == "h" and url == "postgres://h/db"
     with pytest.raises(BadInput, match="neither Q_URL nor Q_HOST"):
-        dbcopy.conn_from_env("pg", "Q", env)
+        copy_plan.conn_from_env("pg", "Q", env)
     with pytest.raises(BadInput, match="port 'x' is not a number"):
-        dbcopy.conn_from_params("pg", host="h", port="x")
-    assert dbcopy.conn_from_params("pg", host="h", port="").port == 5432
+        copy_plan.conn_from_params("pg", host="h", port="x")
+    assert copy_plan.conn_from_params("pg", host="h", port="").port == 5432
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_params_and_env() -> None:
 )
 def test_parse_table(arg: str, parsed: tuple[str, str | None]) -> None:
     assert parse_table(arg) == parsed
-    assert dbcopy.table_arg(*parsed) == arg.replace(": ", ":")
+    assert copy_plan.table_arg(*parsed) == arg.replace(": ", ":")
 
 
 @pytest.mark.parametrize("arg", ["", ":x = 1", "t:", "t:  "])
@@ -101,7 +102,7 @@ BRANCH = parse_url("postgres://admin:q@branch:5432")
 
 
 def test_plan_defaults_the_branch_database_to_the_sources() -> None:
-    p = dbcopy.plan("pg", "schema", SRC, BRANCH, {"customers": "region = 'eu'"}, 120)
+    p = copy_plan.plan("pg", "schema", SRC, BRANCH, {"customers": "region = 'eu'"}, 120)
     assert p.branch.database == "shop" and p.wait == 120
 
 
@@ -118,18 +119,18 @@ def test_plan_defaults_the_branch_database_to_the_sources() -> None:
 )
 def test_plan_refuses(args: tuple[object, ...], message: str) -> None:
     with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
-        dbcopy.plan(*args)  # type: ignore[arg-type]
+        copy_plan.plan(*args)  # type: ignore[arg-type]
 
 
 def test_resolve_tables() -> None:
     known = ["public.customers", "public.orders", "audit.orders", "audit.log"]
-    assert dbcopy.resolve_tables({"orders": None, "log": "x", "audit.orders": None}, known) == {
+    assert copy_plan.resolve_tables({"orders": None, "log": "x", "audit.orders": None}, known) == {
         "orders": "public.orders",
         "log": "audit.log",
         "audit.orders": "audit.orders",
     }
     with pytest.raises(BadInput) as err:
-        dbcopy.resolve_tables({"invoices": None}, known)
+        copy_plan.resolve_tables({"invoices": None}, known)
     assert str(err.value) == (
         'copy.tables names "invoices", which is not a table of the source database '
         "(tables: audit.log, audit.orders, customers, orders)"
@@ -213,8 +214,8 @@ def test_job_args() -> None:
 
 
 def test_summary_has_no_credentials() -> None:
-    p = dbcopy.plan("pg", "all", SRC, BRANCH)
-    line = dbcopy.summary(p, 3, 10)
+    p = copy_plan.plan("pg", "all", SRC, BRANCH)
+    line = copy_plan.summary(p, 3, 10)
     assert (
         line == "copied 3 tables (10 rows) from pg src:5432/shop into branch:5432/shop (mode all)"
     )
@@ -273,8 +274,8 @@ def test_conninfo_never_has_the_password_and_only_libpq_options() -> None:
     ],
 )
 def test_filters_that_are_one_expression_run_as_parsed(engine: str, where: str, runs: str) -> None:
-    assert dbcopy.check_filter(engine, "t", where) == runs
-    assert dbcopy.check_filter(engine, "t", runs) == runs  # printed back: parses the same
+    assert copy_plan.check_filter(engine, "t", where) == runs
+    assert copy_plan.check_filter(engine, "t", runs) == runs  # printed back: parses the same
 
 
 E_STRING = (
@@ -328,7 +329,7 @@ E_STRING = (
 )
 def test_filters_that_could_do_more_are_refused(engine: str, where: str, why: str) -> None:
     with pytest.raises(BadInput) as err:
-        dbcopy.check_filter(engine, "customers", where)
+        copy_plan.check_filter(engine, "customers", where)
     message = str(err.value)
     assert message.startswith(f"copy.tables filter of customers: {why}"), message
     assert message.endswith("(a filter is one WHERE clause, e.g. region = 'eu')")
@@ -337,12 +338,12 @@ def test_filters_that_could_do_more_are_refused(engine: str, where: str, why: st
 
 def test_mysql_filters_name_the_functions_that_may_be_stored() -> None:
     where = "discount(total) > 1 AND LOWER(region) = 'eu' AND NOW() > created"
-    assert dbcopy.filter_functions("mysql", "t", where) == {"discount", "now"}
-    assert dbcopy.filter_functions("pg", "t", where) == set()
+    assert copy_plan.filter_functions("mysql", "t", where) == {"discount", "now"}
+    assert copy_plan.filter_functions("pg", "t", where) == set()
 
 
 def test_plan_runs_the_parsed_filter_and_checks_names() -> None:
-    p = dbcopy.plan("pg", "schema", SRC, BRANCH, {"t": "x = E'a\\'b'"})
+    p = copy_plan.plan("pg", "schema", SRC, BRANCH, {"t": "x = E'a\\'b'"})
     assert p.tables == {"t": "x = 'a''b'"}
     evil = "--init-command=DELETE FROM shop.orders"
     for source, branch, tables, message in [
@@ -352,7 +353,7 @@ def test_plan_runs_the_parsed_filter_and_checks_names() -> None:
         (parse_url("mysql://u@h/shop"), parse_url("mysql://b/x"), {evil: None}, "table name"),
     ]:
         with pytest.raises(BadInput, match=f"^{message} '--init-command="):
-            dbcopy.plan("mysql", "schema", source, branch, tables)
+            copy_plan.plan("mysql", "schema", source, branch, tables)
 
 
 @pytest.mark.parametrize(
@@ -367,7 +368,7 @@ def test_plan_runs_the_parsed_filter_and_checks_names() -> None:
 )
 def test_bad_names(engine: str, name: str, why: str) -> None:
     with pytest.raises(BadInput, match=why):
-        dbcopy.check_name("table", name, engine)
+        copy_plan.check_name("table", name, engine)
 
 
 def test_source_sessions_get_preview_envs_options_never_the_urls() -> None:
@@ -377,7 +378,7 @@ def test_source_sessions_get_preview_envs_options_never_the_urls() -> None:
         "host='h' port=1 dbname='d' user='u' options='-c default_transaction_read_only=on "
         "-c standard_conforming_strings=on'"
     )
-    assert dbcopy.ignored_source_options(c) == ["options"]
+    assert copy_plan.ignored_source_options(c) == ["options"]
     assert "password='pw'" in dbcopy._Client(c, read_only=True).conninfo(with_password=True)
     assert "PGOPTIONS" not in dbcopy._Client(c, read_only=True).env()
     assert dbcopy._Client(c).conninfo().endswith("options='-c default_transaction_read_only=off'")
