@@ -1,4 +1,4 @@
-"""The only module that touches `pulumi.automation`: one stack per environment key.
+"""The Automation API adapter (`pulumi.automation`): one stack per environment key.
 
 Every change of an environment is `apply(key, change)`: the inline program reads the
 latest spec from the backend while the engine holds the stack's lock, applies the pure
@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import importlib
 import json
 import os
 import re
@@ -22,14 +23,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from adapters.backend.checkpoints import CheckpointStore, FileStore, UnknownStackFile, open_store
+from rich.console import Console
+
+from adapters.backend.checkpoints import CheckpointStore, UnknownStackFile
+from adapters.backend.files import FileStore
 from adapters.backend.latest import read_latest_spec
-from adapters.backend.locks import LockStore, here, open_locks, our_holder, start_time_of
+from adapters.backend.locks import LockStore, here, our_holder, start_time_of
+from adapters.backend.resolve import default_state_dir, identity, resolve
+from adapters.backend.stores import Store, open_store
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from cli.context import LazyModule, Settings, err_console
+from adapters.settings import Settings
 from preview_stack import backends, checkpoints, naming
+from preview_stack.backends import Backend
 from preview_stack.changes import DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
@@ -43,6 +51,18 @@ from preview_stack.reaping import (
 )
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import Unfinished, unfinished_from
+
+
+class LazyModule(ModuleType):
+    """Module `name`, imported on first attribute access: Pulumi's Automation API (with
+    grpc and protobuf) costs about half a second of start-up that `status` never needs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.__name__), attr)
+
 
 if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
     from pulumi import automation as auto
@@ -58,6 +78,8 @@ SPEC_READS_AT_ONCE = 8
 EventHandler = Callable[["auto.EngineEvent"], None]
 T = TypeVar("T")
 OutputHandler = Callable[[str], None]
+# Warnings go to stderr as the CLI's own do (cli.context.err_console).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _now() -> dt.datetime:
@@ -76,7 +98,7 @@ class Applied:
 class Stacks:
     """Stacks of the `preview-env` project in one backend, deploying to one cluster."""
 
-    def __init__(self, backend: str, cluster: ClusterTarget, *, verbose: bool = False) -> None:
+    def __init__(self, backend: Backend, cluster: ClusterTarget, *, verbose: bool = False) -> None:
         self.backend = backend
         self.cluster = cluster
         self.verbose = verbose
@@ -84,7 +106,7 @@ class Stacks:
         if problem:
             raise BadInput(problem)
         env = {
-            "PULUMI_BACKEND_URL": backend,
+            "PULUMI_BACKEND_URL": backend.url,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
         }
         if not any(os.environ.get(v) for v in backends.PASSPHRASE_VARS) and not os.environ.get(
@@ -94,28 +116,29 @@ class Stacks:
             env["PULUMI_CONFIG_PASSPHRASE"] = ""
         if cluster.kubeconfig:
             env["KUBECONFIG"] = cluster.kubeconfig
-        if backends.kind(backend) == "postgres" and "PULUMI_DIY_BACKEND_PARALLEL" not in os.environ:
+        if backend.kind == "postgres" and "PULUMI_DIY_BACKEND_PARALLEL" not in os.environ:
             env["PULUMI_DIY_BACKEND_PARALLEL"] = str(backends.POSTGRES_LIST_PARALLEL)
         self.env_vars = env
-        if backends.kind(backend) == "file":
+        if backend.kind == "file":
             # State files hold encrypted secrets and plain specs: private to this user,
             # whatever the shell's umask (the `pulumi` processes inherit ours).
             os.umask(0o077)
         self._identity: str | None = None
         self._unfinished: dict[str, Unfinished] = {}
         self._kube: Cluster | None = None
-        self.store: CheckpointStore | None = open_store(backend, naming.PROJECT)
+        # One client of the backend's store for its checkpoints and its lock files.
+        self.store: Store | None = open_store(backend, naming.PROJECT)
+        self.checkpoints: CheckpointStore | None = self.store.checkpoints() if self.store else None
         # Keys whose dead holder's lock we took over: its update may have created objects
         # it never recorded; the next update removes them under the lock.
         self._orphans_possible: set[str] = set()
         self._warned_unknown = False
-        self._locks: LockStore | Literal[False] | None = False  # opened on first use
 
     # ------------------------------------------------------------------ identity
     def stack_id(self, key: str) -> str:
         """The owner label value of this backend's stack `key` (see naming.LABEL_STACK)."""
         if self._identity is None:
-            self._identity = backends.identity(self.backend)
+            self._identity = identity(self.backend)
         return naming.stack_identity(self._identity, key)
 
     # ------------------------------------------------------------------ workspace
@@ -127,7 +150,7 @@ class Stacks:
             project_settings=auto.ProjectSettings(
                 name=naming.PROJECT,
                 runtime="python",
-                backend=auto.ProjectBackend(url=self.backend),
+                backend=auto.ProjectBackend(url=self.backend.url),
             ),
         )
 
@@ -161,10 +184,10 @@ class Stacks:
         """The checkpoint store's listing; None without a store or when it fails (then
         `pulumi` answers). A file the store cannot name the stack of is said once on stderr:
         `pulumi` lists what it knows, and nothing is skipped in silence."""
-        if self.store is None:
+        if self.checkpoints is None:
             return None
         try:
-            return self.store.stacks()
+            return self.checkpoints.stacks()
         except UnknownStackFile as exc:
             if not self._warned_unknown:
                 self._warned_unknown = True
@@ -185,15 +208,13 @@ class Stacks:
         return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
 
     def lock_store(self) -> LockStore | None:
-        """The backend's lock objects (adapters.backend.locks); None for Pulumi Cloud."""
-        if self._locks is False:
-            self._locks = open_locks(self.backend, naming.PROJECT)
-        return self._locks
+        """The backend's lock objects (adapters.backend.stores); None for Pulumi Cloud."""
+        return self.store
 
     def lock_holders(self, key: str) -> list[Lock]:
         """Who holds `key`'s lock, read without taking or touching anything: Pulumi keeps
         each lock as `.pulumi/locks/<org>/<project>/<stack>/<id>.json` (pid, user, host,
-        time) in a file, S3 or PostgreSQL backend alike (adapters.backend.locks: one listing).
+        time) in a file, S3 or PostgreSQL backend alike (adapters.backend.stores: one listing).
         Pulumi Cloud, or a store that cannot be read, gives an empty list: the state then
         says only that the stack is locked (a `pulumi` operation that would make the engine
         name the holder takes the lock when it is free, which a read-only `status` must
@@ -249,7 +270,7 @@ class Stacks:
 
     @property
     def _shown(self) -> str:
-        return backends.redact(self.backend)
+        return self.backend.redacted
 
     def _backend_error(self, exc: auto.CommandError, what: str | None = None) -> PreviewError:
         if backends.wrong_passphrase(str(exc)):
@@ -317,23 +338,6 @@ class Stacks:
         if self.cluster.context:
             stack.set_config("kubernetes:context", auto.ConfigValue(self.cluster.context))
 
-    def outputs(self, key: str) -> EnvironmentSpec | None:
-        """The spec a stack last deployed (backend copy), or None."""
-        known = self._from_checkpoint(key, checkpoints.full_spec)
-        if not isinstance(known, checkpoints.Unreadable):
-            return known
-        try:
-            return read_latest_spec(
-                key,
-                organization=self._organization(),
-                env=self.env_vars,
-                cwd=self._workspace().work_dir,
-            )
-        except Unreachable:
-            if key not in self.environments():
-                return None
-            raise
-
     def specs(
         self, keys: Iterable[str], parallel: int = SPEC_READS_AT_ONCE
     ) -> dict[str, EnvironmentSpec | PreviewError | None]:
@@ -346,7 +350,9 @@ class Stacks:
         rest = []
         ordered = sorted(set(keys))
         # Files are read one after the other (no I/O wait to overlap); S3 reads at once.
-        workers = 1 if isinstance(self.store, FileStore) else max(1, min(parallel, len(ordered)))
+        workers = (
+            1 if isinstance(self.checkpoints, FileStore) else max(1, min(parallel, len(ordered)))
+        )
         with ThreadPoolExecutor(workers) as pool:
             read = pool.map(lambda k: self._from_checkpoint(k, checkpoints.public_spec), ordered)
             pairs = list(zip(ordered, read, strict=True))
@@ -363,10 +369,10 @@ class Stacks:
         pick: Callable[[dict[str, Any]], EnvironmentSpec | checkpoints.Unreadable | None],
     ) -> EnvironmentSpec | checkpoints.Unreadable | None:
         """`pick` of stack `key`'s outputs read from its checkpoint, without `pulumi`."""
-        if self.store is None:
+        if self.checkpoints is None:
             return checkpoints.UNREADABLE
         try:
-            raw = self.store.read(key)
+            raw = self.checkpoints.read(key)
         except OSError:
             return checkpoints.UNREADABLE
         if raw is None:
@@ -394,7 +400,7 @@ class Stacks:
             return dict(zip(keys, pool.map(read, keys), strict=True))
 
     def _organization(self) -> str:
-        return "organization" if backends.kind(self.backend) != "cloud" else self._cloud_org()
+        return backends.ORGANIZATION if self.backend.kind != "cloud" else self._cloud_org()
 
     def _cloud_org(self) -> str:
         whoami = self._workspace().who_am_i()
@@ -631,7 +637,7 @@ class Stacks:
         the locks were not stale. Only the judged lock objects are removed (by their ids),
         so a fresh lock another waiter took meanwhile is never touched; the file lock only
         spares this user's waiters the same work."""
-        name = naming.stack_identity(backends.redact(self.backend), key)
+        name = naming.stack_identity(self.backend.redacted, key)
         with _guard(name):
             try:
                 self._attempt(key, action)
@@ -761,7 +767,7 @@ class _HolderWatch:
 def _guard(name: str) -> Iterator[None]:
     """An exclusive file lock in this user's private state directory (never a shared
     temporary directory, where another user could plant the file or a symlink)."""
-    folder = backends.default_state_dir() / "takeover"
+    folder = default_state_dir() / "takeover"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
@@ -835,7 +841,7 @@ class _Retry(Exception):
 # stack's locks and read each one (to create, lock or remove a stack), and gocloud says
 # NotFound the same way for files, S3 objects and PostgreSQL rows.
 _LOCK_VANISHED = re.compile(
-    r"\.pulumi/locks/\S*?\.json.*(NotFound|NoSuchKey|not found|no such file)", re.I
+    re.escape(backends.LOCKS) + r"/\S*?\.json.*(NotFound|NoSuchKey|not found|no such file)", re.I
 )
 
 
@@ -900,7 +906,7 @@ def _summary(exc: auto.CommandError) -> str:
 def connect(settings: Settings) -> tuple[Cluster, Stacks]:
     """The cluster and the backend every command works with, from the global options."""
     cluster = Cluster(ClusterTarget(settings.kubeconfig, settings.context))
-    stacks = Stacks(backends.resolve(settings.backend), cluster.target, verbose=settings.verbose)
+    stacks = Stacks(resolve(settings.backend), cluster.target, verbose=settings.verbose)
     return cluster, stacks
 
 

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from adapters.settings import Settings
 from cli.commands import clean, db, extend, logs, reap, start, status
-from cli.context import Settings
 
 app = typer.Typer(
     name="preview-env",

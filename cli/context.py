@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
+from adapters.settings import Settings
 from preview_stack.errors import PreviewError
 
 P = ParamSpec("P")
@@ -21,25 +19,6 @@ R = TypeVar("R")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Piped output (CI logs, `| grep`) gets a wide console so tables are never cut.
 out_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-
-
-class LazyModule(ModuleType):
-    """Module `name`, imported on first attribute access: Pulumi's Automation API (with
-    grpc and protobuf) costs about half a second of start-up that `status` never needs."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self.__name__), attr)
-
-
-@dataclass(frozen=True)
-class Settings:
-    backend: str | None = None
-    kubeconfig: str | None = None
-    context: str | None = None
-    verbose: bool = False
 
 
 def settings(ctx: typer.Context) -> Settings:

@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any, Final
 
+import yaml
 import zstandard
 from pydantic import ValidationError
 
@@ -71,6 +72,16 @@ def stack_file_key(name: str) -> str | Unknown | None:
     if _BOOKKEEPING.search(name) and not name.startswith(".json"):
         return None
     return UNKNOWN
+
+
+def layout_is_known(meta: str | bytes | None) -> bool:
+    """Whether a backend's `.pulumi/meta.yaml` says the project-scoped layout this code
+    reads (version 1); a missing or unreadable file says nothing."""
+    try:
+        document = yaml.safe_load(meta) if meta is not None else None
+    except yaml.YAMLError:
+        return False
+    return isinstance(document, dict) and document.get("version") == 1
 
 
 def decompressed(raw: bytes) -> bytes:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pulumi
 
 from adapters.backend.latest import read_latest_spec
+from adapters.backend.resolve import identity, resolve
 from adapters.k8s.cluster import Cluster, ClusterTarget
 from adapters.program import declare, manifests_for
-from preview_stack import backends, naming
 from preview_stack import config as mirrord_config
+from preview_stack import naming
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import PreviewError
 from preview_stack.request import Flags, build_request
@@ -52,8 +53,7 @@ def main() -> None:
     previous = read_latest_spec(key, organization=pulumi.get_organization())
     env = apply_change(change, key, previous, dt.datetime.now(dt.UTC).replace(microsecond=0))
     assert env is not None
-    backend = backends.resolve(None)
-    stack_id = naming.stack_identity(backends.identity(backend), key)
+    stack_id = naming.stack_identity(identity(resolve(None)), key)
     manifests_for(env, cluster, stack_id)  # every check before any resource is declared
     declare(env, cluster, stack_id)
 

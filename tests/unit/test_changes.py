@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.backend.resolve import file_backend_root, identity, resolve
 from preview_stack import backends, naming
+from preview_stack.backends import Backend
 from preview_stack.changes import (
     AddService,
     DestroyIfDue,
@@ -128,30 +130,33 @@ def test_lock_errors_name_holders_on_every_backend() -> None:
 def test_backend_urls_parse_like_pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert backends.file_backend_root("file://~/state") == tmp_path / "state"
-    assert backends.file_backend_root("file://rel/dir") == tmp_path / "rel" / "dir"
-    assert backends.file_backend_root("file:///abs?no_legacy_layout=1") == Path("/abs")
-    assert backends.resolve("file://~/state") == f"file://{tmp_path / 'state'}"
-    assert backends.file_backend_root("s3://bucket") is None
+    assert file_backend_root("file://~/state") == tmp_path / "state"
+    assert file_backend_root("file://rel/dir") == tmp_path / "rel" / "dir"
+    assert file_backend_root("file:///abs?no_legacy_layout=1") == Path("/abs")
+    assert resolve("file://~/state").url == f"file://{tmp_path / 'state'}"
+    assert file_backend_root("s3://bucket") is None
 
 
 def test_backend_identity_hides_credentials_and_tells_backends_apart(tmp_path: Path) -> None:
-    pg = backends.identity("postgres://u:secret@db.local:5432/pulumi?sslmode=disable&table=t")
+    pg = identity(Backend.parse("postgres://u:secret@db.local:5432/pulumi?sslmode=disable&table=t"))
     assert "secret" not in pg and pg == "postgres://db.local:5432/pulumi?table=t"
-    s3 = backends.identity("s3://state?endpoint=http://127.0.0.1:1&region=us-east-1")
+    s3 = identity(Backend.parse("s3://state?endpoint=http://127.0.0.1:1&region=us-east-1"))
     assert s3 == "s3://state?endpoint=http://127.0.0.1:1"
     one, two = tmp_path / "a", tmp_path / "b"
     one.mkdir(), two.mkdir()
-    first = backends.identity(f"file://{one}")
-    assert first == backends.identity(f"file://{one}")  # kept in the backend
-    assert first != backends.identity(f"file://{two}")
+    first = identity(Backend.parse(f"file://{one}"))
+    assert first == identity(Backend.parse(f"file://{one}"))  # kept in the backend
+    assert first != identity(Backend.parse(f"file://{two}"))
     assert naming.stack_identity(first, "k") != naming.stack_identity(first, "j")
 
 
 def test_shared_backends_need_a_secrets_manager() -> None:
-    assert backends.secrets_problem("file:///x", {}) is None
-    assert backends.secrets_problem("https://api.pulumi.com", {}) is None
-    problem = backends.secrets_problem("postgres://u:pw@h/db", {})
+    def problem_of(url: str, environ: dict[str, str]) -> str | None:
+        return backends.secrets_problem(Backend.parse(url), environ)
+
+    assert problem_of("file:///x", {}) is None
+    assert problem_of("https://api.pulumi.com", {}) is None
+    problem = problem_of("postgres://u:pw@h/db", {})
     assert problem is not None and "PULUMI_CONFIG_PASSPHRASE" in problem and "pw" not in problem
-    assert backends.secrets_problem("s3://b", {"PULUMI_CONFIG_PASSPHRASE": "x"}) is None
-    assert backends.secrets_problem("s3://b", {backends.SECRETS_PROVIDER_VAR: "awskms://k"}) is None
+    assert problem_of("s3://b", {"PULUMI_CONFIG_PASSPHRASE": "x"}) is None
+    assert problem_of("s3://b", {backends.SECRETS_PROVIDER_VAR: "awskms://k"}) is None

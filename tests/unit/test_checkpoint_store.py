@@ -1,4 +1,4 @@
-"""Listing and reading checkpoints straight from a backend (adapters.backend.checkpoints)."""
+"""Listing and reading checkpoints straight from a backend (adapters.backend.stores)."""
 
 from __future__ import annotations
 
@@ -11,32 +11,18 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from adapters.backend.checkpoints import (
-    EMPTY_SHA256,
-    FileStore,
-    S3Store,
-    UnknownStackFile,
-    open_store,
-    s3_store,
-    sigv4,
-)
+from adapters.backend.checkpoints import UnknownStackFile
+from adapters.backend.files import FileStore
+from adapters.backend.s3 import S3Store, region
+from adapters.backend.stores import open_checkpoints
+from preview_stack import backends
+from preview_stack.backends import Backend
 
 CREDS = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}
 
 
-def test_sigv4_matches_the_aws_documentation_example() -> None:
-    # "Signature Calculations for the Authorization Header", example GET Bucket (List Objects).
-    headers = {
-        "host": "examplebucket.s3.amazonaws.com",
-        "x-amz-content-sha256": EMPTY_SHA256,
-        "x-amz-date": "20130524T000000Z",
-    }
-    scope, signed, signature = sigv4(
-        "/", "max-keys=2&prefix=J", headers, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "us-east-1"
-    )
-    assert scope == "20130524/us-east-1/s3/aws4_request"
-    assert signed == "host;x-amz-content-sha256;x-amz-date"
-    assert signature == "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+def open_store(url: str, project: str, env: dict[str, str]) -> object:
+    return open_checkpoints(Backend.parse(url), project, env)
 
 
 @pytest.mark.parametrize(
@@ -52,16 +38,22 @@ def test_sigv4_matches_the_aws_documentation_example() -> None:
     ],
 )
 def test_s3_urls_this_client_does_not_read_go_to_pulumi(url: str, env: dict[str, str]) -> None:
-    assert s3_store(url, "preview-env", env) is None
+    assert open_store(url, "preview-env", env) is None
 
 
 def test_s3_url_parts() -> None:
     env = {**CREDS, "AWS_REGION": "eu-west-1"}
-    store = s3_store("s3://bkt/some/prefix?endpoint=http://h:9&use_path_style=true", "p", env)
-    assert store is not None
-    assert (store.endpoint, store.bucket, store.region) == ("http://h:9", "bkt", "eu-west-1")
-    assert store.stacks_prefix == "some/prefix/.pulumi/stacks/p/"
-    assert store.locks_prefix == "some/prefix/.pulumi/locks/organization/p/"
+    location = Backend.parse("s3://bkt/some/prefix?endpoint=http://h:9&use_path_style=true").s3
+    assert location is not None
+    store = S3Store(location, "p", env)
+    assert store.direct
+    endpoint = ("https://" if location.secure else "http://") + location.endpoint
+    assert (endpoint, store.bucket, region(location, env)) == ("http://h:9", "bkt", "eu-west-1")
+    assert store.prefix + backends.stacks_folder("p") + "/" == "some/prefix/.pulumi/stacks/p/"
+    assert (
+        store.prefix + backends.locks_folder("p") + "/"
+        == "some/prefix/.pulumi/locks/organization/p/"
+    )
 
 
 class FakeS3(BaseHTTPRequestHandler):
@@ -86,6 +78,7 @@ class FakeS3(BaseHTTPRequestHandler):
             token = f"<NextContinuationToken>{start + self.page}</NextContinuationToken>"
             body = (
                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                "<Name>bkt</Name>"
                 f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>{items}"
                 f"{token if more else ''}</ListBucketResult>"
             ).encode()

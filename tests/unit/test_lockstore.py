@@ -1,4 +1,4 @@
-"""Holder records of stack locks (adapters.backend.locks, adapters.automation._HolderWatch):
+"""Holder records of stack locks (adapters.backend.files, adapters.automation._HolderWatch):
 written for a lock a process of ours holds, proving its death only on the same boot and
 PID namespace."""
 
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from adapters.automation import _HolderWatch
-from adapters.backend.locks import FileLocks, here, our_holder, start_time_of
+from adapters.backend.files import FileStore
+from adapters.backend.locks import here, our_holder, start_time_of
 from preview_stack.reaping import Lock, holder_from_json, holder_is_gone, lock_from_json
 
 
@@ -30,7 +31,7 @@ def _lock(root: Path, key: str, pid: int, name: str = "0f3c.json") -> Path:
 
 
 def test_a_lock_held_by_our_child_gets_a_record_that_proves_its_death(tmp_path: Path) -> None:
-    store = FileLocks(tmp_path, "preview-env")
+    store = FileStore(tmp_path, "preview-env")
     child = subprocess.Popen(["sleep", "30"])  # stands for the `pulumi up` we run
     try:
         _lock(tmp_path, "k", child.pid)
@@ -64,7 +65,7 @@ def test_no_record_for_a_lock_another_process_holds(tmp_path: Path) -> None:
 
 
 def test_only_the_judged_lock_object_is_removed(tmp_path: Path) -> None:
-    store = FileLocks(tmp_path, "preview-env")
+    store = FileStore(tmp_path, "preview-env")
     stale = _lock(tmp_path, "k", 1, "stale.json")
     fresh = _lock(tmp_path, "k", 2, "fresh.json")
     store.write_holder("k", "stale.json", "{}")

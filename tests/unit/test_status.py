@@ -321,7 +321,14 @@ def test_lock_files_are_read() -> None:
 
 
 def test_s3_backend_urls_name_the_bucket_prefix_and_endpoint() -> None:
-    from adapters.backend.s3 import client_and_prefix
+    from adapters.backend.s3 import S3Store
+    from preview_stack.backends import Backend
+
+    def client_and_prefix(url: str) -> tuple[Any, str, str]:
+        location = Backend.parse(url).s3
+        assert location is not None
+        store = S3Store(location, "preview-env", {})
+        return store.client, store.bucket, store.prefix
 
     url = "s3://state?endpoint=http://127.0.0.1:8333&use_path_style=true&region=us-east-1"
     client, bucket, prefix = client_and_prefix(url)
