@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.automation import connect
-from cli.commands.start import CachedReader
+from adapters.k8s.reader import CachedReader
 from cli.context import (
     StaleLockAfter,
     err_console,

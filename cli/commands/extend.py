@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.automation import connect
-from cli.commands.start import CachedReader
+from adapters.k8s.reader import CachedReader
 from cli.context import handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
 from preview_stack import naming

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.automation import Applied, connect
 from adapters.k8s.cluster import Cluster
+from adapters.k8s.reader import CachedReader
 from cli.context import err_console, handles_errors, out_console, settings
 from cli.output import Format, Progress, print_json
 from preview_stack import config as mirrord_config
@@ -26,7 +27,7 @@ from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import AddService, Restore
 from preview_stack.changes import apply as apply_change
-from preview_stack.derive import TargetWorkload, preview_pod
+from preview_stack.derive import preview_pod
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.routing import (
@@ -81,25 +82,6 @@ class StartResult(BaseModel):
         alias="routesProblem",
         description="why the routes carry no traffic yet (None: served, or no routes)",
     )
-
-
-class CachedReader:
-    """The cluster reads of one `start`, done once and reused by the Pulumi program."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self._workloads: dict[str, TargetWorkload | None] = {}
-        self._services: dict[str, list[dict[str, Any]]] = {}
-
-    def workload(self, spec: ServiceSpec) -> TargetWorkload | None:
-        if spec.target_id not in self._workloads:
-            self._workloads[spec.target_id] = self.cluster.workload(spec)
-        return self._workloads[spec.target_id]
-
-    def services(self, namespace: str) -> list[dict[str, Any]]:
-        if namespace not in self._services:
-            self._services[namespace] = self.cluster.services(namespace)
-        return self._services[namespace]
 
 
 def git_branch() -> str:
