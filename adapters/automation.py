@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from adapters.backend.checkpoints import CheckpointStore, FileStore, UnknownStackFile, open_store
@@ -30,7 +29,7 @@ from adapters.backend.locks import LockStore, here, open_locks, our_holder, star
 from adapters.k8s.cluster import Cluster, ClusterTarget
 from cli.context import LazyModule, Settings, err_console
 from preview_stack import backends, checkpoints, naming
-from preview_stack.changes import DestroyAll
+from preview_stack.changes import Applied, DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.reaping import (
@@ -62,15 +61,6 @@ OutputHandler = Callable[[str], None]
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-@dataclass
-class Applied:
-    """What one change did, as seen under the lock: the spec before and after."""
-
-    before: EnvironmentSpec | None = None
-    after: EnvironmentSpec | None = None
-    error: PreviewError | None = None
 
 
 class Stacks:
@@ -419,7 +409,7 @@ class Stacks:
         A change that leaves nothing also removes, under the lock, this stack's objects that
         no state records, and then the emptied stack (`remove_if_empty`).
         Raises the change's own PreviewError (nothing deployed), Busy when the lock stays
-        held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
+        held, DeployFailed (its `applied` set) when the deploy fails.
         """
         stack_id = self.stack_id(key)
         # A stack removed between its selection (or creation) and the update is created
@@ -457,7 +447,7 @@ class Stacks:
             except DeployFailed as exc:
                 if applied.error is not None:
                     raise applied.error from None
-                exc.applied = applied  # type: ignore[attr-defined]
+                exc.applied = applied
                 raise
             except NotFound:
                 if create and time.monotonic() < recreate_until:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.automation import Applied, connect
+from adapters.automation import connect
 from adapters.k8s.cluster import Cluster
 from adapters.k8s.reader import CachedReader
 from cli.context import err_console, handles_errors, out_console, settings
@@ -418,8 +418,8 @@ def start(
                 f"{why} (kept; inspect it, then run `preview-env clean -k {env_key}`)"
             ) from None
         progress.line("Deploy failed; undoing this start (other targets are kept)...")
-        seen: Applied | None = getattr(exc, "applied", None)
-        undo = Restore(service.target_id, change.previous_of(seen.before if seen else None))
+        seen = exc.applied.before if exc.applied else None
+        undo = Restore(service.target_id, change.previous_of(seen))
         # A teammate's clean that removed the whole environment meanwhile left nothing to undo.
         with contextlib.suppress(NotFound):
             stacks.apply(
