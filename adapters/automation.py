@@ -46,7 +46,7 @@ from preview_stack.status import Unfinished, unfinished_from
 if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
     from pulumi import automation as auto
 
-    from adapters.program import TargetReader
+    from preview_stack.objects import TargetReader
 else:  # and the Automation API when a `pulumi` process is first needed: not by `status`
     auto = LazyModule("pulumi.automation")
 
@@ -483,7 +483,7 @@ class Stacks:
         stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
-            from adapters.program import manifests_for
+            from preview_stack.objects import manifests_for
 
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]
