@@ -79,6 +79,23 @@ def _in_cluster(target: ClusterTarget) -> bool:
     )
 
 
+def merge_patch_secret(namespace: str, name: str, string_data: Mapping[str, str]) -> None:
+    """Merge-patch `string_data` into Secret `namespace/name` as this pod's service account
+    (the default kubeconfig outside a pod): `db copy` in a branch's copy Job. Unreachable
+    names the reason when the kubeconfig, the connection or the API refuses."""
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kconfig.load_incluster_config()
+        else:
+            kconfig.load_kube_config()
+        KubeApi(ApiClient()).merge_patch(
+            RESOURCES["secret"].path(namespace, name), {"stringData": dict(string_data)}
+        )
+    except (ApiException, ConfigException, OSError, urllib3.exceptions.HTTPError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise Unreachable(str(reason)) from None
+
+
 @dataclass(frozen=True)
 class PodLogs:
     """One preview container's log, read through the API server (`pods/log`)."""
@@ -476,4 +493,4 @@ class Cluster:
         return deleted
 
 
-__all__ = ["Cluster", "ClusterTarget", "PreviewError"]
+__all__ = ["Cluster", "ClusterTarget", "PreviewError", "merge_patch_secret"]
