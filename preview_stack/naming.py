@@ -1,4 +1,5 @@
-"""Every name, label and annotation preview-env writes, and the rules they obey."""
+"""Every name, label and annotation preview-env writes, the rules they obey, and the
+selectors and owner checks that read them back (one place for "is this object ours")."""
 
 from __future__ import annotations
 

@@ -352,7 +352,7 @@ def route_headers(routes: Sequence[Mapping[str, Any]]) -> dict[str, HeaderMatch]
     found: dict[str, HeaderMatch] = {}
     for route in routes:
         meta = route.get("metadata", {})
-        key = (meta.get("labels") or {}).get(naming.LABEL_KEY)
+        key = naming.key_of(route)
         headers = [
             h
             for rule in route.get("spec", {}).get("rules", [])

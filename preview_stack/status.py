@@ -1,4 +1,5 @@
-"""What `status` shows, computed from the backend's specs, live pods and stack summaries (pure)."""
+"""What `status` shows, computed from the backend's specs, live pods and stack summaries, and
+the pod rows `start` lists too (pure)."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def unfinished_from(history: Any, checkpoint: Any) -> Unfinished:
         expiry = annotations.get(naming.ANNOTATION_EXPIRES_AT)
         if expires_at is None and isinstance(expiry, str) and _valid_expiry(expiry):
             expires_at = expiry
-        if spec is None and (meta.get("labels") or {}).get(naming.LABEL_COMPONENT) == "record":
+        if spec is None and naming.labels_of(body).get(naming.LABEL_COMPONENT) == "record":
             spec = _record_spec(body)
     return Unfinished(
         resources=len(objects),
