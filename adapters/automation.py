@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +37,7 @@ from adapters.k8s.cluster import Cluster, ClusterTarget
 from adapters.settings import Settings
 from preview_stack import backends, checkpoints, naming
 from preview_stack.backends import Backend
-from preview_stack.changes import DestroyAll
+from preview_stack.changes import Applied, DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.reaping import (
@@ -67,7 +66,7 @@ class LazyModule(ModuleType):
 if TYPE_CHECKING:  # the program (pulumi_kubernetes) is imported when an update runs
     from pulumi import automation as auto
 
-    from adapters.program import TargetReader
+    from preview_stack.objects import TargetReader
 else:  # and the Automation API when a `pulumi` process is first needed: not by `status`
     auto = LazyModule("pulumi.automation")
 
@@ -84,15 +83,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-@dataclass
-class Applied:
-    """What one change did, as seen under the lock: the spec before and after."""
-
-    before: EnvironmentSpec | None = None
-    after: EnvironmentSpec | None = None
-    error: PreviewError | None = None
 
 
 class Stacks:
@@ -425,7 +415,7 @@ class Stacks:
         A change that leaves nothing also removes, under the lock, this stack's objects that
         no state records, and then the emptied stack (`remove_if_empty`).
         Raises the change's own PreviewError (nothing deployed), Busy when the lock stays
-        held, DeployFailed when the deploy fails (`applied` is then attached as `.applied`).
+        held, DeployFailed (its `applied` set) when the deploy fails.
         """
         stack_id = self.stack_id(key)
         # A stack removed between its selection (or creation) and the update is created
@@ -463,7 +453,7 @@ class Stacks:
             except DeployFailed as exc:
                 if applied.error is not None:
                     raise applied.error from None
-                exc.applied = applied  # type: ignore[attr-defined]
+                exc.applied = applied
                 raise
             except NotFound:
                 if create and time.monotonic() < recreate_until:
@@ -499,7 +489,7 @@ class Stacks:
         stack id, and its objects must never be swept."""
         keep = set()
         if env is not None:
-            from adapters.program import manifests_for
+            from preview_stack.objects import manifests_for
 
             for manifest in manifests_for(env, reader, stack_id):
                 meta = manifest["metadata"]

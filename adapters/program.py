@@ -1,7 +1,8 @@
 """The Pulumi program: one PreviewEnvironment component per stack.
 
 `declare(env, reader, stack_id)` is the single function both entry points call: the CLI's inline
-program (Automation API) and `__main__.py` (`pulumi up` on the repository's Pulumi.yaml).
+program (adapters.automation) and `pulumi_up/__main__.py` (`pulumi up` on the repository's
+Pulumi.yaml). The objects themselves are derived in the core (preview_stack.objects).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -19,51 +20,14 @@ from preview_stack.checkpoints import PUBLIC_SPEC, SPEC_IS_PUBLIC
 from preview_stack.derive import (
     FILES_OWNER_ANNOTATION,
     Manifest,
-    TargetWorkload,
-    derive_service,
     pod_template_of_manifest,
-    record_manifest,
     redacted,
 )
-from preview_stack.errors import BadInput
-from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.objects import TargetReader, manifests_for
+from preview_stack.spec import EnvironmentSpec
 
 COMPONENT_TYPE = "preview-env:index:Environment"
 PASSPHRASE_CHECK = "passphraseCheck"
-
-
-class TargetReader(Protocol):
-    """Where target pod templates and namespace Services come from (the cluster)."""
-
-    def workload(self, spec: ServiceSpec) -> TargetWorkload | None: ...
-
-    def services(self, namespace: str) -> list[dict[str, Any]]: ...
-
-
-def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = "") -> list[Manifest]:
-    """Every object of the environment, record last, each labelled with its owning stack."""
-    shared = [s.display_target for s in env.services if s.share is not None]
-    if len(shared) > 1:
-        raise BadInput(
-            f"one share link per environment (asked by {', '.join(shared)}); "
-            "drop --gateway/--share-domain for all but one target"
-        )
-    manifests: list[Manifest] = []
-    for service in env.services:
-        manifests += derive_service(
-            env, service, reader.workload(service), reader.services(service.namespace)
-        )
-    manifests.append(record_manifest(env))
-    if stack_id:
-        for manifest in manifests:
-            manifest["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
-            template = pod_template_of_manifest(manifest)
-            if template is not None:  # pods too: status tells owners apart
-                template["metadata"].setdefault("labels", {})[naming.LABEL_STACK] = stack_id
-            if manifest["kind"] == "CronJob":  # and the Jobs the CronJob makes
-                job_meta = manifest["spec"]["jobTemplate"].setdefault("metadata", {})
-                job_meta.setdefault("labels", {})[naming.LABEL_STACK] = stack_id
-    return manifests
 
 
 def _with_secret_values(manifest: Manifest, names: set[str]) -> dict[str, Any]:

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from adapters.k8s.cluster import Cluster, ClusterTarget  # noqa: E402
-from adapters.program import manifests_for  # noqa: E402
 from preview_stack.config import TargetPath  # noqa: E402
+from preview_stack.objects import manifests_for  # noqa: E402
 from preview_stack.spec import EnvironmentSpec, ServiceSpec  # noqa: E402
 from testbed import Testbed, ensure  # noqa: E402
 

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from adapters.k8s.cluster import Cluster, ClusterTarget  # noqa: E402
-from adapters.program import manifests_for  # noqa: E402
 from bench.bench_cli import bench_spec  # noqa: E402
+from preview_stack.objects import manifests_for  # noqa: E402
 
 
 def main(action: str, key: str) -> None:

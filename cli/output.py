@@ -1,4 +1,5 @@
-"""Rendering: progress on stderr, results on stdout (text via rich, or one JSON document)."""
+"""Output primitives: progress on stderr; aligned columns and JSON documents on stdout
+(cli.render lays out each command's result with them)."""
 
 from __future__ import annotations
 

@@ -82,14 +82,13 @@ def branch_statuses(
             None,
         )
         here = [p for p in pods if p["metadata"]["namespace"] == service.namespace]
-        own = [p for p in here if (p["metadata"].get("labels") or {}).get("job-name") == name]
+        own = [p for p in here if naming.labels_of(p).get("job-name") == name]
+        server = {
+            naming.LABEL_COMPONENT: branches.COMPONENT_SERVER,
+            branches.LABEL_BRANCH: naming.label_value(branch.id),
+        }
         servers = [
-            p
-            for p in here
-            if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT)
-            == branches.COMPONENT_SERVER
-            and (p["metadata"].get("labels") or {}).get(branches.LABEL_BRANCH)
-            == naming.label_value(branch.id)
+            p for p in here if all(naming.labels_of(p).get(k) == v for k, v in server.items())
         ]
         state, message = copy_state(job, own)
         if (

@@ -17,6 +17,16 @@ from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import expiry, parse_rfc3339, rfc3339
 
 
+@dataclass
+class Applied:
+    """What one change did, as seen under the lock: the spec before and after, and the
+    change's own error (nothing deployed)."""
+
+    before: EnvironmentSpec | None = None
+    after: EnvironmentSpec | None = None
+    error: PreviewError | None = None
+
+
 class NotDue(PreviewError):
     """The reaper's re-check under the lock found the environment extended or restarted."""
 

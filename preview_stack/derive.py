@@ -697,7 +697,8 @@ def preview_pod(
 
 
 def derivation_notes(env: EnvironmentSpec, spec: ServiceSpec, target: TargetWorkload) -> list[str]:
-    """What was changed on the way from the target's pod to the preview's (for `start`)."""
+    """What was changed on the way from the target's pod to the preview's (the notes of
+    `derive_target`)."""
     return preview_pod(target, spec, env).notes
 
 
@@ -835,6 +836,16 @@ def pod_template_of_manifest(manifest: Mapping[str, Any]) -> dict[str, Any] | No
     return None
 
 
+@dataclass(frozen=True)
+class TargetObjects:
+    """One target's objects, and what its derivation changed from the target's pod (notes)
+    or kept shared with it (warnings): for `start` to say, without deriving again."""
+
+    manifests: list[Manifest]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def derive_service(
     env: EnvironmentSpec,
     spec: ServiceSpec,
@@ -842,9 +853,21 @@ def derive_service(
     namespace_services: Sequence[Mapping[str, Any]],
 ) -> list[Manifest]:
     """The workload, its storage and files, and preview Services for one ServiceSpec."""
+    return derive_target(env, spec, target, namespace_services).manifests
+
+
+def derive_target(
+    env: EnvironmentSpec,
+    spec: ServiceSpec,
+    target: TargetWorkload | None,
+    namespace_services: Sequence[Mapping[str, Any]],
+) -> TargetObjects:
+    """`derive_service`, with the notes and warnings of the preview pod's derivation."""
     key = env.key
     selector = preview_labels(key, spec)
     extra: list[Manifest] = []
+    notes: list[str] = []
+    warnings: list[str] = []
     if target is None:
         if spec.db_branches:
             raise BadInput(
@@ -882,6 +905,7 @@ def derive_service(
         workload = target.name
         derived = preview_pod(target, spec, env)
         pod_spec = derived.spec
+        notes, warnings = derived.notes, derived.warnings
         extra = _branch_manifests(env, spec, target) + derived.claims
         pod_labels = {**kept_labels(target.pod_labels, spec), **selector}
         check_isolation(pod_labels, namespace_services, spec.namespace)
@@ -932,7 +956,7 @@ def derive_service(
     manifests += services
     manifests += extra
     manifests += _routes(env, spec, target, target_service_objects, services)
-    return manifests
+    return TargetObjects(manifests, notes, warnings)
 
 
 def _branch_manifests(

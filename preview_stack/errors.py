@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from preview_stack.changes import Applied
 
 
 class PreviewError(Exception):
@@ -32,7 +36,12 @@ class Busy(PreviewError):
 
 
 class DeployFailed(PreviewError):
-    """Pulumi or the cluster could not make the environment live."""
+    """Pulumi or the cluster could not make the environment live. `applied` is what the
+    change saw under the lock (None: it never ran), so a failed start can undo itself."""
+
+    def __init__(self, message: str, *, applied: Applied | None = None) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 class Unreachable(PreviewError):

@@ -1,9 +1,12 @@
-"""Every name, label and annotation preview-env writes, and the rules they obey."""
+"""Every name, label and annotation preview-env writes, the rules they obey, and the
+selectors and owner checks that read them back (one place for "is this object ours")."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 PROJECT = "preview-env"
 DOMAIN = "preview-env.dev"
@@ -100,3 +103,59 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Shell-style glob (`*`, `?`) anchored on both ends."""
     out = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
     return re.compile(f"^{out}$")
+
+
+def labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """An object's labels (none: empty)."""
+    labels: Mapping[str, str] = (obj.get("metadata") or {}).get("labels") or {}
+    return labels
+
+
+def key_of(obj: Mapping[str, Any]) -> str:
+    """The environment key an object is labelled with ("" when none). Anyone who can write
+    labels can copy it: see `owned_by`."""
+    return labels_of(obj).get(LABEL_KEY, "")
+
+
+def is_managed(obj: Mapping[str, Any]) -> bool:
+    """Labelled as made by preview-env (any backend's, any key)."""
+    return labels_of(obj).get(LABEL_MANAGED_BY) == MANAGED_BY
+
+
+def owned_by(obj: Mapping[str, Any], stack_id: str) -> bool:
+    """Labelled with stack `stack_id` (see LABEL_STACK): the same key in another backend
+    carries another stack id, and sweeps, clean and the reaper touch only their own."""
+    return labels_of(obj).get(LABEL_STACK) == stack_id
+
+
+def of_backend(obj: Mapping[str, Any], stack_id: Callable[[str], str]) -> bool:
+    """Labelled with a key and with the stack id this backend gives that key
+    (`stack_id(key)`): an object of this backend's environment of that key, or left by it."""
+    key = key_of(obj)
+    return bool(key) and owned_by(obj, stack_id(key))
+
+
+def selector(
+    *,
+    key: str | None = None,
+    keyed: bool = False,
+    part_of: str | None = None,
+    stack: str | None = None,
+    components: Sequence[str] = (),
+) -> str:
+    """A label selector for preview-env's objects: of environment `key` (any key with
+    `keyed`), part of environment `part_of`, of stack `stack`, of one of `components`."""
+    terms = [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
+    if key is not None:
+        terms.append(f"{LABEL_KEY}={key}")
+    elif keyed:
+        terms.append(LABEL_KEY)
+    if part_of is not None:
+        terms.append(f"{LABEL_PART_OF}={part_of}")
+    if stack is not None:
+        terms.append(f"{LABEL_STACK}={stack}")
+    if len(components) == 1:
+        terms.append(f"{LABEL_COMPONENT}={components[0]}")
+    elif components:
+        terms.append(f"{LABEL_COMPONENT} in ({','.join(components)})")
+    return ",".join(terms)

@@ -38,7 +38,7 @@ from typing import Any
 
 from preview_stack import naming
 from preview_stack.config import IncomingFeature
-from preview_stack.errors import BadInput
+from preview_stack.errors import BadInput, Busy
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -352,7 +352,7 @@ def route_headers(routes: Sequence[Mapping[str, Any]]) -> dict[str, HeaderMatch]
     found: dict[str, HeaderMatch] = {}
     for route in routes:
         meta = route.get("metadata", {})
-        key = (meta.get("labels") or {}).get(naming.LABEL_KEY)
+        key = naming.key_of(route)
         headers = [
             h
             for rule in route.get("spec", {}).get("rules", [])
@@ -397,3 +397,49 @@ def serving_problem(routes: Sequence[Mapping[str, Any]]) -> str | None:
                         f"{where}: {why}" + (f" ({detail})" if detail else "")
                     )
     return None
+
+
+def others_routes_problem(
+    mine: Sequence[Mapping[str, Any]],
+    theirs: Sequence[Mapping[str, Any]],
+    service: ServiceSpec,
+    key: str,
+) -> str | None:
+    """Before a start: Busy when another environment holds one of `mine`'s (stable) share
+    hosts; a warning when this target's header filter would also take the requests of
+    another live environment routed on the same target Service (`theirs`: other stacks'
+    routes in its namespace)."""
+    for route in mine:
+        for host in route["spec"].get("hostnames", []):
+            for other in theirs:
+                if host in other["spec"].get("hostnames", []):
+                    holder = naming.labels_of(other).get(naming.LABEL_KEY)
+                    raise Busy(
+                        f"share host {host} is held by environment {holder!r}; drop "
+                        "--stable-share-host to get an unguessable host of your own"
+                    )
+    header = effective_filter(service.incoming, key) if service.routing else None
+    if header is None:
+        return None
+    parents = {
+        (r["metadata"]["namespace"], ref["name"])
+        for r in mine
+        for ref in r["spec"]["parentRefs"]
+        if ref.get("kind") == "Service"
+    }
+    same_target = [
+        r
+        for r in theirs
+        if any(
+            (r["metadata"]["namespace"], ref.get("name")) in parents
+            for ref in r["spec"].get("parentRefs", [])
+            if ref.get("kind") == "Service"
+        )
+    ]
+    crossed = crossing_keys(header, key, route_headers(same_target))
+    if not crossed:
+        return None
+    return (
+        f"the header filter {header.name}: {header.value} also matches the requests of "
+        f"environment(s) {', '.join(crossed)} on the same target; make it match only this key"
+    )

@@ -1,4 +1,5 @@
-"""What `status` shows, computed from the backend's specs, live pods and stack summaries (pure)."""
+"""What `status` shows, computed from the backend's specs, live pods and stack summaries, and
+the pod rows `start` lists too (pure)."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def unfinished_from(history: Any, checkpoint: Any) -> Unfinished:
         expiry = annotations.get(naming.ANNOTATION_EXPIRES_AT)
         if expires_at is None and isinstance(expiry, str) and _valid_expiry(expiry):
             expires_at = expiry
-        if spec is None and (meta.get("labels") or {}).get(naming.LABEL_COMPONENT) == "record":
+        if spec is None and naming.labels_of(body).get(naming.LABEL_COMPONENT) == "record":
             spec = _record_spec(body)
     return Unfinished(
         resources=len(objects),
@@ -261,6 +262,46 @@ def pod_state(
     return "starting", reason
 
 
+def pod_row(
+    pod: Mapping[str, Any],
+    service: ServiceSpec | None,
+    key: str,
+    now: dt.datetime,
+    probe_grace: float = PROBE_GRACE_SECONDS,
+) -> PodStatus:
+    """One preview pod as `status` and `start` show it (`service`: its target, if known)."""
+    meta = pod["metadata"]
+    state, why = pod_state(pod, now, probe_grace)
+    return PodStatus(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        target=service.display_target if service else "unknown",
+        image=_running_image(pod, service),
+        ready=state == "ready",
+        state=state,
+        phase=pod.get("status", {}).get("phase", "Unknown"),
+        reason=why,
+        traffic=routing.service_traffic(service, key) if service else None,
+    )
+
+
+def environment_pods(
+    env: EnvironmentSpec, pods: Sequence[Mapping[str, Any]], stack_id: str
+) -> list[tuple[Mapping[str, Any], ServiceSpec]]:
+    """Stack `stack_id`'s live pods of `env`, each with its target, by namespace and name.
+    Labels can be copied: only pods in their target's namespace count, none being deleted."""
+    by_target = {s.target_label: s for s in env.services}
+    found = []
+    for pod in pods:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp") or not naming.owned_by(pod, stack_id):
+            continue  # going, or the same key in another backend
+        service = by_target.get(naming.labels_of(pod).get(naming.LABEL_TARGET, ""))
+        if service is not None and meta.get("namespace") == service.namespace:
+            found.append((pod, service))
+    return sorted(found, key=lambda f: (f[0]["metadata"]["namespace"], f[0]["metadata"]["name"]))
+
+
 def ignored_records(
     records: Sequence[Mapping[str, Any]],
     specs: Mapping[str, EnvironmentSpec | None],
@@ -271,7 +312,7 @@ def ignored_records(
     found = []
     for record in records:
         meta = record.get("metadata", {})
-        key = (meta.get("labels") or {}).get(naming.LABEL_KEY, "")
+        key = naming.key_of(record)
         if not is_ours(record):
             continue
         spec = specs.get(key)
@@ -306,7 +347,7 @@ def summarize(
     orphans = orphans or {}
     pods_by_key: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
-        key = pod.get("metadata", {}).get("labels", {}).get(naming.LABEL_KEY)
+        key = naming.key_of(pod)
         if key:
             pods_by_key.setdefault(key, []).append(pod)
     keys = sorted(set(specs) | set(stacks) | {k for k, v in orphans.items() if v})
@@ -359,23 +400,8 @@ def summarize(
         by_target = {s.target_label: s for s in spec.services}
         pod_statuses = []
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
-            meta = pod["metadata"]
-            service = by_target.get(meta.get("labels", {}).get(naming.LABEL_TARGET, ""))
-            pod_phase, why = pod_state(pod, now, probe_grace)
-            ready = pod_phase == "ready"
-            pod_statuses.append(
-                PodStatus(
-                    name=meta["name"],
-                    namespace=meta["namespace"],
-                    target=service.display_target if service else "unknown",
-                    image=_running_image(pod, service),
-                    ready=ready,
-                    state=pod_phase,
-                    phase=pod.get("status", {}).get("phase", "Unknown"),
-                    reason=why,
-                    traffic=routing.service_traffic(service, key) if service else None,
-                )
-            )
+            service = by_target.get(naming.labels_of(pod).get(naming.LABEL_TARGET, ""))
+            pod_statuses.append(pod_row(pod, service, key, now, probe_grace))
         expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
         ttl = remaining(expires, now)
         reason = None

@@ -13,11 +13,12 @@ import pulumi
 from adapters.backend.latest import read_latest_spec
 from adapters.backend.resolve import identity, resolve
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from adapters.program import declare, manifests_for
+from adapters.program import declare
 from preview_stack import config as mirrord_config
 from preview_stack import naming
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import PreviewError
+from preview_stack.objects import manifests_for
 from preview_stack.request import Flags, build_request
 from preview_stack.stack_config import declared_change, parse_services
 

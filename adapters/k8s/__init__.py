@@ -1,2 +1,3 @@
-"""The Kubernetes API: one REST client (client.py), and the reads, deletes and logs
-preview-env needs (cluster.py)."""
+"""The Kubernetes API: one REST client (client.py); the kubeconfig, reads, deletes and logs
+(cluster.py); a change's cached target reads (reader.py); a start's checks before anything
+is created (preflight.py) and what its cluster shows afterwards (previews.py)."""

@@ -1,7 +1,8 @@
-"""The only module that talks to the Kubernetes API: target reads and live pod state.
+"""The cluster: kubeconfig, target reads, live objects, sweeps and logs.
 
-Thin: it fetches objects as Kubernetes-native JSON dicts (`kubeapi`, no typed models) and
-maps client errors to ours.
+Thin: it fetches objects as Kubernetes-native JSON dicts (client.py, no typed models) and
+maps client errors to ours. Which objects are whose is the core's (preview_stack.naming's
+selectors and owner labels).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from adapters.k8s.client import RESOURCES, ApiException, KubeApi
 from preview_stack import naming
 from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
 from preview_stack.errors import NotFound, PreviewError, Unreachable
+from preview_stack.inventory import LiveObjects
 from preview_stack.spec import ServiceSpec
 
 # Kinds whose name another stack could hold (what `foreign_holder` checks).
@@ -75,6 +77,23 @@ def _in_cluster(target: ClusterTarget) -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.path.exists(
         os.path.expanduser("~/.kube/config")
     )
+
+
+def merge_patch_secret(namespace: str, name: str, string_data: Mapping[str, str]) -> None:
+    """Merge-patch `string_data` into Secret `namespace/name` as this pod's service account
+    (the default kubeconfig outside a pod): `db copy` in a branch's copy Job. Unreachable
+    names the reason when the kubeconfig, the connection or the API refuses."""
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kconfig.load_incluster_config()
+        else:
+            kconfig.load_kube_config()
+        KubeApi(ApiClient()).merge_patch(
+            RESOURCES["secret"].path(namespace, name), {"stringData": dict(string_data)}
+        )
+    except (ApiException, ConfigException, OSError, urllib3.exceptions.HTTPError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise Unreachable(str(reason)) from None
 
 
 @dataclass(frozen=True)
@@ -244,11 +263,7 @@ class Cluster:
     def services(self, namespace: str) -> list[dict[str, Any]]:
         with _errors(f"listing services in {namespace}"):
             items = self.api.list(RESOURCES["service"].path(namespace))
-        return [
-            s
-            for s in items
-            if (s["metadata"].get("labels") or {}).get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY
-        ]
+        return [s for s in items if not naming.is_managed(s)]
 
     def _list(
         self, kind: str, selector: str, namespaces: Collection[str] | None
@@ -276,9 +291,7 @@ class Cluster:
         self, key: str | None = None, namespaces: Collection[str] | None = None
     ) -> list[dict[str, Any]]:
         """Environment record ConfigMaps: hints for people using kubectl, never trusted."""
-        selector = f"{naming.LABEL_COMPONENT}=record,{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-        if key:
-            selector += f",{naming.LABEL_KEY}={key}"
+        selector = naming.selector(key=key or None, components=("record",))
         with _errors("listing environment records"):
             return self._list("configmap", selector, namespaces)
 
@@ -286,9 +299,7 @@ class Cluster:
         self, key: str | None = None, namespaces: Collection[str] | None = None
     ) -> list[dict[str, Any]]:
         """Preview pods (of `key`, else all): one call, or one per namespace (see _list)."""
-        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}"
-        if key:
-            selector += f"={key}"
+        selector = naming.selector(key=key or None, keyed=True)
         with _errors("listing preview pods"):
             return self._list("pod", selector, namespaces)
 
@@ -297,24 +308,23 @@ class Cluster:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Database branch copy Jobs, and the pods of the copies and of the branch servers
         (of `key`, else all): two list calls."""
-        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-        selector += f",{naming.LABEL_PART_OF}={key}" if key else ""
+        copies = naming.selector(part_of=key or None, components=("db-branch-copy",))
+        servers = naming.selector(part_of=key or None, components=("db-branch-copy", "db-branch"))
         with _errors("listing database branch copies"):
-            jobs = self._list(
-                "job", f"{selector},{naming.LABEL_COMPONENT}=db-branch-copy", namespaces
-            )
-            pods = self._list(
-                "pod",
-                f"{selector},{naming.LABEL_COMPONENT} in (db-branch-copy,db-branch)",
-                namespaces,
-            )
+            jobs = self._list("job", copies, namespaces)
+            pods = self._list("pod", servers, namespaces)
         return jobs, pods
 
     def routes(
-        self, selector: str, namespaces: Collection[str] | None = None
+        self,
+        namespaces: Collection[str] | None = None,
+        *,
+        key: str | None = None,
+        stack_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """HTTPRoutes matching `selector`: one call, or one per namespace (see `_list`);
-        none when the cluster has no Gateway API."""
+        """preview-env's HTTPRoutes (of `key` and stack `stack_id` when given): one call, or
+        one per namespace (see `_list`); none when the cluster has no Gateway API."""
+        selector = naming.selector(key=key, stack=stack_id)
         with _errors("listing HTTPRoutes"):
             try:
                 return self._list("httproute", selector, namespaces)
@@ -322,6 +332,15 @@ class Cluster:
                 if exc.status == 404:
                     return []
                 raise
+
+    def live_objects(self, key: str | None, namespaces: Collection[str]) -> LiveObjects:
+        """preview-env's pods, HTTPRoutes and records (of `key`, else all) as `status`
+        sorts them out (preview_stack.inventory): cluster-wide, else in `namespaces`."""
+        return LiveObjects(
+            pods=self.preview_pods(key, namespaces),
+            routes=self.routes(namespaces, key=key or None),
+            records=self.records(key, namespaces),
+        )
 
     def pod_logs(
         self,
@@ -339,9 +358,9 @@ class Cluster:
         found = []
         for pod in self.preview_pods(key, {ns for ns, _, _ in services}):
             meta, spec = pod["metadata"], pod.get("spec", {})
-            labels = meta.get("labels") or {}
-            image = wanted.get((meta["namespace"], labels.get(naming.LABEL_TARGET, "")))
-            if image is None or labels.get(naming.LABEL_STACK) != stack_id:
+            target = naming.labels_of(pod).get(naming.LABEL_TARGET, "")
+            image = wanted.get((meta["namespace"], target))
+            if image is None or not naming.owned_by(pod, stack_id):
                 continue
             if meta.get("deletionTimestamp"):
                 continue
@@ -413,14 +432,13 @@ class Cluster:
                 if exc.status == 404:
                     return None
                 raise
-        labels = found.get("metadata", {}).get("labels") or {}
-        if labels.get(naming.LABEL_STACK) == stack_id:
+        if naming.owned_by(found, stack_id):
             return None
         annotations = found.get("metadata", {}).get("annotations") or {}
         owner = annotations.get(naming.ANNOTATION_OWNER) or "someone outside preview-env"
-        holder_key = labels.get(naming.LABEL_KEY)
+        holder_key = naming.key_of(found)
         where = f"{kind.lower()} {namespace}/{name}"
-        if holder_key and labels.get(naming.LABEL_MANAGED_BY) == naming.MANAGED_BY:
+        if holder_key and naming.is_managed(found):
             return f"{where} belongs to environment {holder_key!r} of another backend ({owner})"
         return f"{where} exists and is not preview-env's"
 
@@ -437,10 +455,7 @@ class Cluster:
         destroy, nothing of the stack should remain. Objects of the same key from another
         backend carry another stack id and are never touched. Returns what was deleted.
         """
-        selector = (
-            f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_KEY}={key},"
-            f"{naming.LABEL_STACK}={stack_id}"
-        )
+        selector = naming.selector(key=key, stack=stack_id)
         deleted: list[str] = []
         # Secrets hold file mounts; the reaper may not list them: Pulumi's state decides.
         kinds = [
@@ -478,4 +493,4 @@ class Cluster:
         return deleted
 
 
-__all__ = ["Cluster", "ClusterTarget", "PreviewError"]
+__all__ = ["Cluster", "ClusterTarget", "PreviewError", "merge_patch_secret"]

@@ -8,19 +8,20 @@ from typing import Annotated
 import typer
 
 from adapters.automation import connect
-from cli.commands.start import CachedReader
+from adapters.k8s.reader import CachedReader
+from cli import render
 from cli.context import (
     StaleLockAfter,
     err_console,
     handles_errors,
-    out_console,
     settings,
     stale_lock_seconds,
 )
-from cli.output import Format, Progress, print_json
+from cli.output import Format, Progress
 from preview_stack import naming
 from preview_stack.changes import RemoveTarget
 from preview_stack.errors import BadInput, NotFound, PreviewError
+from preview_stack.results import BulkCleanResult, CleanFailure, CleanResult
 from preview_stack.status import matches
 
 
@@ -159,17 +160,14 @@ def _bulk(
         if part
     )
     if not keys:
-        message = f"Nothing to clean: no environment with {wanted}."
-        if text:
-            out_console.print(message, markup=False)
-        else:
-            print_json({"cleaned": [], "failed": [], "message": message})
-        return
+        nothing = BulkCleanResult(message=f"Nothing to clean: no environment with {wanted}.")
+        return render.bulk_clean(nothing, text=text)
     if not yes and sys.stdin.isatty():
         err_console.print(f"Environments with {wanted}: {', '.join(keys)}", markup=False)
         if not typer.confirm(f"Destroy these {len(keys)} environment(s)?", err=True):
             raise typer.Exit(1)
-    cleaned, failed = [], []
+    cleaned: list[str] = []
+    failed: list[CleanFailure] = []
     for each in keys:
         progress.line(f"Destroying preview environment: {each}")
         try:
@@ -181,30 +179,21 @@ def _bulk(
                 stale_lock_after=stale,
             )
         except PreviewError as exc:
-            failed.append({"key": each, "reason": str(exc)})
+            failed.append(CleanFailure(key=each, reason=str(exc)))
             progress.line(f"  failed: {exc}")
             continue
         cleaned.append(each)
     message = f"Destroyed {len(cleaned)} environment(s)" + (
         f"; {len(failed)} failed" if failed else ""
     )
-    if text:
-        for each in cleaned:
-            out_console.print(f"destroyed {each}", markup=False)
-        for failure in failed:
-            out_console.print(f"failed    {failure['key']}: {failure['reason']}", markup=False)
-        out_console.print(message + ".", markup=False)
-    else:
-        print_json({"cleaned": cleaned, "failed": failed, "message": message})
+    render.bulk_clean(BulkCleanResult(cleaned=cleaned, failed=failed, message=message), text=text)
     if failed:
         raise typer.Exit(1)
 
 
 def _report(text: bool, key: str, *, cleaned: bool, removed: list[str], message: str) -> None:
-    if text:
-        out_console.print(message)
-    else:
-        print_json({"key": key, "cleaned": cleaned, "removed": removed, "message": message})
+    result = CleanResult(key=key, cleaned=cleaned, removed=removed, message=message)
+    render.clean(result, text=text)
 
 
 def _nothing(text: bool, key: str, why: str) -> None:

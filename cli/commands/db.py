@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 
 from adapters import dbcopy
+from adapters.k8s.cluster import merge_patch_secret
 from cli.context import handles_errors
 from preview_stack import copy_plan
-from preview_stack.errors import BadInput, PreviewError
+from preview_stack.errors import BadInput, PreviewError, Unreachable
 
 app = typer.Typer(
     name="db",
@@ -161,24 +162,10 @@ def _namespace() -> str:
 
 def _patch_secret(name: str, url: str) -> None:
     """Merge-patch key `url` of Secret `name` in this pod's namespace."""
-    import urllib3
-    from kubernetes import config
-    from kubernetes.client.api_client import ApiClient
-    from kubernetes.config.config_exception import ConfigException
-
-    from adapters.k8s.client import RESOURCES, ApiException, KubeApi
-
     namespace = _namespace()
     try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        KubeApi(ApiClient()).merge_patch(
-            RESOURCES["secret"].path(namespace, name), {"stringData": {"url": url}}
-        )
-    except (ApiException, ConfigException, OSError, urllib3.exceptions.HTTPError) as exc:
-        reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        merge_patch_secret(namespace, name, {"url": url})
+    except Unreachable as exc:
         raise dbcopy.CopyFailed(
-            f"write the branch URL into Secret {namespace}/{name}: {reason}"
+            f"write the branch URL into Secret {namespace}/{name}: {exc}"
         ) from None

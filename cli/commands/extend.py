@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 import typer
 
 from adapters.automation import connect
-from cli.commands.start import CachedReader
-from cli.context import handles_errors, out_console, settings
-from cli.output import Format, Progress, print_json
+from adapters.k8s.reader import CachedReader
+from cli import render
+from cli.context import handles_errors, settings
+from cli.output import Format, Progress
 from preview_stack import naming
 from preview_stack.changes import SetExpiry
 from preview_stack.errors import BadInput, NotFound
-from preview_stack.ttl import INFINITE, format_seconds, parse_duration
+from preview_stack.results import ExtendResult
+from preview_stack.ttl import parse_duration
 
 
 @handles_errors
@@ -55,13 +56,5 @@ def extend(
         ) from None
     updated = applied.after
     assert updated is not None
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    expires = updated.expiry()
-    if output is Format.json:
-        print_json({"key": key, "expiresAt": updated.expires_at})
-        return
-    if expires is None:
-        out_console.print(f"Environment {key} now never expires ({INFINITE}).")
-    else:
-        left = format_seconds(max(0, int((expires - now).total_seconds())))
-        out_console.print(f"Environment {key} now expires at {updated.expires_at} (in {left}).")
+    result = ExtendResult(key=key, expires_at=updated.expires_at)
+    render.extend(result, text=output is Format.text)

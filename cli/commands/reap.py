@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from adapters.automation import Stacks, connect
 from adapters.k8s.cluster import Cluster
-from cli.commands.start import CachedReader
+from adapters.k8s.reader import CachedReader
 from cli.context import (
     StaleLockAfter,
     err_console,

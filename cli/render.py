@@ -1,0 +1,157 @@
+"""Results as text on stdout (or as JSON): what each command prints once its work is done.
+Commands build the typed results (preview_stack.results, preview_stack.status); only the
+words and the layout are here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Sequence
+
+from cli.context import out_console
+from cli.output import StatusFormat, columns, print_json
+from preview_stack.results import BulkCleanResult, CleanResult, ExtendResult, StartResult
+from preview_stack.status import EnvironmentStatus, markdown
+from preview_stack.ttl import INFINITE, format_seconds, parse_rfc3339
+
+STATUS_COLUMNS = (
+    "KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "POD STATE", "TRAFFIC",
+)  # fmt: skip
+
+
+def start(result: StartResult, target: str, *, text: bool) -> None:
+    """`start`'s result; `target`: the started target, which `changes` are from."""
+    if not text:
+        print_json(result)
+        return
+    out_console.print("Preview environment is live!\n")
+    out_console.print(f"  Environment key:  {result.key}")
+    out_console.print("  Pods:")
+    for pod in result.pods:
+        out_console.print(
+            f"    • {pod.name}   ({pod.namespace}, {pod.target}, {pod.image})", markup=False
+        )
+    if result.expires_at is None:
+        out_console.print("  TTL: infinite")
+    else:
+        left = int((parse_rfc3339(result.expires_at) - dt.datetime.now(dt.UTC)).total_seconds())
+        out_console.print(f"  TTL expires in: {format_seconds(max(left, 0))}")
+    not_served = result.routes_problem
+    if not_served:
+        out_console.print(f"  Traffic: routes declared but not served: {not_served}", markup=False)
+    else:
+        for hint in sorted({p.traffic for p in result.pods if p.traffic}):
+            out_console.print(f"  Traffic: {hint}", markup=False)
+    if result.changes:
+        out_console.print(f"  Changed from {target}:")
+        for note in result.changes:
+            out_console.print(f"    • {note}", markup=False)
+    for link in result.links:
+        out_console.print(
+            f"  Share link: {link}" + (" (not served yet)" if not_served else ""), markup=False
+        )
+    sys.stdout.flush()
+
+
+def status(summaries: Sequence[EnvironmentStatus], output: StatusFormat, key: str | None) -> None:
+    """`status`: a table and the notes under it, one JSON list, or one environment's
+    Markdown (the caller makes sure there is one)."""
+    if output is StatusFormat.json:
+        print_json([s.model_dump(mode="json", by_alias=True) for s in summaries])
+        return
+    if output is StatusFormat.markdown:
+        sys.stdout.write(markdown(summaries[0]))
+        return
+    if not summaries:
+        out_console.print(
+            f"No preview environment with key {key!r}." if key else "No preview environments."
+        )
+        return
+    header, *lines = columns(STATUS_COLUMNS, _status_rows(summaries))
+    out_console.print(header, style="bold", markup=False)
+    if lines:
+        out_console.print("\n".join(lines), markup=False)
+    for env in summaries:
+        _status_notes(env)
+
+
+def _status_rows(summaries: Sequence[EnvironmentStatus]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for env in summaries:
+        state = env.state if not env.reason else f"{env.state}: {env.reason}"
+        if not env.pods:
+            rows.append(
+                (env.key, state, env.ttl, "-", ",".join(env.namespaces) or "-", "-", "-", "-", "-")
+            )
+        for index, pod in enumerate(env.pods):
+            ready = pod.state if not pod.reason else f"{pod.state} ({pod.reason})"
+            first = index == 0
+            rows.append(
+                (
+                    env.key if first else "",
+                    state if first else "",
+                    env.ttl if first else "",
+                    pod.name,
+                    pod.namespace,
+                    pod.target,
+                    pod.image,
+                    ready,
+                    ("not served: " if env.routes_problem else "") + (pod.traffic or "-"),
+                )
+            )
+    return rows
+
+
+def _status_notes(env: EnvironmentStatus) -> None:
+    """The lines under the table: orphans, unserved routes, share links, branches."""
+    for orphan in env.orphans:
+        out_console.print(f"orphaned object of {env.key}: {orphan}", markup=False)
+    if env.routes_problem:
+        out_console.print(
+            f"routes of {env.key} declared but not served: {env.routes_problem}", markup=False
+        )
+    for link in env.links:
+        out_console.print(f"share link for {env.key}: {link}", markup=False)
+    for branch in env.branches:
+        tables = f" ({', '.join(branch.tables)})" if branch.tables else ""
+        outcome = branch.message or branch.state
+        if branch.message and not branch.message.startswith(branch.state):
+            outcome = f"{branch.state}: {branch.message}"  # not "copied: copied 2 tables"
+        out_console.print(
+            f"database branch {branch.id} of {env.key}: {branch.engine} from "
+            f"{branch.source}, copy {branch.mode}{tables}: {outcome}",
+            markup=False,
+        )
+
+
+def clean(result: CleanResult, *, text: bool) -> None:
+    if text:
+        out_console.print(result.message)
+    else:
+        print_json(result.model_dump(mode="json"))
+
+
+def bulk_clean(result: BulkCleanResult, *, text: bool) -> None:
+    if not text:
+        print_json(result.model_dump(mode="json"))
+        return
+    if not result.cleaned and not result.failed:
+        out_console.print(result.message, markup=False)  # nothing matched
+        return
+    for each in result.cleaned:
+        out_console.print(f"destroyed {each}", markup=False)
+    for failure in result.failed:
+        out_console.print(f"failed    {failure.key}: {failure.reason}", markup=False)
+    out_console.print(result.message + ".", markup=False)
+
+
+def extend(result: ExtendResult, *, text: bool) -> None:
+    if not text:
+        print_json(result.model_dump(mode="json", by_alias=True))
+        return
+    if result.expires_at is None:
+        out_console.print(f"Environment {result.key} now never expires ({INFINITE}).")
+        return
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    left = format_seconds(max(0, int((parse_rfc3339(result.expires_at) - now).total_seconds())))
+    out_console.print(f"Environment {result.key} now expires at {result.expires_at} (in {left}).")
