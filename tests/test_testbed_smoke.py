@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pulumi import automation as auto
 
 from testbed import Testbed
-from tests.support import wait_until
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.cluster
 

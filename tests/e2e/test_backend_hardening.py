@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from testbed import Testbed
-from tests.e2e.conftest import REPO, Cli, Kube, User, cli_argv, make_backend
-from tests.e2e.test_sharing import previews, start
-from tests.e2e.test_start_status_clean import objects_of
-from tests.support import apply_unschedulable_target, kill_process_group, wait_until
+from tests.support.cli import Cli, cli_argv, start_argv
+from tests.support.kube import Kube, objects_of, previews
+from tests.support.paths import REPO
+from tests.support.polling import wait_until
+from tests.support.processes import kill_process_group
+from tests.support.teams import User, make_backend
+from tests.support.workloads import apply_unschedulable_target
 
 pytestmark = pytest.mark.cluster
 ZSTD = {"PULUMI_DIY_BACKEND_ZSTD": "true"}
@@ -50,9 +53,9 @@ def test_zstd_state_is_listed_read_reaped_and_cleaned(
     backend = make_backend(kind, request, tmp_path_factory.mktemp("zstd"))
     ann = User("ann", "ann-host", backend, tmp_path)
     live, due = f"zs-{kind}-live", f"zs-{kind}-due"
-    first = ann.run(*start("users", live, "--ttl", "1h"), env=ZSTD)
+    first = ann.run(*start_argv("users", live, "--ttl", "1h"), env=ZSTD)
     assert first.code == 0, first.stderr
-    second = ann.run(*start("orders", due, "--ttl", "2s"), env=ZSTD)
+    second = ann.run(*start_argv("orders", due, "--ttl", "2s"), env=ZSTD)
     assert second.code == 0, second.stderr
     if kind == "file":
         names = {p.name for p in _stacks_dir(ann).iterdir()}
@@ -86,7 +89,7 @@ def test_an_unknown_or_corrupt_stack_file_is_never_skipped(
     backend = make_backend("file", request, tmp_path_factory.mktemp("unknown"))
     ann = User("ann", "ann-host", backend, tmp_path)
     key = "unk-live"
-    assert ann.run(*start("users", key)).code == 0
+    assert ann.run(*start_argv("users", key)).code == 0
     stacks = _stacks_dir(ann)
 
     # A file no known name fits: said on stderr, and `pulumi` (the authority) lists.
@@ -163,7 +166,7 @@ def test_a_live_holder_in_another_pid_namespace_on_the_same_host_keeps_its_lock(
             'hostname "$0" && echo "$1" > /proc/sys/kernel/ns_last_pid && shift && exec "$@"',
             holder.host,
             str(first_pid),
-            *cli_argv(*start("pidns-hang", key, "--timeout", "300")),
+            *cli_argv(*start_argv("pidns-hang", key, "--timeout", "300")),
         ],
         env=holder.env(),
         cwd=REPO,
@@ -190,7 +193,7 @@ def test_a_live_holder_in_another_pid_namespace_on_the_same_host_keeps_its_lock(
         assert lock_file.exists()  # the live update's lock is still there
         assert proc.poll() is None and previews(kube, key)
         # Nor does a start (its default stale-lock rule) take it over.
-        added = other.run(*start("orders", key), env={"PREVIEW_ENV_LOCK_WAIT": "5"})
+        added = other.run(*start_argv("orders", key), env={"PREVIEW_ENV_LOCK_WAIT": "5"})
         assert added.code == 1 and "locked" in added.stderr, added.stderr
         assert lock_file.exists() and proc.poll() is None
     finally:
@@ -209,7 +212,7 @@ def test_a_failed_update_says_why_in_one_line(cli: Cli, staging: str, testbed: T
     followed by the errors: the line must carry them."""
     apply_unschedulable_target(testbed, "why-fails")
     key = "why-fails"
-    started = cli(*start("why-fails", key, "--timeout", "8"))
+    started = cli(*start_argv("why-fails", key, "--timeout", "8"))
     assert started.code == 1
     [line] = started.stderr.strip().splitlines()[-1:]
     assert line.startswith("error: ") and "errors occurred" not in line, started.stderr
@@ -244,7 +247,7 @@ def test_a_start_whose_stack_is_removed_before_its_update_creates_it_again(
     )
     (wrapper / "pulumi").chmod(0o755)
     path = {"PATH": f"{wrapper}:{os.environ['PATH']}"}
-    started = cli(*start("users", key), env=path)
+    started = cli(*start_argv("users", key), env=path)
     assert count.read_text().strip() == "2"  # removed twice under it
     assert started.code == 0, started.stderr
     assert set(previews(kube, key)) == {f"users-{key}"}

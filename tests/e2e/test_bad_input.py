@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names
+from tests.support.cli import Cli
+from tests.support.kube import Kube, objects_of
+from tests.support.paths import EXAMPLES
+from tests.support.stacks import stack_names
 
 pytestmark = pytest.mark.cluster
 CONFIG = str(EXAMPLES / "mirrord.json")

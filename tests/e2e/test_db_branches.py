@@ -17,9 +17,9 @@ import pytest
 
 from preview_stack import naming
 from testbed import Testbed
-from tests.e2e.conftest import Cli, pulumi
-from tests.e2e.test_start_status_clean import stack_names
-from tests.support import wait_until
+from tests.support.cli import Cli, pulumi
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
 
 pytestmark = pytest.mark.cluster
 NS = "dbshop"

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names
-from tests.support import wait_until
+from tests.support.cli import Cli
+from tests.support.kube import Kube, apply, documents, objects_of
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
 
 pytestmark = pytest.mark.cluster
 SA = "system:serviceaccount:preview-env-system:preview-env-reaper"
@@ -44,16 +46,11 @@ def test_reaper_rbac_is_least_privilege_and_enough(
 ) -> None:
     manifests = [
         d
-        for d in _documents(EXAMPLES / "kubernetes" / "reaper.yaml")
+        for d in documents(EXAMPLES / "kubernetes" / "reaper.yaml")
         if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
     ]
     testbed.kubectl("apply", "-f", str(EXAMPLES / "kubernetes" / "namespace.yaml"))
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
-    )
+    apply(testbed, *manifests)
     for verb, resource, allowed in [
         ("list", "configmaps", "yes"),
         ("delete", "deployments.apps", "yes"),
@@ -153,9 +150,3 @@ def test_reaper_rbac_is_least_privilege_and_enough(
         return found.split()
 
     assert wait_until(lambda: left() == []), left()
-
-
-def _documents(path: Path) -> list[dict[str, Any]]:
-    import yaml
-
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]

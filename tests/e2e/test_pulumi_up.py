@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Cli, Kube, pulumi
-from tests.e2e.test_start_status_clean import objects_of, stack_names
-from tests.support import wait_until
+from tests.support.cli import Cli, pulumi
+from tests.support.kube import Kube, objects_of
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
 
 pytestmark = pytest.mark.cluster
 

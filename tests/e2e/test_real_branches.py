@@ -21,10 +21,12 @@ import pytest
 from preview_stack import naming
 from testbed import Testbed, images
 from testbed import node as real_node
-from tests.e2e.conftest import Cli
-from tests.e2e.test_real_node_databases import MARIADB, POSTGRES, Engine, _apply, _env, _server
-from tests.e2e.test_start_status_clean import stack_names
-from tests.support import wait_until
+from tests.support.cli import Cli
+from tests.support.databases import MARIADB, POSTGRES, Engine, env_list, server_manifests
+from tests.support.kube import apply, job_state
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
+from tests.support.workloads import deployment
 
 pytestmark = pytest.mark.cluster
 
@@ -91,7 +93,7 @@ def _sql_job(
                             "image": image,
                             "imagePullPolicy": "Never",
                             "args": ["sh", "-c", script],
-                            "env": _env({"DB_HOST": host, "SQL": sql, **creds}),
+                            "env": env_list({"DB_HOST": host, "SQL": sql, **creds}),
                         }
                     ],
                 }
@@ -106,16 +108,10 @@ def run_sql(
 ) -> str:  # fmt: skip
     """Run `sql` with the engine's own client in a Job on the real node; its output."""
     name = f"sql-{uuid.uuid4().hex[:6]}"
-    _apply(testbed, _sql_job(engine, namespace, image, name, host, creds, sql))
-
-    def done() -> bool:
-        doc = json.loads(testbed.kubectl("-n", namespace, "get", "job", name, "-o", "json"))
-        return any(
-            c["type"] in ("Complete", "Failed") and c["status"] == "True"
-            for c in doc.get("status", {}).get("conditions") or []
-        )
-
-    assert wait_until(done, timeout=180), testbed.kubectl("-n", namespace, "describe", "pods")
+    apply(testbed, _sql_job(engine, namespace, image, name, host, creds, sql))
+    assert wait_until(lambda: job_state(testbed, namespace, name) != "Running", timeout=180), (
+        testbed.kubectl("-n", namespace, "describe", "pods")
+    )
     return testbed.kubectl("-n", namespace, "logs", f"job/{name}")
 
 
@@ -146,24 +142,13 @@ def left_of(testbed: Testbed, key: str) -> list[str]:
 
 
 def target(namespace: str, image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "orders", "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": "orders"}},
-            "template": {
-                "metadata": {"labels": {"app": "orders"}},
-                "spec": {
-                    **real_node.pod_placement(),
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {"name": "app", "image": image, "imagePullPolicy": "Never", "env": env}
-                    ],
-                },
-            },
-        },
-    }
+    container = {"name": "app", "image": image, "imagePullPolicy": "Never", "env": env}
+    return deployment(
+        "orders",
+        namespace,
+        [container],
+        pod={**real_node.pod_placement(), "terminationGracePeriodSeconds": 1},
+    )
 
 
 def write_config(tmp: Path, name: str, namespace: str, branch: dict[str, Any]) -> str:
@@ -204,14 +189,14 @@ def test_postgres_branch_copies_schema_and_filtered_rows(
     cli: Cli, testbed: Testbed, namespace: str, built: dict[str, str], tmp_path: Path
 ) -> None:
     pg = built["postgres"]
-    _apply(testbed, *_server(POSTGRES, namespace, pg))
+    apply(testbed, *server_manifests(POSTGRES, namespace, pg))
     testbed.kubectl("-n", namespace, "rollout", "status", "deployment/postgres", "--timeout=180s")
     source_ip = cluster_ip(testbed, namespace, "postgres")
     app = pg_creds("app", "pg-s3cret", "shop")
     run_sql(testbed, POSTGRES, namespace, pg, source_ip, app, PG_SEED)
     before = run_sql(testbed, POSTGRES, namespace, pg, source_ip, app, PG_REPORT)
     url = f"postgres://app:pg-s3cret@{source_ip}:5432/shop?application_name=orders"
-    _apply(
+    apply(
         testbed,
         {
             "apiVersion": "v1",
@@ -299,13 +284,13 @@ def test_mariadb_branch_copies_everything_through_params(
     cli: Cli, testbed: Testbed, namespace: str, built: dict[str, str], tmp_path: Path
 ) -> None:
     maria = built["mariadb"]
-    _apply(testbed, *_server(MARIADB, namespace, maria))
+    apply(testbed, *server_manifests(MARIADB, namespace, maria))
     testbed.kubectl("-n", namespace, "rollout", "status", "deployment/mariadb", "--timeout=180s")
     source_ip = cluster_ip(testbed, namespace, "mariadb")
     app = my_creds("app", "maria-s3cret", "shop")
     run_sql(testbed, MARIADB, namespace, maria, source_ip, app, MY_SEED)
     before = run_sql(testbed, MARIADB, namespace, maria, source_ip, app, MY_REPORT)
-    _apply(
+    apply(
         testbed,
         {
             "apiVersion": "v1",

@@ -14,62 +14,33 @@ import pytest
 
 from testbed import Testbed
 from testbed import node as real_node
-from tests.support import wait_until
+from tests.support.kube import apply
+from tests.support.polling import wait_until
+from tests.support.workloads import deployment_and_service
 
 pytestmark = pytest.mark.cluster
 
 
-def _apply(testbed: Testbed, *docs: dict[str, Any]) -> None:
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(docs)}),
-    )
-
-
 def _echo(namespace: str, image: str) -> list[dict[str, Any]]:
-    labels = {"app": "echo"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "echo", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    **real_node.pod_placement(),
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "echo",
-                            "image": image,
-                            "imagePullPolicy": "Never",
-                            "env": [{"name": "GREETING", "value": "from-the-real-node"}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/ready", "port": 8080},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ],
-                },
-            },
-        },
+    container = {
+        "name": "echo",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "env": [{"name": "GREETING", "value": "from-the-real-node"}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1},
     }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "echo", "namespace": namespace},
-        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-    }
-    return [deployment, service]
+    return deployment_and_service(
+        "echo",
+        namespace,
+        [container],
+        [{"port": 80, "targetPort": 8080}],
+        pod={**real_node.pod_placement(), "terminationGracePeriodSeconds": 1},
+    )
 
 
 def test_echo_on_the_real_node_serves_through_its_service(testbed: Testbed, namespace: str) -> None:
     image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    _apply(testbed, *_echo(namespace, image))
+    apply(testbed, *_echo(namespace, image))
     testbed.kubectl("rollout", "status", "deployment/echo", "-n", namespace, "--timeout=90s")
 
     pods = json.loads(
@@ -127,7 +98,7 @@ def test_missing_image_is_err_image_never_pull(testbed: Testbed, namespace: str)
             ],
         },
     }
-    _apply(testbed, pod)
+    apply(testbed, pod)
 
     def reason() -> str:
         status = json.loads(testbed.kubectl("get", "pod", "missing", "-n", namespace, "-o", "json"))

@@ -14,8 +14,10 @@ import pytest
 
 from testbed import Testbed
 from testbed import node as real_node
-from tests.e2e.conftest import Cli, Kube
-from tests.support import wait_until
+from tests.support.cli import Cli, spawn_cli
+from tests.support.kube import Kube, apply
+from tests.support.polling import wait_until
+from tests.support.workloads import deployment, deployment_and_service
 
 pytestmark = pytest.mark.cluster
 
@@ -24,20 +26,13 @@ pytestmark = pytest.mark.cluster
 def shop(testbed: Testbed, namespace: str) -> str:
     """The target below applied and rolled out on the real node; returns the echo image."""
     image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    items = _shop(namespace, image)
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": items}),
-    )
+    apply(testbed, *_shop(namespace, image))
     testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
     return image
 
 
 def _shop(namespace: str, image: str) -> list[dict[str, Any]]:
     """A target with ConfigMap and Secret volumes, envFrom, $(VAR) and a readiness probe."""
-    labels = {"app": "shop"}
     return [
         {
             "apiVersion": "v1",
@@ -57,57 +52,42 @@ def _shop(namespace: str, image: str) -> list[dict[str, Any]]:
             "metadata": {"name": "shop-secret", "namespace": namespace},
             "stringData": {"token": "t0k"},
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "shop", "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        **real_node.pod_placement(),
-                        "terminationGracePeriodSeconds": 1,
-                        "volumes": [
-                            {"name": "files", "configMap": {"name": "shop-files"}},
-                            {"name": "secret", "secret": {"secretName": "shop-secret"}},
-                        ],
-                        "containers": [
-                            {
-                                "name": "shop",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"name": "http", "containerPort": 8080}],
-                                "envFrom": [{"configMapRef": {"name": "shop-env"}}],
-                                "env": [
-                                    {"name": "DB_HOST", "value": "db.staging"},
-                                    {"name": "DATABASE_URL", "value": "postgres://$(DB_HOST)/app"},
-                                    {"name": "DROP_ME", "value": "1"},
-                                ],
-                                "volumeMounts": [
-                                    {"name": "files", "mountPath": "/etc/shop"},
-                                    {"name": "secret", "mountPath": "/etc/secret"},
-                                ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ready", "port": "http"},
-                                    "periodSeconds": 1,
-                                },
-                            }
-                        ],
+        *deployment_and_service(
+            "shop",
+            namespace,
+            [
+                {
+                    "name": "shop",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "envFrom": [{"configMapRef": {"name": "shop-env"}}],
+                    "env": [
+                        {"name": "DB_HOST", "value": "db.staging"},
+                        {"name": "DATABASE_URL", "value": "postgres://$(DB_HOST)/app"},
+                        {"name": "DROP_ME", "value": "1"},
+                    ],
+                    "volumeMounts": [
+                        {"name": "files", "mountPath": "/etc/shop"},
+                        {"name": "secret", "mountPath": "/etc/secret"},
+                    ],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/ready", "port": "http"},
+                        "periodSeconds": 1,
                     },
-                },
+                }
+            ],
+            [{"name": "http", "port": 80, "targetPort": "http"}],
+            replicas=2,
+            pod={
+                **real_node.pod_placement(),
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [
+                    {"name": "files", "configMap": {"name": "shop-files"}},
+                    {"name": "secret", "secret": {"secretName": "shop-secret"}},
+                ],
             },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "shop", "namespace": namespace},
-            "spec": {
-                "selector": labels,
-                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-            },
-        },
+        ),
     ]
 
 
@@ -236,8 +216,6 @@ def _follows_until_interrupted(testbed: Testbed, key: str, ip: str, prefix: str)
     import subprocess
     import threading
 
-    from tests.e2e.conftest import spawn_cli
-
     marker = f"/followed-{uuid.uuid4().hex[:8]}"
     follower = spawn_cli("logs", "-k", key, "-f", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = threading.Event()
@@ -329,42 +307,26 @@ def test_a_host_path_of_the_target_is_not_the_previews(
     host_dir = Path(f"/tmp/preview-env-uploads-{uuid.uuid4().hex[:8]}")
     host_dir.mkdir()
     host_dir.chmod(0o777)  # the echo image runs as nobody
-    labels = {"app": "uploader"}
-    target = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "uploader", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    **real_node.pod_placement(),
-                    "terminationGracePeriodSeconds": 1,
-                    "volumes": [
-                        {
-                            "name": "uploads",
-                            "hostPath": {"path": str(host_dir), "type": "Directory"},
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "uploader",
-                            "image": image,
-                            "imagePullPolicy": "Never",
-                            "env": [{"name": "ECHO_WRITE", "value": "/uploads/from-target"}],
-                            "volumeMounts": [{"name": "uploads", "mountPath": "/uploads"}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/", "port": 8080},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ],
-                },
-            },
-        },
+    uploader = {
+        "name": "uploader",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "env": [{"name": "ECHO_WRITE", "value": "/uploads/from-target"}],
+        "volumeMounts": [{"name": "uploads", "mountPath": "/uploads"}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
     }
+    target = deployment(
+        "uploader",
+        namespace,
+        [uploader],
+        pod={
+            **real_node.pod_placement(),
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [
+                {"name": "uploads", "hostPath": {"path": str(host_dir), "type": "Directory"}}
+            ],
+        },
+    )
     try:
         testbed.kubectl("apply", "-f", "-", input_text=json.dumps(target))
         testbed.kubectl(
@@ -438,23 +400,13 @@ def test_logs_name_a_pod_whose_kubelet_cannot_be_reached_and_print_the_others(
     whose kubelet API nobody serves (the API server answers 500): `logs` prints the real
     pod's lines, one line naming the other pod, the status and the API server's message,
     and exits 1, without a traceback."""
-    labels = {"app": "ghost"}
-    ghost = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "ghost", "namespace": namespace},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {real_node.LABEL: "kwok"},
-                    "containers": [{"name": "ghost", "image": "ghost:1"}],
-                },
-            },
-        },
-    }
+    ghost = deployment(
+        "ghost",
+        namespace,
+        [{"name": "ghost", "image": "ghost:1"}],
+        replicas=0,
+        pod={"nodeSelector": {real_node.LABEL: "kwok"}},
+    )
     testbed.kubectl("apply", "-f", "-", input_text=json.dumps(ghost))
     key = "rp-logs-ghost"
     config = _config(tmp_path, namespace, {})

@@ -13,35 +13,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from testbed import images, node
 from testbed.backends import SharedBackends
-from tests.e2e.conftest import EXAMPLES, Backend, Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of
-from tests.support import wait_until
+from tests.support.cli import Cli
+from tests.support.kube import Kube, apply, documents, job_state, objects_of
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_until
+from tests.support.teams import Backend
 
 pytestmark = pytest.mark.cluster
 NS = "preview-env-system"
 PASSPHRASE = "reaper-secret"
-
-
-def _documents() -> list[dict[str, Any]]:
-    text = (EXAMPLES / "kubernetes" / "reaper.yaml").read_text()
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-def _apply(testbed: Any, *docs: dict[str, Any]) -> None:
-    items = {"apiVersion": "v1", "kind": "List", "items": list(docs)}
-    testbed.kubectl("apply", "-f", "-", input_text=json.dumps(items))
-
-
-def _job_state(testbed: Any, job: str) -> str:
-    doc = json.loads(testbed.kubectl("-n", NS, "get", "job", job, "-o", "json"))
-    for condition in doc.get("status", {}).get("conditions") or []:
-        if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
-            return str(condition["type"])
-    return "Running"
 
 
 def _pod_report(testbed: Any, job: str) -> str:
@@ -122,7 +105,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
 
     # The example's RBAC and admission policy as they are; the Secret and CronJob adapted.
     testbed.kubectl("apply", "-f", str(EXAMPLES / "kubernetes" / "namespace.yaml"))
-    docs = _documents()
+    docs = documents(EXAMPLES / "kubernetes" / "reaper.yaml")
     kept = [d for d in docs if d["kind"] not in ("Secret", "CronJob")]
     assert {d["kind"] for d in kept} >= {
         "ServiceAccount",
@@ -131,7 +114,7 @@ def test_the_example_cronjob_reaps_an_expired_environment(
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     }
-    _apply(testbed, *kept)
+    apply(testbed, *kept)
     secret = copy.deepcopy(next(d for d in docs if d["kind"] == "Secret"))
     secret["stringData"] = {"PULUMI_BACKEND_URL": pod_url, "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
     cronjob = copy.deepcopy(next(d for d in docs if d["kind"] == "CronJob"))
@@ -142,17 +125,17 @@ def test_the_example_cronjob_reaps_an_expired_environment(
     container["imagePullPolicy"] = "Never"
     assert pod["serviceAccountName"] == "preview-env-reaper"
     assert not any("KUBECONFIG" in str(e) for e in container.get("env", []))
-    _apply(testbed, secret, cronjob)
+    apply(testbed, secret, cronjob)
 
     job = "reap-now"
     time.sleep(max(0.0, 3 - (time.monotonic() - created)))  # the 2s TTL is over
     testbed.kubectl("-n", NS, "create", "job", job, "--from=cronjob/preview-env-reaper")
     triggered = time.monotonic()
     try:
-        assert wait_until(lambda: _job_state(testbed, job) != "Running", timeout=300), _pod_report(
-            testbed, job
+        assert wait_until(lambda: job_state(testbed, NS, job) != "Running", timeout=300), (
+            _pod_report(testbed, job)
         )
-        assert _job_state(testbed, job) == "Complete", _pod_report(testbed, job)
+        assert job_state(testbed, NS, job) == "Complete", _pod_report(testbed, job)
         logs = testbed.kubectl("-n", NS, "logs", f"job/{job}")
         assert f"reaped     {key}" in logs, logs
         assert "reaped 1," in logs and "failed 0" in logs, logs

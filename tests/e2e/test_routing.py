@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from preview_stack.routing import default_filter
-from tests.e2e.conftest import Cli, Kube
-from tests.e2e.test_start_status_clean import objects_of, stack_names
-from tests.support import wait_until
+from tests.support.cli import Cli
+from tests.support.kube import Kube, objects_of
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
 
 pytestmark = pytest.mark.cluster
 GROUP = ("gateway.networking.k8s.io", "v1")

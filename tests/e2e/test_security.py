@@ -14,26 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
 from preview_stack import naming
 from testbed import Testbed
-from tests.e2e.conftest import EXAMPLES, REPO, Cli, Kube, Result, cli_argv, cli_env
-from tests.e2e.test_start_status_clean import objects_of
-from tests.support import wait_until
+from tests.support.cli import Cli, Result, cli_argv, cli_env
+from tests.support.kube import Kube, apply, documents, objects_of
+from tests.support.paths import EXAMPLES, REPO
+from tests.support.polling import wait_until
+from tests.support.workloads import deployment_and_service
 
 pytestmark = pytest.mark.cluster
 REAPER = "system:serviceaccount:preview-env-system:preview-env-reaper"
-
-
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def apply(testbed: Testbed, items: list[dict[str, Any]]) -> None:
-    listing = {"apiVersion": "v1", "kind": "List", "items": items}
-    testbed.kubectl("apply", "-f", "-", input_text=json.dumps(listing))
 
 
 def token_kubeconfig(
@@ -119,7 +111,7 @@ def test_planted_records_never_steer_start_status_or_reap(
             "containers": [{"name": "c", "image": "evil:1"}],
         },
     }
-    apply(testbed, [planted, malformed, lookalike])
+    apply(testbed, planted, malformed, lookalike)
     try:
         orders = write_config(tmp_path, "orders", {"target": {"path": "deployment/orders"}})
         second = cli(
@@ -235,48 +227,14 @@ TEAM = "team-a"
 
 def _team_namespace(testbed: Testbed) -> None:
     """Namespace team-a with a small target (Deployment + Service with an HTTP port)."""
-    app = {"app": "api"}
+    apply(testbed, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM}})
+    api = {"name": "api", "image": "api:1", "ports": [{"name": "http", "containerPort": 8080}]}
     apply(
         testbed,
-        [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM}},
-        ],
-    )
-    apply(
-        testbed,
-        [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "api", "namespace": TEAM},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": app},
-                    "template": {
-                        "metadata": {"labels": app},
-                        "spec": {
-                            "containers": [
-                                {
-                                    "name": "api",
-                                    "image": "api:1",
-                                    "ports": [{"name": "http", "containerPort": 8080}],
-                                }
-                            ]
-                        },
-                    },
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "api", "namespace": TEAM},
-                "spec": {
-                    "selector": app,
-                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-                },
-            },
-            *documents(EXAMPLES / "kubernetes" / "developer.yaml"),
-        ],
+        *deployment_and_service(
+            "api", TEAM, [api], [{"name": "http", "port": 80, "targetPort": "http"}]
+        ),
+        *documents(EXAMPLES / "kubernetes" / "developer.yaml"),
     )
 
 
@@ -326,7 +284,7 @@ def test_the_cluster_keeps_the_reaper_to_preview_env_objects(
     testbed.kubectl("apply", "-f", str(EXAMPLES / "kubernetes" / "namespace.yaml"))
     apply(
         testbed,
-        [
+        *[
             d
             for d in documents(EXAMPLES / "kubernetes" / "reaper.yaml")
             if d["kind"] not in ("Secret", "CronJob")
@@ -525,33 +483,10 @@ def test_share_links_are_unguessable_stable_for_life_and_http_only(
         assert cli("clean", "-k", stable).code == 0
 
     # A target whose Service has no HTTP port gets no share link.
-    app = {"app": "grpc"}
+    grpc = [{"name": "grpc", "port": 9090, "appProtocol": "grpc"}]
     apply(
         testbed,
-        [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "grpc", "namespace": "staging"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": app},
-                    "template": {
-                        "metadata": {"labels": app},
-                        "spec": {"containers": [{"name": "grpc", "image": "grpc:1"}]},
-                    },
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "grpc", "namespace": "staging"},
-                "spec": {
-                    "selector": app,
-                    "ports": [{"name": "grpc", "port": 9090, "appProtocol": "grpc"}],
-                },
-            },
-        ],
+        *deployment_and_service("grpc", "staging", [{"name": "grpc", "image": "grpc:1"}], grpc),
     )
     refused = cli(
         "start", "-t", "deployment/grpc", "-n", "staging", "-i", "g:1", "-k", "sec-grpc", *share

@@ -17,41 +17,15 @@ from pulumi import automation as auto
 
 from preview_stack import naming
 from testbed import Testbed
-from tests.e2e.conftest import Backend, Kube, User, make_backend
-from tests.e2e.test_start_status_clean import objects_of
-from tests.support import apply_unschedulable_target, kill_process_group, wait_until
+from tests.support.cli import start_argv
+from tests.support.kube import Kube, apply, objects_of, previews
+from tests.support.polling import wait_until
+from tests.support.processes import kill_process_group
+from tests.support.teams import Backend, User, make_backend
+from tests.support.workloads import apply_unschedulable_target
 
 pytestmark = pytest.mark.cluster
 Team = Callable[..., User]
-
-
-def start(target: str, key: str, *extra: str, image: str | None = None) -> list[str]:
-    return [
-        "start",
-        "-t",
-        f"deployment/{target}",
-        "-n",
-        "staging",
-        "-i",
-        image or f"acme/{target}:1",
-        "-k",
-        key,
-        "--output",
-        "json",
-        *extra,
-    ]
-
-
-def previews(kube: Kube, key: str) -> dict[str, str]:
-    """Live preview Deployments of `key`: name -> image of their first container."""
-    items = kube.apps.list_deployment_for_all_namespaces(
-        label_selector=f"{naming.LABEL_KEY}={key}"
-    ).items
-    return {
-        d.metadata.name: d.spec.template.spec.containers[0].image
-        for d in items
-        if d.metadata.deletion_timestamp is None
-    }
 
 
 def finish(proc: Any, timeout: float = 600) -> tuple[int, str, str]:
@@ -65,7 +39,7 @@ def test_concurrent_first_starts_keep_both_targets_and_teammates_share_the_key(
     key = f"sh-{backend.kind}-both"
     ann, bob, cy = team("ann"), team("bob"), team("cy")
     # Two first starts on a new key at the same moment, from two hosts.
-    procs = [ann.spawn(*start("users", key)), bob.spawn(*start("orders", key))]
+    procs = [ann.spawn(*start_argv("users", key)), bob.spawn(*start_argv("orders", key))]
     results = [finish(p) for p in procs]
     for code, _out, err in results:
         assert code == 0, err
@@ -94,9 +68,9 @@ def test_a_failed_start_undoes_only_itself(
     key = f"sh-{backend.kind}-undo"
     apply_unschedulable_target(testbed, "never-ready")
     ann, bob = team("ann"), team("bob")
-    failing = ann.spawn(*start("never-ready", key, "--timeout", "12"))
+    failing = ann.spawn(*start_argv("never-ready", key, "--timeout", "12"))
     time.sleep(2)
-    ok = bob.run(*start("orders", key))  # lands before, during or after the failing one
+    ok = bob.run(*start_argv("orders", key))  # lands before, during or after the failing one
     code, _out, err = finish(failing)
     assert ok.code == 0, ok.stderr
     assert code == 1 and "never-ready" in err
@@ -113,9 +87,9 @@ def test_a_start_never_shortens_the_environments_life(
         pytest.skip("expiry arithmetic is backend-independent; covered on file")
     key = "sh-ttl-keep"
     ann, bob = team("ann"), team("bob")
-    first = ann.run(*start("users", key, "--ttl", "infinite"))
+    first = ann.run(*start_argv("users", key, "--ttl", "infinite"))
     assert first.code == 0 and first.json()["expiresAt"] is None, first.stderr
-    added = bob.run(*start("orders", key))  # no --ttl: 60 minutes would be shorter
+    added = bob.run(*start_argv("orders", key))  # no --ttl: 60 minutes would be shorter
     assert added.code == 0 and added.json()["expiresAt"] is None, added.stderr
     shortened = bob.run("extend", "-k", key, "--ttl", "2h", "-o", "json")  # only extend may
     assert shortened.code == 0 and shortened.json()["expiresAt"] is not None
@@ -135,7 +109,7 @@ def test_another_backends_environment_is_never_touched(
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     ann = User("ann", "ann-host", mine, tmp_path / "a")
     zed = User("zed", "zed-host", theirs, tmp_path / "b")
-    started = ann.run(*start("users", key))
+    started = ann.run(*start_argv("users", key))
     assert started.code == 0, started.stderr
     before = sorted(objects_of(kube, key))
 
@@ -144,7 +118,7 @@ def test_another_backends_environment_is_never_touched(
     assert "this backend has no environment" in cleaned.json()["message"]
     assert sorted(objects_of(kube, key)) == before
 
-    clash = zed.run(*start("users", key))
+    clash = zed.run(*start_argv("users", key))
     assert clash.code == 1
     lines = clash.stderr.strip().splitlines()
     assert len(lines) == 1 and "another backend" in lines[0] and "ann" in lines[0]
@@ -161,8 +135,8 @@ def test_records_are_hints_the_backend_decides(
         pytest.skip("the reaper's record handling is backend-independent; covered on file")
     ann = team("ann")
     live, lost = "sh-live", "sh-lost"
-    assert ann.run(*start("users", live, "--ttl", "1h")).code == 0
-    assert ann.run(*start("orders", lost, "--ttl", "3s")).code == 0
+    assert ann.run(*start_argv("users", live, "--ttl", "1h")).code == 0
+    assert ann.run(*start_argv("orders", lost, "--ttl", "3s")).code == 0
     record = kube.core.read_namespaced_config_map(naming.record_name(live), "staging")
     # A forged record with the real labels but a past expiry, in another namespace, and one
     # with a naive timestamp: neither may destroy anything or crash the round.
@@ -180,12 +154,7 @@ def test_records_are_hints_the_backend_decides(
     naive = json.loads(json.dumps(forged))
     naive["metadata"]["name"] = "naive-record"
     naive["metadata"]["annotations"] = {naming.ANNOTATION_EXPIRES_AT: "2020-01-01T00:00:00"}
-    testbed.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps({"kind": "List", "apiVersion": "v1", "items": [forged, naive]}),
-    )
+    apply(testbed, forged, naive)
     # The expired environment's record is lost (deleted by hand): the backend still knows.
     kube.core.delete_namespaced_config_map(naming.record_name(lost), "staging")
     time.sleep(4)
@@ -209,7 +178,7 @@ def test_a_killed_update_lock_is_taken_over_only_when_provably_stale(
     key = f"sh-{backend.kind}-lock"
     apply_unschedulable_target(testbed, "hangs-lock")
     bob = team("bob", "bob-host")
-    proc = bob.spawn(*start("hangs-lock", key, "--timeout", "300"))
+    proc = bob.spawn(*start_argv("hangs-lock", key, "--timeout", "300"))
     try:
         assert wait_until(lambda: bool(previews(kube, key)), timeout=120)
     finally:
@@ -237,13 +206,13 @@ def test_shared_backends_need_the_teams_passphrase(
     key = f"sh-{backend.kind}-secret"
     ann = team("ann")
     unset = {"PULUMI_CONFIG_PASSPHRASE": ""}
-    refused = ann.run(*start("users", key), env=unset)
+    refused = ann.run(*start_argv("users", key), env=unset)
     assert refused.code == 2
     assert len(refused.stderr.strip().splitlines()) == 1
     assert "PULUMI_CONFIG_PASSPHRASE" in refused.stderr
     assert key not in backend.stack_keys() and previews(kube, key) == {}
 
-    assert ann.run(*start("users", key)).code == 0
+    assert ann.run(*start_argv("users", key)).code == 0
     wrong = ann.run("extend", "-k", key, "--by", "1m", env={"PULUMI_CONFIG_PASSPHRASE": "nope"})
     assert wrong.code == 1
     assert "PULUMI_CONFIG_PASSPHRASE" in wrong.stderr.strip().splitlines()[-1]
@@ -260,8 +229,8 @@ def test_file_and_s3_backends_are_scanned_from_their_checkpoints(
         pytest.skip("PostgreSQL stacks are read through `pulumi`")
     key = f"sh-{backend.kind}-scan"
     ann = team("ann")
-    assert ann.run(*start("users", key, "--ttl", "1h")).code == 0
-    assert ann.run(*start("orders", key)).code == 0  # the previous spec, read back
+    assert ann.run(*start_argv("users", key, "--ttl", "1h")).code == 0
+    assert ann.run(*start_argv("orders", key)).code == 0  # the previous spec, read back
     extended = ann.run("extend", "-k", key, "--by", "1h", "-o", "json")
     assert extended.code == 0, extended.stderr
     broken = tmp_path / "no-pulumi"

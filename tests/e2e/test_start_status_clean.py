@@ -7,63 +7,17 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from pulumi import automation as auto
 
 from preview_stack import naming
-from tests.e2e.conftest import EXAMPLES, Cli, Kube
-from tests.support import apply_unschedulable_target, wait_until
+from tests.support.cli import Cli
+from tests.support.kube import Kube, container, endpoint_ips, objects_of
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_until
+from tests.support.stacks import stack_names
+from tests.support.workloads import apply_unschedulable_target
 
 pytestmark = pytest.mark.cluster
 CONFIG = str(EXAMPLES / "mirrord.json")
-
-
-def stack_names() -> set[str]:
-    ws = auto.LocalWorkspace(
-        project_settings=auto.ProjectSettings(name=naming.PROJECT, runtime="python")
-    )
-    return {s.name for s in ws.list_stacks()}
-
-
-def objects_of(kube: Kube, key: str) -> list[str]:
-    selector = f"{naming.LABEL_KEY}={key}"
-    names = [
-        f"deploy/{d.metadata.name}"
-        for d in kube.apps.list_deployment_for_all_namespaces(label_selector=selector).items
-    ]
-    names += [
-        f"svc/{s.metadata.name}"
-        for s in kube.core.list_service_for_all_namespaces(label_selector=selector).items
-    ]
-    names += [
-        f"cm/{c.metadata.name}"
-        for c in kube.core.list_config_map_for_all_namespaces(label_selector=selector).items
-    ]
-    names += [
-        f"pod/{p.metadata.name}"
-        for p in kube.core.list_pod_for_all_namespaces(label_selector=selector).items
-        if p.metadata.deletion_timestamp is None
-    ]
-    try:
-        routes = kube.custom.list_cluster_custom_object(
-            "gateway.networking.k8s.io", "v1", "httproutes", label_selector=selector
-        )["items"]
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        routes = []
-    names += [f"httproute/{r['metadata']['name']}" for r in routes]
-    return names
-
-
-def endpoint_ips(kube: Kube, namespace: str, service: str) -> set[str]:
-    slices = kube.discovery.list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}"
-    ).items
-    return {a for s in slices for ep in (s.endpoints or []) for a in ep.addresses}
-
-
-def container(deployment: Any, name: str) -> Any:
-    return next(c for c in deployment.spec.template.spec.containers if c.name == name)
 
 
 def test_start_status_replace_add_and_clean(cli: Cli, kube: Kube, staging: str) -> None:

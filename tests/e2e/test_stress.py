@@ -17,9 +17,10 @@ import pytest
 from pulumi import automation as auto
 
 from preview_stack import naming
-from tests.e2e.conftest import Backend, Kube, User
-from tests.e2e.test_sharing import start
-from tests.support import kill_process_group
+from tests.support.cli import start_argv
+from tests.support.kube import Kube
+from tests.support.processes import kill_process_group
+from tests.support.teams import Backend, User
 
 pytestmark = pytest.mark.cluster
 TARGETS = ("users", "orders", "frontend")
@@ -69,7 +70,7 @@ def schedule(users: list[User], keys: list[str], rng: random.Random) -> list[Op]
             Op(
                 f"start {key} {target}={image}",
                 user,
-                start(target, key, image=image),
+                start_argv(target, key, image=image),
                 key,
                 target,
                 image,

@@ -14,9 +14,13 @@ from typing import Any
 import pytest
 
 from preview_stack import naming
-from tests.e2e.conftest import REPO, Cli, Kube, spawn_cli
-from tests.e2e.test_start_status_clean import objects_of, stack_names
-from tests.support import apply_unschedulable_target, kill_process_group, wait_until
+from tests.support.cli import Cli, spawn_cli
+from tests.support.kube import Kube, objects_of
+from tests.support.paths import REPO
+from tests.support.polling import wait_until
+from tests.support.processes import kill_process_group
+from tests.support.stacks import stack_names
+from tests.support.workloads import apply_unschedulable_target
 
 pytestmark = pytest.mark.cluster
 

@@ -17,8 +17,10 @@ from kubernetes import client as kclient
 
 from preview_stack import naming
 from preview_stack.derive import POD_LOCAL_VOLUMES
-from tests.e2e.conftest import Cli, Kube
-from tests.support import wait_until
+from tests.support.cli import Cli
+from tests.support.kube import Kube
+from tests.support.polling import wait_until
+from tests.support.workloads import deployment
 
 pytestmark = pytest.mark.cluster
 CORPUS = Path(__file__).parent / "workloads"
@@ -452,27 +454,8 @@ def test_env_rules_refuse_env_from_that_cannot_be_read(
     cli: Cli, kube: Kube, corpus: dict[str, Any], tmp_path: Path, testbed: Any
 ) -> None:
     """An envFrom Secret that does not exist cannot be filtered: one line, exit 2, nothing made."""
-    manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "lost-env", "namespace": NS},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": "lost-env"}},
-            "template": {
-                "metadata": {"labels": {"app": "lost-env"}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "x:1",
-                            "envFrom": [{"secretRef": {"name": "nowhere"}}],
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    lost = {"name": "app", "image": "x:1", "envFrom": [{"secretRef": {"name": "nowhere"}}]}
+    manifest = deployment("lost-env", NS, [lost], replicas=0)
     testbed.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     config = tmp_path / "m.json"
     config.write_text(json.dumps({"feature": {"env": {"exclude": ["X"]}}}))

@@ -12,42 +12,8 @@ from preview_stack.config import IncomingFeature, TargetPath
 from preview_stack.derive import derive_service, pod_template_of, record_manifest
 from preview_stack.errors import BadInput, NotFound
 from preview_stack.spec import EnvironmentSpec, EnvRules, LabelRules, ServiceSpec
+from tests.support.specs import TARGET, env_with, service
 
-TARGET: dict[str, Any] = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {"name": "users", "namespace": "staging", "labels": {"app": "users"}},
-    "spec": {
-        "replicas": 3,
-        "selector": {"matchLabels": {"app": "users"}},
-        "template": {
-            "metadata": {
-                "labels": {"app": "users", "tier": "backend", "team": "a"},
-                "annotations": {"prometheus.io/scrape": "true"},
-            },
-            "spec": {
-                "serviceAccountName": "users",
-                "imagePullSecrets": [{"name": "regcred"}],
-                "initContainers": [{"name": "migrate", "image": "users:1"}],
-                "containers": [
-                    {
-                        "name": "app",
-                        "image": "users:1",
-                        "env": [
-                            {"name": "DB_URL", "value": "pg"},
-                            {"name": "SECRET_X", "value": "s"},
-                            {"name": "MODE", "value": "staging"},
-                        ],
-                        "envFrom": [{"configMapRef": {"name": "users-config"}}],
-                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
-                    },
-                    {"name": "proxy", "image": "envoy:1", "env": [{"name": "X", "value": "1"}]},
-                ],
-                "volumes": [{"name": "cfg", "configMap": {"name": "users-config"}}],
-            },
-        },
-    },
-}
 SERVICES = [
     {
         "metadata": {"name": "users"},
@@ -58,26 +24,6 @@ SERVICES = [
     },
     {"metadata": {"name": "other"}, "spec": {"selector": {"app": "other"}, "ports": []}},
 ]
-
-
-def env_with(*services: ServiceSpec) -> EnvironmentSpec:
-    return EnvironmentSpec(
-        key="pr-42",
-        owner="me",
-        created_at="2026-01-01T00:00:00Z",
-        expires_at="2026-01-01T01:00:00Z",
-        ttl_seconds=3600,
-        services=list(services),
-    )
-
-
-def service(**changes: Any) -> ServiceSpec:
-    base: dict[str, Any] = {
-        "target": TargetPath.parse("deployment/users"),
-        "namespace": "staging",
-        "image": "users:pr-42",
-    }
-    return ServiceSpec(**{**base, **changes})
 
 
 def derive(spec: ServiceSpec) -> list[dict[str, Any]]:

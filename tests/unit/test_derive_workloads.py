@@ -25,7 +25,7 @@ from preview_stack.derive import (
 from preview_stack.errors import BadInput
 from preview_stack.request import Flags, build_request
 from preview_stack.spec import CronJobRules, EnvironmentSpec, EnvRules, FileMount, ServiceSpec
-from tests.unit.test_derive import env_with, service
+from tests.support.specs import TARGET, env_with, service
 
 OWN = {naming.LABEL_KEY: "pr-42", naming.LABEL_TARGET: "statefulset-db"}
 
@@ -362,7 +362,6 @@ def test_config_and_secret_mounts() -> None:
         default_namespace="ns",
         read_file=lambda path, *, what: b"s3cr3t",
     ).service
-    from tests.unit.test_derive import TARGET
 
     target = replace(pod_template_of(TARGET), env_sources={"configmap/users-config": []})
     env = env_with(spec)
@@ -470,8 +469,6 @@ def test_pod_targets_lose_runtime_annotations_and_identity() -> None:
 
 
 def test_an_init_container_can_be_the_one_replaced() -> None:
-    from tests.unit.test_derive import TARGET
-
     spec = service(target=naming_target("deployment/users/container/migrate"))
     target = pod_template_of(TARGET)
     pod = derive_service(env_with(spec), spec, target, [])[0]["spec"]["template"]["spec"]
@@ -565,7 +562,6 @@ def test_a_completed_job_pod_counts_as_ready() -> None:
 
 def test_secret_mounts_alone_still_get_their_owning_config_map() -> None:
     spec = service(files=[FileMount(path="/s", data="eA==", text=True, secret=True)])
-    from tests.unit.test_derive import TARGET
 
     target = replace(pod_template_of(TARGET), env_sources={"configmap/users-config": []})
     kinds = [m["kind"] for m in derive_service(env_with(spec), spec, target, [])]
