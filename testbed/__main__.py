@@ -1,5 +1,8 @@
 """`python -m testbed up|down|images [--state DIR]`: the test bed for a shell (make testbed-up).
 
+`up --gateway` also runs the Gateway data plane (testbed.gateway: Traefik, which it builds
+when missing); a plain `up`, what `make demo` runs, needs no Traefik build.
+
 `images` builds the database and preview-env images from the host's packages, imports them
 into the running bed's real node, and prints `export` lines naming them (scripts/demo-db.sh).
 """
@@ -20,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed")
     parser.add_argument("command", choices=["up", "down", "images"])
     parser.add_argument("--state", type=Path, default=Path(".testbed"))
+    parser.add_argument(
+        "--gateway", action="store_true", help="up: also run Traefik and the bed's Gateway"
+    )
     args = parser.parse_args(argv)
     if args.command == "down":
         Testbed(args.state, locate(), detached=True).stop()
@@ -29,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         # What this command runs, no more: a demo on a fresh machine builds neither the
         # S3 server nor the linters the tests use.
         needs = BED + (("pulumi-language-python",) if args.command == "images" else ())
+        needs += ("traefik",) if args.gateway and args.command == "up" else ()
         toolchain = ensure(components=needs)
     except ToolchainMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -43,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             node.import_image(args.state.resolve(), image)
             print(f"export {name}={image.name}")
         return 0
-    bed = Testbed(args.state, toolchain, detached=True)
+    bed = Testbed(args.state, toolchain, detached=True, gateway=args.gateway)
     bed.stop()  # a previous bed in the same directory
     started = time.monotonic()
     try:

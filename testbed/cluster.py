@@ -1,6 +1,7 @@
 """A loopback Kubernetes control plane for tests: kine, kube-apiserver, controller-manager,
 scheduler and kwok, each a child process recorded by PID in one state directory, plus one
-real node (testbed.node: containerd, kubelet, kube-proxy) unless PREVIEW_ENV_REAL_NODE=0.
+real node (testbed.node: containerd, kubelet, kube-proxy) unless PREVIEW_ENV_REAL_NODE=0,
+and on that node, when asked (`gateway=True`), a Gateway API data plane (testbed.gateway).
 
 One implementation serves the pytest session fixture and `make testbed-up/down`. Every
 listener binds 127.0.0.1 on a port picked free; logs stay in `<state>/logs`.
@@ -25,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed import node
+from testbed import gateway, node
 from testbed.certs import Pki, kubeconfig_yaml
-from testbed.images import Image, build_all
+from testbed.images import Image, build_all, traefik
 from testbed.toolchain import Toolchain
 
 LOOPBACK = "127.0.0.1"
@@ -119,6 +120,7 @@ class Testbed:
         *,
         detached: bool = False,
         real_node: bool | None = None,
+        gateway: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.toolchain = toolchain
@@ -126,6 +128,8 @@ class Testbed:
         if real_node is None:
             real_node = os.environ.get("PREVIEW_ENV_REAL_NODE", "1") not in {"0", "false", "no"}
         self.real_node = real_node
+        self.gateway = gateway and real_node  # Traefik runs on the real node
+        self.gateway_port = 0  # host 127.0.0.1 port of the Gateway's listener, once up
         self.images: dict[str, Image] = {}  # short name -> image imported into the real node
         self.processes: list[Process] = []
         self.pki_dir = self.state_dir / "pki"
@@ -158,6 +162,7 @@ class Testbed:
                 if self.real_node
                 else {}
             ),
+            **(gateway.environment(self.gateway_port) if self.gateway_port else {}),
         }
 
     @property
@@ -399,6 +404,8 @@ class Testbed:
         self._wait("default service account", deadline, self._default_sa_exists)
         if self.real_node:
             self._start_real_node(pki, deadline)
+        if self.gateway:
+            self._start_gateway(deadline)
         self._write_env_file()
 
     def _start_real_node(self, pki: Pki, deadline: float) -> None:
@@ -421,6 +428,17 @@ class Testbed:
                 f" plugins: scripts/toolchain/system-packages.sh): {exc}\n"
                 f"logs:\n{self.logs_summary()}"
             ) from exc
+
+    def _start_gateway(self, deadline: float) -> None:
+        image = traefik(self.toolchain.traefik)
+        node.import_image(self.state_dir, image)
+        self.images["traefik"] = image
+        port = free_port()
+        try:
+            gateway.start(self, image, port, deadline)
+        except TestbedError as exc:
+            raise TestbedError(f"the Gateway did not come up: {exc}") from exc
+        self.gateway_port = port
 
     def _default_sa_exists(self) -> bool:
         try:

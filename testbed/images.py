@@ -18,6 +18,10 @@ PostgreSQL's psql, pg_dump, pg_restore; MariaDB's mariadb and mariadb-dump, also
 and mysqldump, with /usr/share/mysql/charsets). Its layer is streamed to disk, never held
 in memory.
 
+The `traefik` image (built on demand by `traefik()`, for testbed.gateway) is the
+toolchain's static Traefik binary alone, as /traefik, run as uid 65532; its tag hashes the
+binary's path, size and modification time.
+
 The database images, built on demand like the reaper's by `postgres()` and `mariadb()`, are
 the host's Debian packages (system-packages.sh installs them) copied at their own paths:
 `preview-env.local/postgres:<hash>` has PostgreSQL 15's server and clients (postgres,
@@ -173,6 +177,17 @@ def oci_archive(name: str, path: str, binary: bytes, user: str, ports: tuple[str
     for blob in (layer, config, manifest):
         files[f"blobs/sha256/{_digest(blob).split(':')[1]}"] = (blob, 0o644)
     return _tar(files)
+
+
+def traefik(binary: Path, cache: Path | None = None) -> Image:
+    """The toolchain's Traefik (static, CGO off) as `/traefik`, streamed: it is big."""
+    entries = {"/traefik": _Entry(binary, mode=0o755), "/tmp": _Entry(mode=0o1777)}
+    config: dict[str, object] = {
+        "Entrypoint": ["/traefik"],
+        "Env": ["PATH=/"],
+        "User": "65532:65532",
+    }
+    return _host_image(cache, "traefik", entries, config)
 
 
 # ------------------------------------------------------------------ the reaper image

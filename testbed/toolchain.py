@@ -33,7 +33,8 @@ NODE_SYSTEM_FILES = tuple(
 
 # build.sh's components: the bed itself (a demo needs no more), and what only tests use.
 BED = ("kine", "kwok", "crds", "pulumi", "pulumi-kubernetes", "kubernetes", "kubernetes-node")
-TESTS_ONLY = ("pulumi-language-python", "actionlint", "seaweedfs")
+# Traefik (the Gateway data plane) runs in the pytest bed and in `python -m testbed up --gateway`.
+TESTS_ONLY = ("pulumi-language-python", "actionlint", "seaweedfs", "traefik")
 ALL = BED + TESTS_ONLY
 
 
@@ -74,6 +75,7 @@ class Toolchain:
     weed: Path  # SeaweedFS: the S3-compatible server of the s3:// backend tests
     kubelet: Path  # the real node (testbed.node), same Kubernetes build
     kube_proxy: Path
+    traefik: Path  # the Gateway API data plane (testbed.gateway)
     pulumi_version: str
     kubernetes_provider_version: str
     kubernetes_version: str
@@ -103,6 +105,7 @@ class Toolchain:
             "crds": [self.crds],
             "actionlint": [self.actionlint],
             "seaweedfs": [self.weed],
+            "traefik": [self.traefik],
             "pulumi-language-python": [
                 self.pulumi_bin / "pulumi-language-python",
                 self.pulumi_bin / "pulumi-language-python-exec",
@@ -138,6 +141,7 @@ def locate() -> Toolchain:
         weed=cache / f"seaweedfs-{v['SEAWEEDFS_VERSION']}" / "bin" / "weed",
         kubelet=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kubelet",
         kube_proxy=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kube-proxy",
+        traefik=cache / f"traefik-{v['TRAEFIK_VERSION']}" / "bin" / "traefik",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],

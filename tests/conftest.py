@@ -19,10 +19,11 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     """A running loopback cluster plus an offline Pulumi environment in os.environ.
 
     In CI a missing binary is an error (the toolchain is built by .ci/run first); on a
-    developer machine missing parts are built here. Never skipped.
+    developer machine missing parts are built here. Never skipped. The real node (unless
+    PREVIEW_ENV_REAL_NODE=0) runs the bed's Gateway (testbed.gateway).
     """
     toolchain = ensure(build=not IN_CI)
-    bed = Testbed(tmp_path_factory.mktemp("testbed"), toolchain)
+    bed = Testbed(tmp_path_factory.mktemp("testbed"), toolchain, gateway=True)
     _BED.append(bed)
     atexit.register(bed.stop, keep_state=True)
     bed.start()

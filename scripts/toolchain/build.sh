@@ -4,7 +4,7 @@
 #   scripts/toolchain/build.sh [component ...]     (default: all)
 #
 # Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kubernetes-node,
-# kine, kwok, crds, actionlint, seaweedfs. Each one is skipped when its outputs already exist. Prints one line per step
+# kine, kwok, crds, actionlint, seaweedfs, traefik. Each one is skipped when its outputs already exist. Prints one line per step
 # with the time it took. Only the Go module proxy is needed.
 set -euo pipefail
 
@@ -238,7 +238,22 @@ build_seaweedfs() {
   go build -trimpath -ldflags "-s -w" -o "$out/weed" "$mod/weed"
 }
 
-ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node pulumi-language-python actionlint seaweedfs)
+# Traefik: the bed's Gateway API data plane. Its go.mod has replace directives, so
+# `go install ...@version` refuses: build inside a writable copy of the module instead.
+build_traefik() {
+  local out="$CACHE/traefik-$TRAEFIK_VERSION/bin"
+  mkdir -p "$out"
+  local dir; dir="$(gomod_dir github.com/traefik/traefik/v3 "$TRAEFIK_VERSION")"
+  cp -r "$dir/." src
+  chmod -R u+w src
+  cd src
+  go build -trimpath \
+    -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    -o "$out/traefik.tmp" ./cmd/traefik
+  mv "$out/traefik.tmp" "$out/traefik"
+}
+
+ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node pulumi-language-python actionlint seaweedfs traefik)
 components=("$@"); [[ ${#components[@]} -eq 0 ]] && components=("${ALL[@]}")
 total=$SECONDS
 for c in "${components[@]}"; do
@@ -252,6 +267,7 @@ for c in "${components[@]}"; do
     kwok) step kwok "$CACHE/kwok-$KWOK_VERSION/stages" -- build_kwok ;;
     crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION/argo-rollouts-rollout-crd.yaml" -- build_crds ;;
     seaweedfs) step seaweedfs "$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin/weed" -- build_seaweedfs ;;
+    traefik) step traefik "$CACHE/traefik-$TRAEFIK_VERSION/bin/traefik" -- build_traefik ;;
     actionlint) step actionlint "$CACHE/actionlint-$ACTIONLINT_VERSION/bin/actionlint" -- build_actionlint ;;
     *) log "unknown component: $c (known: ${ALL[*]})"; exit 2 ;;
   esac
