@@ -49,6 +49,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/lint/command_length.py
 
 clean: testbed-down
 	rm -rf $(VENV)

@@ -16,7 +16,7 @@ from testbed import node as real_node
 from testbed.images import build_all
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def listeners(pids: set[int]) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from testbed import toolchain
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_make_demo_builds_the_bed_components_only() -> None:

@@ -24,7 +24,7 @@ from adapters.dbcopy import find_tool
 from preview_stack.copy_plan import job_args
 from testbed import localdb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _names = itertools.count(1)
 

@@ -26,10 +26,10 @@ from preview_stack.routing import default_filter
 from testbed import Testbed
 from testbed import gateway as bed_gateway
 from testbed import node as real_node
-from tests.support import wait_until
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST = "shop.preview-env.test"
 
 
