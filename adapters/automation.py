@@ -40,6 +40,7 @@ from preview_stack.backends import Backend
 from preview_stack.changes import Applied, DestroyAll
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
+from preview_stack.objects import EnvironmentObjects, derive_environment
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -432,12 +433,14 @@ class Stacks:
                 try:
                     before = self._latest(key, workdir[0] if workdir else None)
                     applied.before = before
-                    applied.after = apply_change(change, key, before, _now())
-                    if applied.after is None or key in self._orphans_possible:
-                        self._sweep_orphans(key, before, applied.after, reader, stack_id)
+                    after = applied.after = apply_change(change, key, before, _now())
+                    objects = None if after is None else derive_environment(after, reader, stack_id)
+                    applied.objects = objects
+                    if after is None or key in self._orphans_possible:
+                        self._sweep_orphans(key, before, after, objects, stack_id)
                     from adapters.program import declare
 
-                    declare(applied.after, reader, stack_id)
+                    declare(after, objects)
                 except PreviewError as exc:
                     applied.error = exc
                     raise
@@ -480,7 +483,7 @@ class Stacks:
         key: str,
         before: EnvironmentSpec | None,
         env: EnvironmentSpec | None,
-        reader: TargetReader,
+        objects: EnvironmentObjects | None,
         stack_id: str,
     ) -> None:
         """Under the lock: delete this stack's objects that the update will not declare
@@ -488,10 +491,8 @@ class Stacks:
         under the lock: a teammate's start that re-creates the key later gets the same
         stack id, and its objects must never be swept."""
         keep = set()
-        if env is not None:
-            from preview_stack.objects import manifests_for
-
-            for manifest in manifests_for(env, reader, stack_id):
+        if objects is not None:
+            for manifest in objects.manifests:
                 meta = manifest["metadata"]
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
         if self._kube is None:

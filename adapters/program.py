@@ -1,6 +1,6 @@
 """The Pulumi program: one PreviewEnvironment component per stack.
 
-`declare(env, reader, stack_id)` is the single function both entry points call: the CLI's inline
+`declare(env, objects)` is the single function both entry points call: the CLI's inline
 program (adapters.automation) and `pulumi_up/__main__.py` (`pulumi up` on the repository's
 Pulumi.yaml). The objects themselves are derived in the core (preview_stack.objects).
 """
@@ -23,7 +23,7 @@ from preview_stack.derive import (
     pod_template_of_manifest,
     redacted,
 )
-from preview_stack.objects import TargetReader, manifests_for
+from preview_stack.objects import EnvironmentObjects
 from preview_stack.spec import EnvironmentSpec
 
 COMPONENT_TYPE = "preview-env:index:Environment"
@@ -310,21 +310,23 @@ class PreviewEnvironment(pulumi.ComponentResource):
 
 
 def declare(
-    env: EnvironmentSpec | None, reader: TargetReader, stack_id: str = ""
+    env: EnvironmentSpec | None, objects: EnvironmentObjects | None
 ) -> PreviewEnvironment | None:
     """Declare the environment and export its spec (for anyone sharing the backend).
 
-    `None` declares nothing: the update deletes every object and leaves `spec` null.
+    `objects` are `env`'s, derived by the caller (preview_stack.objects.derive_environment)
+    once per update. `None` declares nothing: the update deletes every object and leaves
+    `spec` null.
     The spec is exported only after every object is live (see below).
     """
     # A secret output, so reading the stack checks the passphrase: Pulumi itself decrypts
     # lazily and would let a wrong passphrase pass unnoticed while nothing else is secret.
     pulumi.export(PASSPHRASE_CHECK, pulumi.Output.secret("preview-env"))
-    if env is None:
+    if env is None or objects is None:
         pulumi.export("spec", None)
         pulumi.export(PUBLIC_SPEC, None)
         return None
-    component = PreviewEnvironment(env, manifests_for(env, reader, stack_id))
+    component = PreviewEnvironment(env, objects.manifests)
     # The spec becomes the backend's truth only once every object is live: the outputs wait
     # on each resource's id, so a failed or killed update leaves the last good spec in place
     # (its half-made objects are outside the spec, and the next update removes them).

@@ -13,17 +13,20 @@ import datetime as dt
 from dataclasses import dataclass
 
 from preview_stack.errors import BadInput, NotFound, PreviewError
+from preview_stack.objects import EnvironmentObjects
 from preview_stack.spec import DbBranch, EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import expiry, parse_rfc3339, rfc3339
 
 
 @dataclass
 class Applied:
-    """What one change did, as seen under the lock: the spec before and after, and the
-    change's own error (nothing deployed)."""
+    """What one change did, as seen under the lock: the spec before and after, the objects
+    derived from `after` (once per update: swept, declared and reported from this one
+    derivation), and the change's own error (nothing deployed)."""
 
     before: EnvironmentSpec | None = None
     after: EnvironmentSpec | None = None
+    objects: EnvironmentObjects | None = None
     error: PreviewError | None = None
 
 

@@ -18,7 +18,7 @@ from preview_stack import config as mirrord_config
 from preview_stack import naming
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import PreviewError
-from preview_stack.objects import manifests_for
+from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request
 from preview_stack.stack_config import declared_change, parse_services
 
@@ -55,8 +55,8 @@ def main() -> None:
     env = apply_change(change, key, previous, dt.datetime.now(dt.UTC).replace(microsecond=0))
     assert env is not None
     stack_id = naming.stack_identity(identity(resolve(None)), key)
-    manifests_for(env, cluster, stack_id)  # every check before any resource is declared
-    declare(env, cluster, stack_id)
+    # Derived once, with every check, before any resource is declared.
+    declare(env, derive_environment(env, cluster, stack_id))
 
 
 try:

@@ -187,8 +187,9 @@ def start(
     reader.workload(service)  # the target, its container and namespace exist (read once)
     change = AddService(service=service, ttl_seconds=request.ttl_seconds, owner=owner())
     stack_id = stacks.stack_id(env_key)
-    # Every bad-input check before anything is created, on this target's objects alone,
-    # derived once (the whole environment is derived under the lock, from the latest spec).
+    # Every bad-input check before anything is created, on this target's objects alone
+    # (the update derives the whole environment once, under the lock, from the latest
+    # spec; what the start reports comes from that derivation, `applied.objects`).
     alone = apply_change(change, env_key, None, dt.datetime.now(dt.UTC).replace(microsecond=0))
     assert alone is not None
     objects = derive_environment(alone, reader, stack_id)
@@ -216,7 +217,7 @@ def start(
         pods=pods_of(cluster, env, stack_id),
         expires_at=env.expires_at,
         links=share_links(env),
-        changes=objects.notes.get(service.target_id, []),
+        changes=applied.objects.notes.get(service.target_id, []) if applied.objects else [],
         warnings=warnings,
         routes_problem=not_served,
     )

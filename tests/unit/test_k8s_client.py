@@ -43,8 +43,8 @@ current-context: x
 
 
 def test_cluster_reads_never_load_the_typed_models(tmp_path: Path) -> None:
-    """The point of adapters.k8s.client: a Cluster imports no generated API class or model (each costs
-    seconds of pydantic model building in kubernetes 37)."""
+    """The point of adapters.k8s.client: a Cluster imports no generated API class or model
+    (each costs seconds of pydantic model building in kubernetes 37)."""
     config = tmp_path / "kubeconfig"
     config.write_text(KUBECONFIG)
     code = (
