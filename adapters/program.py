@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from preview_stack import branches, naming
+from preview_stack import branches, naming, routing
 from preview_stack.checkpoints import PUBLIC_SPEC, SPEC_IS_PUBLIC
 from preview_stack.derive import (
     FILES_OWNER_ANNOTATION,
@@ -92,11 +92,13 @@ class PreviewEnvironment(pulumi.ComponentResource):
         }
         needs: dict[str, list[pulumi.Resource]] = {}
         files_maps: dict[tuple[str, str], k8s.core.v1.ConfigMap] = {}
-        # Files' ConfigMaps before the Secrets they own, workloads last (they need both).
-        rank = {"ConfigMap": 0, "Secret": 1}
-        ordered = sorted(
-            manifests, key=lambda m: 3 if m["kind"] in workloads else rank.get(m["kind"], 2)
-        )
+        # Files' ConfigMaps before the Secrets they own, then workloads (they need both),
+        # routes last: a key's requests switch to the preview once its pods are Ready, and
+        # back (the route deleted first) before they go.
+        rank = {"ConfigMap": 0, "Secret": 1, **dict.fromkeys(workloads, 3)}
+        rank.update(dict.fromkeys(routing.ROUTE_KINDS, 4))
+        ordered = sorted(manifests, key=lambda m: rank.get(m["kind"], 2))
+        pods: dict[str, list[pulumi.Resource]] = {}
         for manifest in ordered:
             child = pulumi.ResourceOptions(parent=self)
             name = _resource_name(manifest)
@@ -119,6 +121,7 @@ class PreviewEnvironment(pulumi.ComponentResource):
                     _with_secret_values(manifest, overrides.get(target, set())), addresses
                 )
                 self.resources.append(workloads[kind](name, metadata=meta, spec=spec, opts=child))
+                pods.setdefault(target, []).append(self.resources[-1])
             elif kind == "Service":
                 self.resources.append(
                     k8s.core.v1.Service(name, metadata=meta, spec=manifest["spec"], opts=child)
@@ -176,7 +179,8 @@ class PreviewEnvironment(pulumi.ComponentResource):
                 needs.setdefault(meta["annotations"][naming.ANNOTATION_TARGET], []).append(
                     self.resources[-1]
                 )
-            else:  # routes
+            else:  # routes (HTTPRoute, GRPCRoute): after their target's pods are Ready
+                target = meta["annotations"].get(naming.ANNOTATION_TARGET, "")
                 self.resources.append(
                     k8s.apiextensions.CustomResource(
                         name,
@@ -184,7 +188,7 @@ class PreviewEnvironment(pulumi.ComponentResource):
                         kind=kind,
                         metadata=manifest["metadata"],
                         spec=manifest.get("spec"),
-                        opts=child,
+                        opts=pulumi.ResourceOptions(parent=self, depends_on=pods.get(target, [])),
                     )
                 )
         self.register_outputs({"key": env.key, "expiresAt": env.expires_at})

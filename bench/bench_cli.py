@@ -100,6 +100,9 @@ def kubectl_floor(bed: Testbed, key: str, routing: bool = True) -> float:
         def services(self, namespace: str):  # type: ignore[no-untyped-def]
             return cluster.services(namespace)
 
+        def routes_to(self, namespace: str):  # type: ignore[no-untyped-def]
+            return []
+
     docs = manifests_for(env, Reader())
     start = time.perf_counter()
     bed.kubectl(

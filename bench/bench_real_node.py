@@ -94,6 +94,9 @@ def floor(bed: Testbed, image: str, key: str) -> float:
         def services(self, namespace: str):  # type: ignore[no-untyped-def]
             return cluster.services(namespace)
 
+        def routes_to(self, namespace: str):  # type: ignore[no-untyped-def]
+            return []
+
     listing = json.dumps(
         {"apiVersion": "v1", "kind": "List", "items": manifests_for(env, Reader())}
     )

@@ -34,6 +34,9 @@ def main(action: str, key: str) -> None:
         def services(self, namespace):  # type: ignore[no-untyped-def]
             return cluster.services(namespace)
 
+        def routes_to(self, namespace):  # type: ignore[no-untyped-def]
+            return []
+
     docs = [m for m in manifests_for(env, Reader()) if m["kind"] in ("Deployment", "Service")]
 
     def program() -> None:

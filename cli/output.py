@@ -58,6 +58,7 @@ _KIND_WORDS = {
     "kubernetes:core/v1:Secret": "secret",
     "kubernetes:batch/v1:Job": "job",
     "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": "route",
+    "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute": "route",
 }
 _OPS = {
     "create": "creating",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from cli.context import out_console
 from cli.output import StatusFormat, columns, print_json
 from preview_stack.results import BulkCleanResult, CleanResult, ExtendResult, StartResult
+from preview_stack.routing import served_lines
 from preview_stack.status import EnvironmentStatus, markdown
 from preview_stack.ttl import INFINITE, format_seconds, parse_rfc3339
 
@@ -36,21 +37,34 @@ def start(result: StartResult, target: str, *, text: bool) -> None:
     else:
         left = int((parse_rfc3339(result.expires_at) - dt.datetime.now(dt.UTC)).total_seconds())
         out_console.print(f"  TTL expires in: {format_seconds(max(left, 0))}")
-    not_served = result.routes_problem
-    if not_served:
-        out_console.print(f"  Traffic: routes declared but not served: {not_served}", markup=False)
-    else:
-        for hint in sorted({p.traffic for p in result.pods if p.traffic}):
-            out_console.print(f"  Traffic: {hint}", markup=False)
+    _traffic(result)
     if result.changes:
         out_console.print(f"  Changed from {target}:")
         for note in result.changes:
             out_console.print(f"    • {note}", markup=False)
+    share_served = any(r.served for r in result.routes if r.role == "share")
     for link in result.links:
         out_console.print(
-            f"  Share link: {link}" + (" (not served yet)" if not_served else ""), markup=False
+            f"  Share link: {link}" + ("" if share_served else " (not served yet)"), markup=False
         )
     sys.stdout.flush()
+
+
+def _traffic(result: StartResult) -> None:
+    """The header to send and the routes that carry it; or, when no route is served, why."""
+    served = [r for r in result.routes if r.served]
+    if result.routes_problem and not served:
+        out_console.print(
+            f"  Traffic: routes declared but not served: {result.routes_problem}", markup=False
+        )
+        return
+    for hint in sorted({p.traffic for p in result.pods if p.traffic}):
+        out_console.print(f"  Traffic: {hint}", markup=False)
+    for line in served_lines(served):
+        out_console.print(f"    served: {line}", markup=False)
+    for route in result.routes:
+        if route.problem:
+            out_console.print(f"    not served: {route.problem}", markup=False)
 
 
 def status(summaries: Sequence[EnvironmentStatus], output: StatusFormat, key: str | None) -> None:
@@ -96,7 +110,8 @@ def _status_rows(summaries: Sequence[EnvironmentStatus]) -> list[tuple[str, ...]
                     pod.target,
                     pod.image,
                     ready,
-                    ("not served: " if env.routes_problem else "") + (pod.traffic or "-"),
+                    ("not served: " if env.routes_problem and not env.served_routes else "")
+                    + (pod.traffic or "-"),
                 )
             )
     return rows
@@ -106,6 +121,8 @@ def _status_notes(env: EnvironmentStatus) -> None:
     """The lines under the table: orphans, unserved routes, share links, branches."""
     for orphan in env.orphans:
         out_console.print(f"orphaned object of {env.key}: {orphan}", markup=False)
+    for line in env.served_routes:
+        out_console.print(f"route of {env.key} served: {line}", markup=False)
     if env.routes_problem:
         out_console.print(
             f"routes of {env.key} declared but not served: {env.routes_problem}", markup=False

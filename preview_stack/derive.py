@@ -861,8 +861,11 @@ def derive_target(
     spec: ServiceSpec,
     target: TargetWorkload | None,
     namespace_services: Sequence[Mapping[str, Any]],
+    platform_routes: Sequence[Mapping[str, Any]] = (),
 ) -> TargetObjects:
-    """`derive_service`, with the notes and warnings of the preview pod's derivation."""
+    """`derive_service`, with the notes and warnings of the preview pod's derivation;
+    `platform_routes`: the cluster's Gateway routes that may send traffic to the target's
+    Services, which the key's stack twins (routing.twin_routes)."""
     key = env.key
     selector = preview_labels(key, spec)
     extra: list[Manifest] = []
@@ -955,7 +958,7 @@ def derive_target(
     ]
     manifests += services
     manifests += extra
-    manifests += _routes(env, spec, target, target_service_objects, services)
+    manifests += _routes(env, spec, target, target_service_objects, services, platform_routes)
     return TargetObjects(manifests, notes, warnings)
 
 
@@ -998,17 +1001,29 @@ def _routes(
     target: TargetWorkload | None,
     target_services: Sequence[Mapping[str, Any]],
     preview_services: Sequence[Manifest],
+    platform_routes: Sequence[Mapping[str, Any]],
 ) -> list[Manifest]:
-    """Key-scoped HTTPRoutes for this service (see preview_stack.routing)."""
+    """Key-scoped routes for this service (see preview_stack.routing): on the target's
+    Services (GAMMA), twins of the Gateway routes to them, and the share link."""
     if not spec.routing:
         return []
     labels = object_labels(env.key, spec, "route")
     annotations = object_annotations(env, spec)
+    ports = _container_ports(target, spec)
     routes = routing.service_routes(
         key=env.key,
         incoming=spec.incoming,
         target_services=target_services,
-        container_ports=_container_ports(target, spec),
+        container_ports=ports,
+        labels=labels,
+        annotations=annotations,
+    )
+    routes += routing.twin_routes(
+        key=env.key,
+        incoming=spec.incoming,
+        platform_routes=platform_routes,
+        target_services=target_services,
+        container_ports=ports,
         labels=labels,
         annotations=annotations,
     )

@@ -17,7 +17,7 @@ from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import PreviewError
 from preview_stack.reaping import Lock
-from preview_stack.routing import serving_problem
+from preview_stack.routing import GatewaySupport, RouteState, route_states
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import EnvironmentStatus, Unfinished, ignored_records, matches
 
@@ -133,15 +133,17 @@ class LiveObjects:
     pods: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    # What the classes of the routes' Gateways support, by `ns/name` (routing.route_states).
+    gateways: Mapping[str, GatewaySupport] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Sorted:
-    """The live objects sorted out: the selected environments' own pods, why their routes
-    carry no traffic, orphans by key (`kind namespace/name`), and records ignored."""
+    """The live objects sorted out: the selected environments' own pods, their routes as
+    served or not, orphans by key (`kind namespace/name`), and records ignored."""
 
     pods: list[dict[str, Any]]
-    not_served: dict[str, str]
+    routes: dict[str, list[RouteState]]
     orphans: dict[str, list[str]]
     ignored_records: list[str]
 
@@ -185,11 +187,10 @@ def sort_out(
     for route in live.routes:
         if ours_here(route):
             routes_by_key.setdefault(naming.key_of(route), []).append(route)
-    not_served = {k: problem for k, rs in routes_by_key.items() if (problem := serving_problem(rs))}
     committed = {k: inventory.declared.get(k) for k in inventory.specs}
     return Sorted(
         pods=[p for p in live.pods if ours_here(p)],
-        not_served=not_served,
+        routes={k: route_states(rs, live.gateways) for k, rs in routes_by_key.items()},
         orphans=orphans,
         ignored_records=ignored_records(live.records, committed, ours),
     )

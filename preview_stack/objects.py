@@ -21,11 +21,17 @@ from preview_stack.spec import EnvironmentSpec, ServiceSpec
 
 
 class TargetReader(Protocol):
-    """Where target pod templates and namespace Services come from (the cluster)."""
+    """Where target pod templates, namespace Services and the routes to them come from (the
+    cluster)."""
 
     def workload(self, spec: ServiceSpec) -> TargetWorkload | None: ...
 
     def services(self, namespace: str) -> list[dict[str, Any]]: ...
+
+    def routes_to(self, namespace: str) -> list[dict[str, Any]]:
+        """The cluster's HTTPRoutes and GRPCRoutes (not preview-env's) that may send
+        traffic to Services in `namespace`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,13 @@ def derive_environment(
     manifests: list[Manifest] = []
     notes, warnings = {}, {}
     for service in env.services:
+        routed = service.routing and service.incoming is not None
         derived = derive_target(
-            env, service, reader.workload(service), reader.services(service.namespace)
+            env,
+            service,
+            reader.workload(service),
+            reader.services(service.namespace),
+            reader.routes_to(service.namespace) if routed else (),
         )
         manifests += derived.manifests
         notes[service.target_id] = derived.notes

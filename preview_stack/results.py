@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from preview_stack.routing import RouteState
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import environment_pods, pod_row
 
@@ -40,7 +41,10 @@ class StartResult(BaseModel):
     routes_problem: str | None = Field(
         default=None,
         alias="routesProblem",
-        description="why the routes carry no traffic yet (None: served, or no routes)",
+        description="why (some of) the routes carry no traffic yet (None: all served, or none)",
+    )
+    routes: list[RouteState] = Field(
+        default_factory=list, description="each route of the environment: served, or why not"
     )
 
 

@@ -14,6 +14,20 @@ Routes attached to a Service (GAMMA) carry the key-scoped traffic:
   of them without a filter) to the preview Service.
 - `off`, or no `incoming` in targetless mode: no route.
 
+North-south twins (`twin_routes`): every HTTPRoute or GRPCRoute of the cluster attached to a
+Gateway whose rules send traffic to the target's Service (the platform's public routes) gets
+a twin in the key's stack: the same Gateway parents and hostnames, each of those rules with
+the key's header added to every match, and the preview Service as its backend (`mirror`
+with a header filter: the original backends, plus a RequestMirror filter to the preview;
+HTTPRoutes only). A twin rule has one header match more than the rule it copies, so it wins
+for the key's requests and nothing else changes for the others.
+
+Served or not (`route_states`): a route counts as served when, for each of its parents, the
+controller wrote `Accepted` (and did not refuse its references) for the route's current
+generation, and the Gateway's class does not say it lacks a feature the route uses
+(`GatewayClass.status.supportedFeatures`; Traefik, for one, accepts a RequestMirror filter
+and then answers 500).
+
 Precedence across environments on one target (Gateway API HTTPRoute rules): all our rules
 match the path prefix `/`, so the next criterion decides, "largest number of header
 matches": every environment's header rule (one header match) beats every catch-all (none),
@@ -36,6 +50,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from preview_stack import naming
 from preview_stack.config import IncomingFeature
 from preview_stack.errors import BadInput, Busy
@@ -48,6 +64,11 @@ _REGEX_META = set(".^$*+?()[]{}|\\")
 _OWS = r"[ \t]*"  # W3C baggage optional whitespace
 SESSION_MEMBER = "mirrord-session"
 ANNOTATION_HEADER_EXAMPLE = f"{naming.DOMAIN}/header-example"
+# What a route of ours is for: "mesh" (GAMMA, on the target's Service), "gateway" (a twin of
+# a public route) or "share" (a share link); and for a twin, which route it copies.
+ANNOTATION_ROUTE = f"{naming.DOMAIN}/route"
+ANNOTATION_TWIN_OF = f"{naming.DOMAIN}/twin-of"
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 _HTTP_APP_PROTOCOLS = {"http", "https", "kubernetes.io/h2c", "kubernetes.io/ws"}
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -158,6 +179,7 @@ def service_routes(
     example = header.example_value() if header else None
     if example is not None:
         annotations = {**annotations, ANNOTATION_HEADER_EXAMPLE: example}
+    annotations = {**annotations, ANNOTATION_ROUTE: "mesh"}
     routes = []
     for service in target_services:
         name = service["metadata"]["name"]
@@ -244,7 +266,7 @@ def share_route(
             "name": naming.fit(f"share-{key}"),
             "namespace": meta["namespace"],
             "labels": dict(labels),
-            "annotations": dict(annotations),
+            "annotations": {**annotations, ANNOTATION_ROUTE: "share"},
         },
         "spec": {
             "parentRefs": [{"name": gw_name, "namespace": gw_namespace}],
@@ -264,6 +286,112 @@ def share_route(
             ],
         },
     }
+
+
+def _is_gateway(ref: Mapping[str, Any]) -> bool:
+    """A parentRef naming a Gateway (the default kind), not a Service (GAMMA)."""
+    return ref.get("kind", "Gateway") == "Gateway" and ref.get("group", GATEWAY_GROUP) in (
+        GATEWAY_GROUP,
+        "",
+    )
+
+
+def _service_of(ref: Mapping[str, Any], namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of the Service a backendRef names; None for other kinds."""
+    if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
+        return None
+    return str(ref.get("namespace") or namespace), str(ref["name"])
+
+
+def _sends_to(
+    ref: Mapping[str, Any], namespace: str, routed: Mapping[tuple[str, str], set[int]]
+) -> bool:
+    """Whether a backendRef of a route in `namespace` names a routed port of a target
+    Service (`routed`: (namespace, name) -> port numbers)."""
+    service = _service_of(ref, namespace)
+    return service is not None and ref.get("port") in routed.get(service, set())
+
+
+def twin_routes(
+    *,
+    key: str,
+    incoming: IncomingFeature | None,
+    platform_routes: Sequence[Mapping[str, Any]],
+    target_services: Sequence[Mapping[str, Any]],
+    container_ports: Mapping[str, int],
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    """The key's twin of each Gateway route sending traffic to a target Service (see the
+    module's docstring); none for `off`, or a `mirror` without a header filter (its twin
+    would tie with the original, whose rule is older and wins)."""
+    if incoming is None or incoming.mode == "off":
+        return []
+    header = effective_filter(incoming, key)
+    if header is None:
+        return []
+    routed = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): {
+            int(p["port"]) for p in _routed_ports(s, incoming.ports, container_ports)
+        }
+        for s in target_services
+    }
+    example = header.example_value()
+    twin_annotations = {**annotations, ANNOTATION_ROUTE: "gateway"}
+    if example is not None:
+        twin_annotations[ANNOTATION_HEADER_EXAMPLE] = example
+    twins = []
+    for route in platform_routes:
+        kind, meta = route.get("kind"), route.get("metadata", {})
+        if kind not in ROUTE_KINDS or naming.is_managed(route):
+            continue
+        if incoming.mode == "mirror" and kind != "HTTPRoute":
+            continue  # a GRPCRoute's RequestMirror has no feature name a class could list
+        spec = route.get("spec") or {}
+        parents = [p for p in spec.get("parentRefs") or [] if _is_gateway(p)]
+        namespace = str(meta.get("namespace"))
+        rules = []
+        for rule in spec.get("rules") or []:
+            refs = rule.get("backendRefs") or []
+            chosen = [r for r in refs if _sends_to(r, namespace, routed)]
+            if not chosen or not parents:
+                continue
+            twin_rule = {k: v for k, v in rule.items() if k not in ("matches", "backendRefs")}
+            twin_rule["matches"] = [
+                {**match, "headers": [*(match.get("headers") or []), header.as_match()]}
+                for match in rule.get("matches") or [{}]
+            ]
+            previews = [{**r, "name": naming.service_name(r["name"], key)} for r in chosen]
+            if incoming.mode == "steal":
+                twin_rule["backendRefs"] = previews
+            else:
+                mirror_ref = {k: v for k, v in previews[0].items() if k != "weight"}
+                mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": mirror_ref}}
+                twin_rule["filters"] = [*(rule.get("filters") or []), mirror]
+                twin_rule["backendRefs"] = list(refs)
+            rules.append(twin_rule)
+        if not rules:
+            continue
+        twin_spec: dict[str, Any] = {"parentRefs": parents, "rules": rules}
+        if spec.get("hostnames"):
+            twin_spec["hostnames"] = list(spec["hostnames"])
+        twins.append(
+            {
+                "apiVersion": ROUTE_API_VERSION,
+                "kind": kind,
+                "metadata": {
+                    "name": naming.fit(f"{meta['name']}-gw-{key}"),
+                    "namespace": namespace,
+                    "labels": dict(labels),
+                    "annotations": {
+                        **twin_annotations,
+                        ANNOTATION_TWIN_OF: f"{kind} {namespace}/{meta['name']}",
+                    },
+                },
+                "spec": twin_spec,
+            }
+        )
+    return twins
 
 
 def _is_http(port: Mapping[str, Any]) -> bool:
@@ -371,32 +499,236 @@ def route_headers(routes: Sequence[Mapping[str, Any]]) -> dict[str, HeaderMatch]
     return found
 
 
-def serving_problem(routes: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why these routes carry no traffic yet, from their `status.parents` as controllers
-    write it; None when a controller accepted every route for every parent. Declaring a
-    route proves nothing: without a mesh (GAMMA) or gateway accepting it, it is inert."""
-    for route in routes:
-        meta = route.get("metadata", {})
-        where = f"HTTPRoute {meta.get('namespace')}/{meta.get('name')}"
-        statuses = (route.get("status") or {}).get("parents") or []
-        for ref in route.get("spec", {}).get("parentRefs", []):
-            mine = [s for s in statuses if (s.get("parentRef") or {}).get("name") == ref["name"]]
-            if not mine:
-                return (
-                    f"no controller accepted {where} (parent {ref.get('kind', 'Gateway')} "
-                    f"{ref['name']}): is a mesh (GAMMA) or gateway implementation installed?"
+@dataclass(frozen=True)
+class GatewaySupport:
+    """What a Gateway's class says of itself: its name, its controller and the Gateway API
+    features it lists (`status.supportedFeatures`); `features` is None when it lists none
+    or cannot be read, and then nothing is taken as missing."""
+
+    class_name: str
+    controller: str
+    features: frozenset[str] | None = None
+
+
+class RouteState(BaseModel):
+    """One route of an environment as its controllers see it: served, or why not."""
+
+    kind: str
+    namespace: str
+    name: str
+    role: str  # mesh (GAMMA), gateway (a twin of a public route) or share
+    parents: list[str]  # "Gateway ns/name", "Service name"
+    hostnames: list[str] = []
+    served: bool
+    problem: str | None = None
+
+
+def route_role(route: Mapping[str, Any]) -> str:
+    """mesh, gateway or share (routes made before the annotation: by their shape)."""
+    role = ((route.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ROUTE)
+    if role:
+        return str(role)
+    spec = route.get("spec") or {}
+    if any(not _is_gateway(ref) for ref in spec.get("parentRefs") or []):
+        return "mesh"
+    return "share" if spec.get("hostnames") else "gateway"
+
+
+def _gateway_name(ref: Mapping[str, Any], namespace: str) -> str:
+    return f"{ref.get('namespace') or namespace}/{ref['name']}"
+
+
+def gateways_of(routes: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The Gateways (`ns/name`) the routes are attached to."""
+    return {
+        _gateway_name(ref, route["metadata"]["namespace"])
+        for route in routes
+        for ref in (route.get("spec") or {}).get("parentRefs") or []
+        if _is_gateway(ref)
+    }
+
+
+def _route_needs(route: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The Gateway API features (name, what uses it) an HTTPRoute's matches and filters
+    need beyond the core ones, as conformance names them."""
+    needs: list[tuple[str, str]] = []
+    spec = route.get("spec") or {}
+    if route.get("kind", "HTTPRoute") != "HTTPRoute":
+        return needs
+    if any(ref.get("port") for ref in spec.get("parentRefs") or []):
+        needs.append(("HTTPRouteParentRefPort", "a parentRef port"))
+    for rule in spec.get("rules") or []:
+        for match in rule.get("matches") or []:
+            if match.get("method"):
+                needs.append(("HTTPRouteMethodMatching", "method match"))
+            if match.get("queryParams"):
+                needs.append(("HTTPRouteQueryParamMatching", "query parameter match"))
+        filters = list(rule.get("filters") or [])
+        mirrors = [f for f in filters if f.get("type") == "RequestMirror"]
+        if len(mirrors) > 1:
+            needs.append(("HTTPRouteRequestMultipleMirrors", "several RequestMirror filters"))
+        for item in filters:
+            kind = item.get("type")
+            if kind == "RequestMirror":
+                needs.append(("HTTPRouteRequestMirror", "filter RequestMirror"))
+                spread = item.get("requestMirror") or {}
+                if spread.get("percent") is not None or spread.get("fraction") is not None:
+                    needs.append(("HTTPRouteRequestPercentageMirror", "a mirror percentage"))
+            elif kind == "ResponseHeaderModifier":
+                needs.append(("HTTPRouteResponseHeaderModification", f"filter {kind}"))
+            elif kind == "CORS":
+                needs.append(("HTTPRouteCORS", "filter CORS"))
+            elif kind == "URLRewrite":
+                rewrite = item.get("urlRewrite") or {}
+                if rewrite.get("hostname"):
+                    needs.append(("HTTPRouteHostRewrite", "filter URLRewrite (hostname)"))
+                if rewrite.get("path"):
+                    needs.append(("HTTPRoutePathRewrite", "filter URLRewrite (path)"))
+            elif kind == "RequestRedirect":
+                redirect = item.get("requestRedirect") or {}
+                for field_name, feature in (
+                    ("port", "HTTPRoutePortRedirect"),
+                    ("scheme", "HTTPRouteSchemeRedirect"),
+                    ("path", "HTTPRoutePathRedirect"),
+                ):
+                    if redirect.get(field_name):
+                        needs.append((feature, f"filter RequestRedirect ({field_name})"))
+        timeouts = rule.get("timeouts") or {}
+        if timeouts.get("request"):
+            needs.append(("HTTPRouteRequestTimeout", "a request timeout"))
+        if timeouts.get("backendRequest"):
+            needs.append(("HTTPRouteBackendTimeout", "a backend request timeout"))
+        for ref in rule.get("backendRefs") or []:
+            if any(f.get("type") == "RequestHeaderModifier" for f in ref.get("filters") or []):
+                needs.append(
+                    ("HTTPRouteBackendRequestHeaderModification", "a backendRef's header filter")
                 )
-            for status in mine:
-                conditions = {c.get("type"): c for c in status.get("conditions") or []}
-                accepted = conditions.get("Accepted") or {}
-                if accepted.get("status") != "True":
-                    why = accepted.get("reason") or "no Accepted condition"
-                    detail = accepted.get("message")
+    return list(dict.fromkeys(needs))
+
+
+def _current(route: Mapping[str, Any], condition: Mapping[str, Any]) -> bool:
+    """Whether a condition was written for the route's current generation."""
+    seen, generation = condition.get("observedGeneration"), route["metadata"].get("generation")
+    return seen is None or generation is None or int(seen) >= int(generation)
+
+
+def _parent_problem(
+    route: Mapping[str, Any], ref: Mapping[str, Any], gateways: Mapping[str, GatewaySupport]
+) -> tuple[str | None, bool]:
+    """Why the route is not served through one parent (None: served), and whether a
+    controller has judged its current version there."""
+    meta = route["metadata"]
+    where = f"{route.get('kind', 'HTTPRoute')} {meta['namespace']}/{meta['name']}"
+    gateway = _is_gateway(ref)
+    parent_ns = ref.get("namespace") or meta["namespace"]
+    statuses = []
+    for status in (route.get("status") or {}).get("parents") or []:
+        written = status.get("parentRef") or {}
+        same_namespace = (written.get("namespace") or meta["namespace"]) == parent_ns
+        if written.get("name") == ref["name"] and (same_namespace or not gateway):
+            statuses.append(status)
+    for status in statuses:
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        accepted = conditions.get("Accepted") or {}
+        controller = status.get("controllerName") or "the controller"
+        if accepted and not _current(route, accepted):
+            continue
+        if accepted.get("status") != "True":
+            why = accepted.get("reason") or "no Accepted condition"
+            detail = accepted.get("message")
+            return (
+                f"{controller} did not accept {where}: {why}" + (f" ({detail})" if detail else ""),
+                True,
+            )
+        resolved = conditions.get("ResolvedRefs") or {}
+        if resolved.get("status") == "False":
+            detail = resolved.get("message")
+            return (
+                f"{controller} accepted {where} but cannot resolve its backends: "
+                f"{resolved.get('reason')}" + (f" ({detail})" if detail else ""),
+                True,
+            )
+        support = gateways.get(_gateway_name(ref, meta["namespace"])) if gateway else None
+        if support is not None and support.features is not None:
+            for feature, what in _route_needs(route):
+                if feature not in support.features:
                     return (
-                        f"{status.get('controllerName', 'the controller')} did not accept "
-                        f"{where}: {why}" + (f" ({detail})" if detail else "")
+                        f"{where}: Gateway {_gateway_name(ref, meta['namespace'])} (class "
+                        f"{support.class_name}) does not support {what} (feature {feature})",
+                        True,
                     )
-    return None
+        return None, True
+    return (
+        f"no controller accepted {where} (parent {ref.get('kind', 'Gateway')} "
+        f"{ref['name']}): is a mesh (GAMMA) or gateway implementation installed?"
+    ), False
+
+
+def route_states(
+    routes: Sequence[Mapping[str, Any]], gateways: Mapping[str, GatewaySupport] | None = None
+) -> list[RouteState]:
+    """Each route served or not, from its `status.parents` as controllers write them and
+    what its Gateways' classes support (`gateways`, by `ns/name`). Declaring a route proves
+    nothing: without a mesh (GAMMA) or gateway accepting it, it is inert."""
+    states = []
+    for route in sorted(
+        routes, key=lambda r: (r["metadata"]["namespace"], r["metadata"]["name"], r["kind"])
+    ):
+        meta, spec = route["metadata"], route.get("spec") or {}
+        refs = spec.get("parentRefs") or []
+        problem = next(
+            (p for ref in refs if (p := _parent_problem(route, ref, gateways or {})[0])), None
+        )
+        states.append(
+            RouteState(
+                kind=route.get("kind", "HTTPRoute"),
+                namespace=meta["namespace"],
+                name=meta["name"],
+                role=route_role(route),
+                parents=[
+                    f"Gateway {_gateway_name(r, meta['namespace'])}"
+                    if _is_gateway(r)
+                    else f"{r.get('kind')} {r['name']}"
+                    for r in refs
+                ],
+                hostnames=list(spec.get("hostnames") or []),
+                served=problem is None,
+                problem=problem,
+            )
+        )
+    return states
+
+
+def routes_judged(routes: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a controller has judged every route's current version on every parent."""
+    return all(
+        _parent_problem(route, ref, {})[1]
+        for route in routes
+        for ref in (route.get("spec") or {}).get("parentRefs") or []
+    )
+
+
+def serving_problem(states: Sequence[RouteState]) -> str | None:
+    """Why some of the routes carry no traffic (each route's reason), or None."""
+    problems = [s.problem for s in states if s.problem]
+    return "; ".join(problems) if problems else None
+
+
+def served_lines(states: Sequence[RouteState]) -> list[str]:
+    """The served routes, one line each: `HTTPRoute ns/name via Gateway ns/gw for host`."""
+    return [
+        f"{s.kind} {s.namespace}/{s.name} via {', '.join(s.parents)}"
+        + (f" for {', '.join(s.hostnames)}" if s.hostnames else "")
+        for s in states
+        if s.served
+    ]
+
+
+def served_links(env: EnvironmentSpec, states: Sequence[RouteState]) -> list[str]:
+    """The share links whose route is served."""
+    if not any(s.role == "share" and s.served for s in states):
+        return []
+    return share_links(env)
 
 
 def others_routes_problem(
@@ -409,9 +741,12 @@ def others_routes_problem(
     hosts; a warning when this target's header filter would also take the requests of
     another live environment routed on the same target Service (`theirs`: other stacks'
     routes in its namespace)."""
+    shares = [r for r in theirs if route_role(r) == "share"]
     for route in mine:
+        if route_role(route) != "share":
+            continue  # a twin has the public route's hosts, as every key's twin does
         for host in route["spec"].get("hostnames", []):
-            for other in theirs:
+            for other in shares:
                 if host in other["spec"].get("hostnames", []):
                     holder = naming.labels_of(other).get(naming.LABEL_KEY)
                     raise Busy(

@@ -98,7 +98,12 @@ class EnvironmentStatus(BaseModel):
     routes_problem: str | None = Field(
         default=None,
         alias="routesProblem",
-        description="why the routes carry no traffic (no mesh or gateway accepted them)",
+        description="why (some of) the routes carry no traffic: per route not served, why",
+    )
+    served_routes: list[str] = Field(
+        default_factory=list,
+        alias="servedRoutes",
+        description="the routes a controller serves: kind ns/name via its parents, hosts",
     )
 
 
@@ -330,7 +335,7 @@ def summarize(
     now: dt.datetime,
     only_key: str | None = None,
     unlisted: Collection[str] = (),
-    not_served: Mapping[str, str] | None = None,
+    routes: Mapping[str, Sequence[routing.RouteState]] | None = None,
     locks: Mapping[str, str] | None = None,
     orphans: Mapping[str, Sequence[str]] | None = None,
     probe_grace: float = PROBE_GRACE_SECONDS,
@@ -339,7 +344,8 @@ def summarize(
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
     whether an update is running; `unlisted` are namespaces whose pods we may not list;
-    `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
+    `routes` each environment's routes as served or not (share links show only while
+    served); `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
     id for a key that has no stack (`kind namespace/name`); `unfinished` what the backend
     holds for stacks with no committed spec (a kept failed first start is `not-ready`)."""
     locks = locks or {}
@@ -398,6 +404,7 @@ def summarize(
             )
             continue
         by_target = {s.target_label: s for s in spec.services}
+        states = (routes or {}).get(key, [])
         pod_statuses = []
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
             service = by_target.get(naming.labels_of(pod).get(naming.LABEL_TARGET, ""))
@@ -441,8 +448,9 @@ def summarize(
                 ttl=ttl,
                 reason=reason,
                 locked_by=holder,
-                links=routing.share_links(spec),
-                routes_problem=(not_served or {}).get(key),
+                links=routing.served_links(spec, states),
+                routes_problem=routing.serving_problem(states),
+                served_routes=routing.served_lines(states),
             )
         )
     return result

@@ -53,6 +53,9 @@ RESOURCES: Mapping[str, Resource] = {
     "cronjob": Resource("batch/v1", "cronjobs"),
     "rollout": Resource("argoproj.io/v1alpha1", "rollouts"),
     "httproute": Resource("gateway.networking.k8s.io/v1", "httproutes"),
+    "grpcroute": Resource("gateway.networking.k8s.io/v1", "grpcroutes"),
+    "gateway": Resource("gateway.networking.k8s.io/v1", "gateways"),
+    "gatewayclass": Resource("gateway.networking.k8s.io/v1", "gatewayclasses", namespaced=False),
 }
 
 

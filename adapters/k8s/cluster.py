@@ -26,8 +26,10 @@ from preview_stack import naming
 from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
 from preview_stack.errors import NotFound, PreviewError, Unreachable
 from preview_stack.inventory import LiveObjects
+from preview_stack.routing import GatewaySupport, gateways_of
 from preview_stack.spec import ServiceSpec
 
+ROUTE_KINDS = ("httproute", "grpcroute")
 # Kinds whose name another stack could hold (what `foreign_holder` checks).
 _HELD_KINDS = ("Deployment", "Service", "ConfigMap", "PersistentVolumeClaim", "CronJob", "Job",
                "Secret")  # fmt: skip
@@ -315,6 +317,21 @@ class Cluster:
             pods = self._list("pod", servers, namespaces)
         return jobs, pods
 
+    def _routes(
+        self, selector: str | None, namespaces: Collection[str] | None
+    ) -> list[dict[str, Any]]:
+        """HTTPRoutes and GRPCRoutes: one call per kind, or one per namespace (see `_list`);
+        none of a kind the cluster does not serve."""
+        found: list[dict[str, Any]] = []
+        with _errors("listing HTTPRoutes and GRPCRoutes"):
+            for kind in ROUTE_KINDS:
+                try:
+                    found += self._list(kind, selector or "", namespaces)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        return found
+
     def routes(
         self,
         namespaces: Collection[str] | None = None,
@@ -322,24 +339,61 @@ class Cluster:
         key: str | None = None,
         stack_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """preview-env's HTTPRoutes (of `key` and stack `stack_id` when given): one call, or
-        one per namespace (see `_list`); none when the cluster has no Gateway API."""
-        selector = naming.selector(key=key, stack=stack_id)
-        with _errors("listing HTTPRoutes"):
+        """preview-env's HTTPRoutes and GRPCRoutes (of `key` and stack `stack_id` when
+        given); none when the cluster has no Gateway API."""
+        return self._routes(naming.selector(key=key, stack=stack_id), namespaces)
+
+    def routes_to(self, namespace: str) -> list[dict[str, Any]]:
+        """Every HTTPRoute and GRPCRoute that is not preview-env's: cluster-wide, or those
+        in `namespace` for a user who may not list everywhere (a route in another namespace
+        reaching its Services needs a ReferenceGrant; such a user cannot twin it anyway)."""
+        return [r for r in self._routes(None, {namespace}) if not naming.is_managed(r)]
+
+    def gateways(self, namespace: str) -> list[str] | None:
+        """The names of the Gateways in `namespace` (None: this user may not list them)."""
+        with _errors(f"listing Gateways in {namespace}"):
             try:
-                return self._list("httproute", selector, namespaces)
+                return self._names("gateway", namespace)
             except ApiException as exc:
-                if exc.status == 404:
-                    return []
+                if exc.status in (403, 404):
+                    return None
                 raise
+
+    def gateway_support(self, gateways: Collection[str]) -> dict[str, GatewaySupport]:
+        """What the class of each Gateway (`ns/name`) says it supports; Gateways or classes
+        this user may not read, or that are gone, are left out (nothing assumed)."""
+        found: dict[str, GatewaySupport] = {}
+        classes: dict[str, dict[str, Any] | None] = {}
+        with _errors("reading Gateways and GatewayClasses"):
+            for gateway in sorted(gateways):
+                namespace, _, name = gateway.partition("/")
+                try:
+                    class_name = self._get("gateway", name, namespace)["spec"]["gatewayClassName"]
+                    if class_name not in classes:
+                        classes[class_name] = self._get("gatewayclass", class_name)
+                except ApiException as exc:
+                    if exc.status in (403, 404):
+                        continue
+                    raise
+                gateway_class = classes[class_name] or {}
+                listed = (gateway_class.get("status") or {}).get("supportedFeatures") or []
+                names = frozenset(f["name"] if isinstance(f, dict) else str(f) for f in listed)
+                found[gateway] = GatewaySupport(
+                    class_name=class_name,
+                    controller=str((gateway_class.get("spec") or {}).get("controllerName", "")),
+                    features=names or None,
+                )
+        return found
 
     def live_objects(self, key: str | None, namespaces: Collection[str]) -> LiveObjects:
         """preview-env's pods, HTTPRoutes and records (of `key`, else all) as `status`
         sorts them out (preview_stack.inventory): cluster-wide, else in `namespaces`."""
+        routes = self.routes(namespaces, key=key or None)
         return LiveObjects(
             pods=self.preview_pods(key, namespaces),
-            routes=self.routes(namespaces, key=key or None),
+            routes=routes,
             records=self.records(key, namespaces),
+            gateways=self.gateway_support(gateways_of(routes)),
         )
 
     def pod_logs(
@@ -466,14 +520,14 @@ class Cluster:
             "persistentvolumeclaim",
             "cronjob",
             "job",
-            "httproute",
+            *ROUTE_KINDS,
         ]
         with _errors(f"removing leftover objects of {key}"):
             for kind in kinds:
                 try:
                     listed = self._list(kind, selector, namespaces)
                 except ApiException as exc:
-                    if exc.status == 404 and kind == "httproute":
+                    if exc.status == 404 and kind in ROUTE_KINDS:
                         continue  # no Gateway API
                     if exc.status != 403:
                         raise

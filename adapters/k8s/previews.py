@@ -13,7 +13,7 @@ from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import PreviewError
 from preview_stack.results import StartedPod, started_pods
-from preview_stack.routing import serving_problem
+from preview_stack.routing import RouteState, gateways_of, route_states, routes_judged
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.status import BranchStatus, pod_ready, pod_reason
 
@@ -47,14 +47,15 @@ def start_failure(cluster: Cluster, key: str, service: ServiceSpec, error: str) 
     return StartFailure((f"{reason}; {error}" if reason else error) + last_words)
 
 
-def wait_until_served(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> str | None:
-    """Wait (briefly) for a controller to accept this environment's routes; why not, or None."""
+def wait_until_served(cluster: Cluster, env: EnvironmentSpec, stack_id: str) -> list[RouteState]:
+    """Wait (briefly) for controllers to judge this environment's routes: each served, or
+    why not (routing.route_states, with what the routes' Gateways' classes support)."""
     namespaces = {s.namespace for s in env.services}
     deadline = time.monotonic() + ROUTE_WAIT_SECONDS
     while True:
-        problem = serving_problem(cluster.routes(namespaces, key=env.key, stack_id=stack_id))
-        if problem is None or time.monotonic() >= deadline:
-            return problem
+        routes = cluster.routes(namespaces, key=env.key, stack_id=stack_id)
+        if routes_judged(routes) or time.monotonic() >= deadline:
+            return route_states(routes, cluster.gateway_support(gateways_of(routes)))
         time.sleep(0.5)
 
 

@@ -11,13 +11,14 @@ from preview_stack.spec import ServiceSpec
 
 
 class CachedReader:
-    """A `TargetReader` (adapters.program) over one cluster, reading each target and each
-    namespace's Services once."""
+    """A `TargetReader` (preview_stack.objects) over one cluster, reading each target, each
+    namespace's Services and the routes to them once."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._workloads: dict[str, TargetWorkload | None] = {}
         self._services: dict[str, list[dict[str, Any]]] = {}
+        self._routes: dict[str, list[dict[str, Any]]] = {}
 
     def workload(self, spec: ServiceSpec) -> TargetWorkload | None:
         if spec.target_id not in self._workloads:
@@ -28,3 +29,8 @@ class CachedReader:
         if namespace not in self._services:
             self._services[namespace] = self.cluster.services(namespace)
         return self._services[namespace]
+
+    def routes_to(self, namespace: str) -> list[dict[str, Any]]:
+        if namespace not in self._routes:
+            self._routes[namespace] = self.cluster.routes_to(namespace)
+        return self._routes[namespace]

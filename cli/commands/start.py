@@ -29,7 +29,7 @@ from preview_stack.errors import BadInput, DeployFailed, NotFound, PreviewError
 from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.results import StartResult
-from preview_stack.routing import new_share_token, share_links
+from preview_stack.routing import RouteState, new_share_token, serving_problem, share_links
 from preview_stack.spec import COPY_IMAGE_ENV
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
@@ -207,10 +207,10 @@ def start(
     progress.line("Deploying pod... done.")
     env = applied.after
     assert env is not None
-    not_served = None
+    routes: list[RouteState] = []
     if any(s.routing and (s.incoming or s.share) for s in env.services):
         progress.line("Waiting for a mesh or gateway to accept the routes...")
-        not_served = wait_until_served(cluster, env, stack_id)
+        routes = wait_until_served(cluster, env, stack_id)
     result = StartResult(
         key=env_key,
         namespaces=sorted({s.namespace for s in env.services}),
@@ -219,7 +219,8 @@ def start(
         links=share_links(env),
         changes=applied.objects.notes.get(service.target_id, []) if applied.objects else [],
         warnings=warnings,
-        routes_problem=not_served,
+        routes_problem=serving_problem(routes),
+        routes=routes,
     )
     render.start(result, service.display_target, text=text)
 

@@ -78,7 +78,7 @@ def status(
         now=dt.datetime.now(dt.UTC),
         only_key=key,
         unlisted=cluster.unlisted,
-        not_served=found.not_served,
+        routes=found.routes,
         locks=locks,
         orphans=found.orphans,
         probe_grace=grace or PROBE_GRACE_SECONDS,

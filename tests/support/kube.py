@@ -43,15 +43,16 @@ def objects_of(kube: Kube, key: str) -> list[str]:
         for p in kube.core.list_pod_for_all_namespaces(label_selector=selector).items
         if p.metadata.deletion_timestamp is None
     ]
-    try:
-        routes = kube.custom.list_cluster_custom_object(
-            "gateway.networking.k8s.io", "v1", "httproutes", label_selector=selector
-        )["items"]
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        routes = []
-    names += [f"httproute/{r['metadata']['name']}" for r in routes]
+    for plural in ("httproutes", "grpcroutes"):
+        try:
+            routes = kube.custom.list_cluster_custom_object(
+                "gateway.networking.k8s.io", "v1", plural, label_selector=selector
+            )["items"]
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            routes = []
+        names += [f"{plural[:-1]}/{r['metadata']['name']}" for r in routes]
     return names
 
 

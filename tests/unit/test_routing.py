@@ -13,6 +13,7 @@ from preview_stack.config import IncomingFeature
 from preview_stack.errors import BadInput
 from preview_stack.routing import (
     ANNOTATION_HEADER_EXAMPLE,
+    ANNOTATION_ROUTE,
     HeaderMatch,
     crossing_keys,
     default_filter,
@@ -82,6 +83,7 @@ def test_steal_without_filter_uses_the_keys_baggage_member() -> None:
     assert made[0]["metadata"]["annotations"] == {
         "a": "b",
         ANNOTATION_HEADER_EXAMPLE: "mirrord-session=pr-1",
+        ANNOTATION_ROUTE: "mesh",
     }
 
 

@@ -1,3 +1,3 @@
 module preview-env.local/echo
 
-go 1.22
+go 1.24

@@ -5,6 +5,8 @@
 // ECHO_EXIT=N makes it print one line and exit with code N at once (a crash loop on demand).
 // ECHO_WRITE=PATH writes the pod name to PATH before listening and exits 1 when it cannot
 // (where a volume really lives: a Ready pod has written its file).
+// It speaks HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on the same port, so a
+// Gateway's gRPC backends (appProtocol kubernetes.io/h2c) reach it too; `proto` says which.
 package main
 
 import (
@@ -19,6 +21,7 @@ import (
 type reply struct {
 	Hostname string            `json:"hostname"`
 	Method   string            `json:"method"`
+	Proto    string            `json:"proto"`
 	Path     string            `json:"path"`
 	Headers  map[string]string `json:"headers"`
 	Env      map[string]string `json:"env"`
@@ -57,10 +60,14 @@ func main() {
 		}
 		fmt.Printf("echo: %s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(reply{hostname, r.Method, r.URL.Path, headers, env})
+		_ = json.NewEncoder(w).Encode(reply{hostname, r.Method, r.Proto, r.URL.Path, headers, env})
 	})
 	fmt.Printf("echo: %s listening on :%s\n", hostname, port)
-	if err := http.ListenAndServe(":"+port, nil); err != nil {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	server := &http.Server{Addr: ":" + port, Protocols: &protocols}
+	if err := server.ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
 	}
