@@ -114,6 +114,11 @@ class KubeApi:
         finally:
             raw.release_conn()
 
+    def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create: the object the API server returns (a review's answer, for one)."""
+        result: dict[str, Any] = json.loads(self._send("POST", path, body=dict(body)).data)
+        return result
+
     def delete(self, path: str, propagation: str = "Background") -> None:
         self._send("DELETE", path, body={"propagationPolicy": propagation})
 

@@ -72,6 +72,16 @@ def api_message(exc: ApiException) -> str:
     return " ".join(text.split())[:500]
 
 
+def _backend_namespaces(route: Mapping[str, Any]) -> set[str]:
+    """The namespaces a route's backendRefs name explicitly."""
+    return {
+        str(ref["namespace"])
+        for rule in (route.get("spec") or {}).get("rules") or []
+        for ref in rule.get("backendRefs") or []
+        if ref.get("namespace")
+    }
+
+
 def _in_cluster(target: ClusterTarget) -> bool:
     """In a pod (the reaper CronJob) with no kubeconfig given or found: the pod's identity."""
     if target.kubeconfig or os.environ.get("KUBECONFIG"):
@@ -344,10 +354,40 @@ class Cluster:
         return self._routes(naming.selector(key=key, stack=stack_id), namespaces)
 
     def routes_to(self, namespace: str) -> list[dict[str, Any]]:
-        """Every HTTPRoute and GRPCRoute that is not preview-env's: cluster-wide, or those
-        in `namespace` for a user who may not list everywhere (a route in another namespace
-        reaching its Services needs a ReferenceGrant; such a user cannot twin it anyway)."""
-        return [r for r in self._routes(None, {namespace}) if not naming.is_managed(r)]
+        """The HTTPRoutes and GRPCRoutes, not preview-env's, that may send traffic to
+        Services in `namespace`: its own, and those of other namespaces naming a backend
+        there (through a ReferenceGrant) where this user may create routes, since a twin
+        lives beside its original. Listed cluster-wide, else in `namespace` alone."""
+        found = []
+        for route in self._routes(None, {namespace}):
+            where = route["metadata"]["namespace"]
+            if naming.is_managed(route):
+                continue
+            if where != namespace and not (
+                namespace in _backend_namespaces(route) and self._may_create(route, where)
+            ):
+                continue
+            found.append(route)
+        return found
+
+    def _may_create(self, route: Mapping[str, Any], namespace: str) -> bool:
+        """Whether this user may create routes of `route`'s kind in `namespace`."""
+        plural = f"{str(route['kind']).lower()}s"
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": "create",
+                    "group": "gateway.networking.k8s.io",
+                    "resource": plural,
+                }
+            },
+        }
+        with _errors(f"asking whether {plural} may be created in {namespace}"):
+            answer = self.api.post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        return bool((answer.get("status") or {}).get("allowed"))
 
     def gateways(self, namespace: str) -> list[str] | None:
         """The names of the Gateways in `namespace` (None: this user may not list them)."""

@@ -34,6 +34,7 @@ from tests.support.workloads import deployment_and_service
 pytestmark = pytest.mark.cluster
 GROUP = ("gateway.networking.k8s.io", "v1")
 HOST = "shop.gw.test"
+EDGE_HOST = "edge.gw.test"  # a route in another namespace, through a ReferenceGrant
 GRPC_HOST = "grpc.gw.test"
 SHARE_DOMAIN = "share.gw.test"
 # Traefik writes a route's status within a second or two; the mesh routes it never serves.
@@ -45,10 +46,32 @@ def _gateway() -> tuple[str, str]:
 
 
 def _public_routes(namespace: str) -> list[dict[str, Any]]:
-    """What a platform team declares: the public host to the target's Service."""
+    """What a platform team declares: the public hosts to the target's Service, one of them
+    from an edge namespace (`<namespace>-edge`) that a ReferenceGrant lets in."""
     gw_namespace, gw_name = _gateway()[0].split("/")
     parents = [{"name": gw_name, "namespace": gw_namespace}]
+    edge = f"{namespace}-edge"
     return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": edge}},
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "ReferenceGrant",
+            "metadata": {"name": "edge", "namespace": namespace},
+            "spec": {
+                "from": [{"group": GROUP[0], "kind": "HTTPRoute", "namespace": edge}],
+                "to": [{"group": "", "kind": "Service"}],
+            },
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "edge", "namespace": edge},
+            "spec": {
+                "parentRefs": parents,
+                "hostnames": [EDGE_HOST],
+                "rules": [{"backendRefs": [{"name": "shop", "namespace": namespace, "port": 80}]}],
+            },
+        },
         {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
@@ -109,10 +132,11 @@ def shop(testbed: Testbed) -> Iterator[str]:
         testbed.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=90s")
         staging = _pods(testbed, namespace, "app=shop")
         assert wait_until(lambda: _answer(HOST) in staging, timeout=60), "public route not served"
+        assert wait_until(lambda: _answer(EDGE_HOST) in staging, timeout=30), "edge not served"
         assert wait_until(lambda: _grpc(GRPC_HOST) in staging, timeout=30), "gRPC not served"
         yield namespace
     finally:
-        testbed.kubectl("delete", "namespace", namespace, "--wait=false")
+        testbed.kubectl("delete", "namespace", namespace, f"{namespace}-edge", "--wait=false")
 
 
 def _pods(testbed: Testbed, namespace: str, selector: str) -> set[str]:
@@ -222,6 +246,8 @@ def test_the_key_reaches_its_preview_through_the_public_routes_until_clean(
         assert _answer(HOST, {"baggage": "mirrord-session=gw-a2"}) in staging
         assert _answer(HOST, {"baggage": "mirrord-session=gw-b"}) in staging  # b: x-preview
         assert wait_until(lambda: _answer(HOST, {"x-preview": "gw-b"}) in pod_b, timeout=30)
+        assert wait_until(lambda: _answer(EDGE_HOST, member) in pod_a, timeout=30)
+        assert _answer(EDGE_HOST) in staging
         assert wait_until(lambda: _grpc(GRPC_HOST, member) in pod_a, timeout=30)
         assert _grpc(GRPC_HOST) in staging
         # The share link: no header needed, the route sets it.
@@ -238,6 +264,7 @@ def test_the_key_reaches_its_preview_through_the_public_routes_until_clean(
 
         assert cli("clean", "-k", "gw-a").code == 0
         assert wait_until(lambda: _answer(HOST, member) in staging, timeout=30)
+        assert wait_until(lambda: _answer(EDGE_HOST, member) in staging, timeout=30)
         assert wait_until(lambda: _request(share_host)[0] == 404, timeout=30)
         assert _grpc(GRPC_HOST, member) in staging
         assert _answer(HOST, {"x-preview": "gw-b"}) in pod_b  # the other key keeps its own

@@ -431,7 +431,13 @@ def test_share_links_are_unguessable_stable_for_life_and_http_only(
 ) -> None:
     import re
 
-    share = ("--gateway", "infra/public", "--share-domain", "preview.example.com")
+    # The bed's Gateway serves the link's route (status shows a link only while served).
+    share = (
+        "--gateway",
+        os.environ["PREVIEW_ENV_GATEWAY"],
+        "--share-domain",
+        "preview.example.com",
+    )
     config = steal_config(tmp_path, "share")
     key = "sec-share"
     first = cli("start", "-f", config, "-i", "users:1", "-k", key, "-o", "json", *share)
@@ -441,8 +447,9 @@ def test_share_links_are_unguessable_stable_for_life_and_http_only(
         assert re.fullmatch(rf"http://{key}-[a-z0-9]{{10}}\.preview\.example\.com", link)
         again = cli("start", "-f", config, "-i", "users:2", "-k", key, "-o", "json", *share)
         assert again.code == 0 and again.json()["links"] == [link]  # kept for life
-        shown = cli("status", "-k", key, "-o", "json")
-        assert shown.json()[0]["links"] == [link]
+        assert wait_until(
+            lambda: cli("status", "-k", key, "-o", "json").json()[0]["links"] == [link], 30
+        )
         route = next(r for r in live_routes(kube, key) if r["spec"].get("hostnames"))
         (rule,) = route["spec"]["rules"]
         modifier = rule["filters"][0]["requestHeaderModifier"]
