@@ -278,11 +278,17 @@ class Cluster:
         return [s for s in items if not naming.is_managed(s)]
 
     def _list(
-        self, kind: str, selector: str, namespaces: Collection[str] | None
+        self,
+        kind: str,
+        selector: str,
+        namespaces: Collection[str] | None,
+        *,
+        optional: bool = False,
     ) -> list[dict[str, Any]]:
         """One cluster-wide list call; for a user without cluster-wide rights (403), one
         call per namespace in `namespaces` (the environments' own, from the backend). A
-        namespace the user may not list either is left out (`self.unlisted`)."""
+        namespace the user may not list either is left out (`self.unlisted`, unless the
+        kind is `optional`: rights on it may be missing without hiding anything else)."""
         resource = RESOURCES[kind]
         try:
             return self.api.list(resource.path(), selector)
@@ -296,7 +302,8 @@ class Cluster:
             except ApiException as exc:
                 if exc.status != 403:
                     raise
-                self.unlisted.add(namespace)
+                if not optional:
+                    self.unlisted.add(namespace)
         return items
 
     def records(
@@ -336,7 +343,10 @@ class Cluster:
         with _errors("listing HTTPRoutes and GRPCRoutes"):
             for kind in ROUTE_KINDS:
                 try:
-                    found += self._list(kind, selector or "", namespaces)
+                    # GRPCRoutes came later: a role granting HTTPRoutes alone still works.
+                    found += self._list(
+                        kind, selector or "", namespaces, optional=kind == "grpcroute"
+                    )
                 except ApiException as exc:
                     if exc.status != 404:
                         raise

@@ -19,10 +19,12 @@ from preview_stack.routing import (
     route_states,
     routes_judged,
     served_lines,
+    served_links,
     serving_problem,
+    share_route,
     twin_routes,
 )
-from preview_stack.spec import ServiceSpec
+from preview_stack.spec import EnvironmentSpec, ServiceSpec, ShareLink
 
 USERS = {
     "metadata": {"name": "users", "namespace": "staging"},
@@ -273,3 +275,30 @@ def test_twins_share_the_public_hosts_without_holding_them() -> None:
     theirs["metadata"]["labels"] = {naming.LABEL_KEY: "pr-7"}
     service = ServiceSpec(namespace="staging", image="users:1")
     assert others_routes_problem([mine], [theirs], service, "pr-42") is None
+
+
+def test_a_share_link_is_shown_only_while_its_route_is_served() -> None:
+    share = ShareLink(gateway="infra/public", domain="preview.test", token="abcdefghij")
+    service = ServiceSpec(namespace="staging", image="users:1", share=share)
+    env = EnvironmentSpec(
+        key="pr-42", owner="", created_at="", expires_at=None, ttl_seconds=None, services=[service]
+    )
+    route = {
+        "kind": "HTTPRoute",
+        **share_route(
+            key="pr-42",
+            incoming=None,
+            gateway="infra/public",
+            host="pr-42-abcdefghij.preview.test",
+            preview_service={
+                "metadata": {"name": "users-pr-42", "namespace": "staging"},
+                "spec": {"ports": [{"name": "http", "port": 80}]},
+            },
+            labels={},
+            annotations={},
+        ),
+    }
+    (waiting,) = route_states([route])
+    assert waiting.role == "share" and served_links(env, [waiting]) == []
+    _status(route, ("Accepted", "True", "Accepted"))
+    assert served_links(env, route_states([route])) == ["http://pr-42-abcdefghij.preview.test"]
