@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         bed.stop(keep_state=True)
         return 1
+    if bed.brokers is not None:
+        ready = ", ".join(f"{name} {after:.1f}s" for name, after in bed.brokers.ready_after)
+        print(f"brokers ready after: {ready}", file=sys.stderr)
     print(
         f"test bed up in {time.monotonic() - started:.1f}s at {bed.server}\n"
         f"  source {args.state}/env   # KUBECONFIG, PATH, PULUMI_* for this bed\n"

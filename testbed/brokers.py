@@ -31,11 +31,12 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from testbed import node
@@ -67,6 +68,8 @@ class Brokers:
     kafka_port: int
     kafka_pod_port: int  # 0 without a real node
     pod_host: str  # the relay's end for pods, "" without a real node
+    # Seconds from the start of start() until each served (rabbitmq, kafka, relays).
+    ready_after: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     @property
     def rabbitmq_url(self) -> str:
@@ -122,18 +125,31 @@ def start(
         kafka_pod_port=free_port() if real_node else 0,
         pod_host=node.GATEWAY if real_node else "",
     )
+    started = time.monotonic()
+    ready: dict[str, float] = {}
+
+    def served(name: str, check: Callable[[], bool]) -> Callable[[], bool]:
+        def probe() -> bool:
+            if name not in ready and check():
+                ready[name] = time.monotonic() - started
+            return name in ready
+
+        return probe
+
+    kafka = served("kafka", lambda: _kafka_answers(ports.kafka_port))
+    rabbitmq = served("rabbitmq", lambda: _rabbitmq_alive(ports.management_port))
     # Both start before either is waited for: their start-ups overlap (RabbitMQ's is the
-    # longer one, so it goes first).
+    # longer one, so it goes first), and each is polled while waiting for the other.
     _spawn_rabbitmq(bed, data / "rabbitmq", ports, deadline, free_port(), free_port())
     _spawn_kafka(bed, data / "kafka", kafka_libs, ports, free_port())
-    bed._wait("kafka", deadline, lambda: _kafka_answers(ports.kafka_port))
+    bed._wait("rabbitmq and kafka", deadline, lambda: all([kafka(), rabbitmq()]))
     if ports.kafka_pod_port:
         bed._wait("kafka (pod listener)", deadline, lambda: _kafka_answers(ports.kafka_pod_port))
-    bed._wait("rabbitmq", deadline, lambda: _rabbitmq_alive(ports.management_port))
     if real_node:
         node.relay_to_pods(bed, ports.rabbitmq_port, deadline)
         node.relay_to_pods(bed, ports.kafka_pod_port, deadline)
-    return ports
+        ready["relays"] = time.monotonic() - started
+    return replace(ports, ready_after=tuple(ready.items()))
 
 
 # ------------------------------------------------------------------------------ RabbitMQ

@@ -1,7 +1,8 @@
 """A loopback Kubernetes control plane for tests: kine, kube-apiserver, controller-manager,
 scheduler and kwok, each a child process recorded by PID in one state directory, plus one
 real node (testbed.node: containerd, kubelet, kube-proxy) unless PREVIEW_ENV_REAL_NODE=0,
-and on that node, when asked (`gateway=True`), a Gateway API data plane (testbed.gateway).
+and on that node, when asked (`gateway=True`), a Gateway API data plane (testbed.gateway);
+when asked (`brokers=True` or `start_brokers()`), RabbitMQ and Kafka (testbed.brokers).
 
 One implementation serves the pytest session fixture and `make testbed-up/down`. Every
 listener binds 127.0.0.1 on a port picked free; logs stay in `<state>/logs`.

@@ -22,6 +22,11 @@ The `traefik` image (built on demand by `traefik()`, for testbed.gateway) is the
 toolchain's static Traefik binary alone, as /traefik, run as uid 65532; its tag hashes the
 binary's path, size and modification time.
 
+The `broker-client` image (built on demand by `broker_client()`, for testbed.brokers' pod
+clients) is the host's Python as in the reaper image with pika and kafka-python (pure
+Python, pinned by requirements.lock) and scripts/images/broker-client/client.py as its
+entry point, run as uid 65534.
+
 The database images, built on demand like the reaper's by `postgres()` and `mariadb()`, are
 the host's Debian packages (system-packages.sh installs them) copied at their own paths:
 `preview-env.local/postgres:<hash>` has PostgreSQL 15's server and clients (postgres,
