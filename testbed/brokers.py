@@ -249,10 +249,12 @@ def _spawn_kafka(bed: node.Bed, data: Path, libs: Path, ports: Brokers, controll
         "-cp",
         f"{libs}/*",
     ]
-    # A fresh cluster id, formatted in the foreground (about 1 s of JVM).
+    # A fresh cluster id, formatted in the foreground (about 1 s of JVM; C1 alone: a
+    # short-lived JVM gains nothing from C2 but its compile threads' CPU).
     cluster_id = _kafka_uuid()
+    tool = [*java[:1], "-XX:TieredStopAtLevel=1", *java[1:], "kafka.tools.StorageTool"]
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        [*tool, "format", "-t", cluster_id, "-c", str(config)],
         capture_output=True,
         text=True,
         check=False,
