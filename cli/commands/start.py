@@ -17,7 +17,12 @@ import typer
 from adapters.automation import Stacks, connect
 from adapters.k8s.cluster import Cluster
 from adapters.k8s.preflight import preflight
-from adapters.k8s.previews import pods_of, start_failure, wait_until_served
+from adapters.k8s.previews import (
+    ensure_rolled_out,
+    pods_of,
+    start_failure,
+    wait_until_served,
+)
 from adapters.k8s.reader import CachedReader
 from cli import render
 from cli.context import err_console, handles_errors, settings
@@ -201,6 +206,7 @@ def start(
         applied = stacks.apply(
             env_key, change, reader, on_event=progress.on_event, on_output=progress.on_output
         )
+        ensure_rolled_out(cluster, env_key, service, stack_id, applied)
     except DeployFailed as exc:
         failed = _failed(exc, env_key, change, cluster, stacks, reader, progress, keep_on_failure)
         raise failed from None
