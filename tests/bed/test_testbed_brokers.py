@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -26,10 +25,10 @@ from testbed import Testbed, images
 from testbed import brokers as bed_brokers
 from testbed import node as real_node
 from testbed.brokers import Brokers
+from tests.support.bed import gone, testbed_cli
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[2]
 BROKER_PROCESSES = ("rabbitmq", "rabbitmq-epmd", "kafka")
 
 
@@ -125,13 +124,6 @@ def descendants(pids: set[int]) -> set[int]:
     return found
 
 
-def gone(pid: int) -> bool:
-    try:
-        return "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return True
-
-
 # ------------------------------------------------------------------------------- tests
 def test_brokers_serve_the_host_on_loopback_only(testbed: Testbed, brokers: Brokers) -> None:
     assert os.environ["PREVIEW_ENV_RABBITMQ_URL"] == brokers.rabbitmq_url
@@ -224,15 +216,7 @@ def test_a_pod_on_the_real_node_consumes_and_produces_on_both(
 def test_up_with_brokers_env_file_and_down_leave_nothing(tmp_path: Path, testbed: Testbed) -> None:
     assert testbed.real_node, "the pod variables need the real node (PREVIEW_ENV_REAL_NODE=0)"
     state = tmp_path / "bed"
-    argv = [sys.executable, "-m", "testbed"]
-    up = subprocess.run(
-        [*argv, "up", "--brokers", "--state", str(state)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    up = testbed_cli("up", "--brokers", "--state", str(state), timeout=300)
     pids: set[int] = set()
     try:
         assert up.returncode == 0, up.stderr
@@ -261,14 +245,7 @@ def test_up_with_brokers_env_file_and_down_leave_nothing(tmp_path: Path, testbed
         addresses = listeners(broker_pids)
         assert all(a.startswith(("127.0.0.1:", "[::1]:")) for a in addresses), addresses
     finally:
-        down = subprocess.run(
-            [*argv, "down", "--state", str(state)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        down = testbed_cli("down", "--state", str(state), timeout=120)
     assert down.returncode == 0, down.stderr
     assert not state.exists()
     left = sorted(pid for pid in pids if not gone(pid))

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from testbed import toolchain
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def test_make_demo_builds_the_bed_components_only() -> None:
