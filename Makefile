@@ -39,8 +39,9 @@ toolchain-bed:
 	bash scripts/toolchain/system-packages.sh
 	bash scripts/toolchain/build.sh $(BED_COMPONENTS)
 
+## make testbed-up [BROKERS=1]: the bed for a shell (BROKERS=1: RabbitMQ and Kafka too).
 testbed-up: $(STAMP) toolchain-bed
-	$(BIN)/python -m testbed up --state .testbed
+	$(BIN)/python -m testbed up --state .testbed $(if $(BROKERS),--brokers)
 
 testbed-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m testbed down --state .testbed; else rm -rf .testbed; fi

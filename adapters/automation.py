@@ -187,6 +187,28 @@ class Stacks:
         except OSError:
             return None
 
+    def _removed(self, key: str, exc: auto.CommandError) -> bool:
+        """Whether the failed `pulumi` command `exc` on stack `key` failed because the stack
+        is gone, whatever it said. Pulumi says "no stack named" only when the stack is
+        missing as a command selects it; one removed after that (a teammate's `clean` or
+        the reaper, between `pulumi up`'s selection and its lock) makes the self-managed
+        backends fail otherwise: `up` panics on a nil stack (pkg/backend/diy/state.go
+        getTarget, Pulumi v3.274), `stack rm` and `stack export` fail reading a missing
+        checkpoint. So the backend is asked afresh: the checkpoint store's listing, else
+        `pulumi stack select` (file, S3, PostgreSQL and Pulumi Cloud alike)."""
+        if "no stack named" in str(exc):
+            return True
+        listed = self._listed()
+        if listed is not None:
+            return key not in listed
+        try:
+            self._stack(key, _noop, "select")
+        except auto.StackNotFoundError:
+            return True
+        except auto.CommandError:
+            return False  # the backend cannot tell: the original error stands
+        return False
+
     def environments(self) -> dict[str, bool]:
         """Every environment key with a stack, mapped to whether an update is running: the
         checkpoint store's listing (its lock files), else one `pulumi stack ls`."""
@@ -422,13 +444,18 @@ class Stacks:
         # A stack removed between its selection (or creation) and the update is created
         # again when `create` is set, as often as a teammate's `clean` or the reaper removes
         # it meanwhile (a clean, then the reaper removing the empty stack just created),
-        # until the lock wait is over.
+        # until the lock wait is over. Pulumi does not always say so (see `_removed`).
         recreate_until = time.monotonic() + max(lock_wait, 60.0)
+        reselected = False
         while True:
             applied = Applied()
             workdir: list[str] = []  # the workspace's directory (its Pulumi.yaml names it)
+            ran: list[bool] = []  # set when the engine runs the program
 
-            def program(applied: Applied = applied, workdir: list[str] = workdir) -> None:
+            def program(
+                applied: Applied = applied, workdir: list[str] = workdir, ran: list[bool] = ran
+            ) -> None:
+                ran.append(True)
                 applied.error = None
                 try:
                     before = self._latest(key, workdir[0] if workdir else None)
@@ -456,6 +483,12 @@ class Stacks:
             except DeployFailed as exc:
                 if applied.error is not None:
                     raise applied.error from None
+                if not ran and not reselected:
+                    # Failed before its program ran: nothing was deployed. The stack may
+                    # have been removed after its selection and created again by a
+                    # teammate's start before `_removed` looked: select it afresh, once.
+                    reselected = True
+                    continue
                 exc.applied = applied
                 raise
             except NotFound:
@@ -512,10 +545,10 @@ class Stacks:
             self._workspace().remove_stack(key)
         except auto.CommandError as exc:
             text = str(exc)
-            if "no stack named" in text:
-                return True
             if "still contains resources" in text or "locked" in text:
                 return False
+            if self._removed(key, exc):
+                return True
             raise self._backend_error(exc) from None
         return True
 
@@ -616,10 +649,10 @@ class Stacks:
             text = str(exc)
             if _transient(exc):
                 raise _Retry(_summary(exc)) from None
-            if "no stack named" in text:
-                raise NotFound(f"no environment {key!r} in this backend") from None
             if backends.wrong_passphrase(text):
                 raise self._backend_error(exc) from None
+            if self._removed(key, exc):  # `apply` creates it again when it may
+                raise NotFound(f"no environment {key!r} in this backend") from None
             raise DeployFailed(f"pulumi failed for {key!r}: {_summary(exc)}") from None
 
     def _take_over(self, key: str, action: Callable[[], object], stale_after: float) -> bool:
@@ -685,7 +718,7 @@ class Stacks:
         try:
             before = stack.export_stack()
         except auto.CommandError as exc:
-            if "no stack named" not in str(exc):
+            if not self._removed(key, exc):
                 raise self._backend_error(exc) from None
             before = None
         for name in judged:
@@ -707,7 +740,7 @@ class Stacks:
         except auto.ConcurrentUpdateError:
             return  # another update started: it proceeds (Pulumi warns of pending ones)
         except auto.CommandError as exc:
-            if "no stack named" not in str(exc):
+            if not self._removed(key, exc):
                 raise self._backend_error(exc) from None
 
 

@@ -99,6 +99,7 @@ def _status_rows(summaries: Sequence[EnvironmentStatus]) -> list[tuple[str, ...]
             )
         for index, pod in enumerate(env.pods):
             ready = pod.state if not pod.reason else f"{pod.state} ({pod.reason})"
+            ready += ", outdated" if pod.outdated else ""  # the previous template's
             first = index == 0
             rows.append(
                 (

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from preview_stack import template
 from preview_stack.errors import BadInput
+from preview_stack.queues import SplitQueue, parse_split_queues
 from preview_stack.ttl import INFINITE
 
 TARGET_KINDS = ("deployment", "statefulset", "rollout", "pod", "cronjob")
@@ -327,6 +328,13 @@ class Features(_Model):
     db_branches: list[DbBranchConfig] = Field(default_factory=list)
     env: EnvFeature = Field(default_factory=EnvFeature)
     network: NetworkFeature = Field(default_factory=NetworkFeature)
+    split_queues: dict[str, SplitQueue] = Field(default_factory=dict)
+
+    @field_validator("split_queues", mode="before")
+    @classmethod
+    def _queues(cls, value: Any) -> Any:
+        """mirrord's object-or-list shape, read into queue id -> SplitQueue."""
+        return parse_split_queues(value)
 
 
 class MirrordConfig(_Model):

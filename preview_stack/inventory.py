@@ -17,6 +17,7 @@ from preview_stack import naming
 from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import PreviewError
 from preview_stack.reaping import Lock
+from preview_stack.rollouts import Rollout, rollouts_of
 from preview_stack.routing import GatewaySupport, RouteState, route_states
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import EnvironmentStatus, Unfinished, ignored_records, matches
@@ -128,24 +129,30 @@ def held_locks(stacks: StackReads, keys: Iterable[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class LiveObjects:
-    """preview-env's objects read from the cluster (of one key, or all), unfiltered."""
+    """preview-env's objects read from the cluster (of one key, or all), unfiltered;
+    `deployments` and `replicasets`: the preview Deployments and theirs (none when they
+    could not be read: then the pods alone say how an environment is)."""
 
     pods: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     # What the classes of the routes' Gateways support, by `ns/name` (routing.route_states).
     gateways: Mapping[str, GatewaySupport] = field(default_factory=dict)
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    replicasets: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Sorted:
     """The live objects sorted out: the selected environments' own pods, their routes as
-    served or not, orphans by key (`kind namespace/name`), and records ignored."""
+    served or not, orphans by key (`kind namespace/name`), records ignored, and the
+    rollouts of their Deployments (which pods run the current template)."""
 
     pods: list[dict[str, Any]]
     routes: dict[str, list[RouteState]]
     orphans: dict[str, list[str]]
     ignored_records: list[str]
+    rollouts: list[Rollout] = field(default_factory=list)
 
 
 def sort_out(
@@ -193,6 +200,10 @@ def sort_out(
         routes={k: route_states(rs, live.gateways) for k, rs in routes_by_key.items()},
         orphans=orphans,
         ignored_records=ignored_records(live.records, committed, ours),
+        rollouts=rollouts_of(
+            [d for d in live.deployments if ours_here(d)],
+            [r for r in live.replicasets if ours_here(r)],
+        ),
     )
 
 

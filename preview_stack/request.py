@@ -221,6 +221,15 @@ def build_request(
     else:
         from_file: int | Literal["default"] | None = preview.ttl_seconds()
         ttl_seconds = DEFAULT_TTL_SECONDS if from_file == "default" else from_file
+    if config.feature.split_queues:
+        # Checked first (config.py, queues.py); splitting needs a queue's one-time
+        # preparation by a platform engineer, which nothing can make yet: refused rather
+        # than ignored, so a preview never competes with staging for its messages.
+        names = ", ".join(sorted(config.feature.split_queues))
+        raise BadInput(
+            f"feature.split_queues: queue {names} is not prepared for splitting in this "
+            "cluster, and preview-env cannot prepare queues yet; remove feature.split_queues"
+        )
     if flags.replicas is not None and not 1 <= flags.replicas <= 20:
         raise BadInput(f"--replicas {flags.replicas}: use a number from 1 to 20")
     if flags.timeout is not None and flags.timeout <= 0:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from preview_stack.rollouts import Rollout
 from preview_stack.routing import RouteState
 from preview_stack.spec import EnvironmentSpec
 from preview_stack.status import environment_pods, pod_row
@@ -49,13 +50,17 @@ class StartResult(BaseModel):
 
 
 def started_pods(
-    env: EnvironmentSpec, pods: Sequence[Mapping[str, Any]], stack_id: str
+    env: EnvironmentSpec,
+    pods: Sequence[Mapping[str, Any]],
+    stack_id: str,
+    rollouts: Sequence[Rollout] = (),
 ) -> list[StartedPod]:
     """The environment's pods as `start` lists them: each with the image its target runs
-    in the spec (see status.environment_pods for which pods count)."""
+    in the spec (see status.environment_pods for which pods count: not those of an older
+    template of one of `rollouts`)."""
     now = dt.datetime.now(dt.UTC)
     started = []
-    for pod, service in environment_pods(env, pods, stack_id):
+    for pod, service in environment_pods(env, pods, stack_id, rollouts):
         row = pod_row(pod, service, env.key, now)
         started.append(
             StartedPod(

@@ -11,11 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming, routing
+from preview_stack.rollouts import PodState, Rollout, is_outdated, rollout_state
 from preview_stack.spec import EnvironmentSpec, ServiceSpec
 from preview_stack.ttl import parse_rfc3339, remaining
 
 State = Literal["starting", "ready", "not-ready", "updating", "expired", "orphaned"]
-PodState = Literal["starting", "ready", "not-ready"]
 # Waiting/terminated reasons and conditions that will not fix themselves: `not-ready`.
 FAILING = frozenset(
     {
@@ -53,6 +53,11 @@ class PodStatus(BaseModel):
     phase: str
     reason: str | None = None
     traffic: str | None = Field(default=None, description="how requests reach this pod")
+    outdated: bool = Field(
+        default=False,
+        description="of an older pod template of its Deployment, on its way out during a "
+        "rollout: it never makes the environment ready",
+    )
 
 
 class BranchStatus(BaseModel):
@@ -273,8 +278,11 @@ def pod_row(
     key: str,
     now: dt.datetime,
     probe_grace: float = PROBE_GRACE_SECONDS,
+    *,
+    outdated: bool = False,
 ) -> PodStatus:
-    """One preview pod as `status` and `start` show it (`service`: its target, if known)."""
+    """One preview pod as `status` and `start` show it (`service`: its target, if known;
+    `outdated`: of an older template of its Deployment, see preview_stack.rollouts)."""
     meta = pod["metadata"]
     state, why = pod_state(pod, now, probe_grace)
     return PodStatus(
@@ -287,20 +295,27 @@ def pod_row(
         phase=pod.get("status", {}).get("phase", "Unknown"),
         reason=why,
         traffic=routing.service_traffic(service, key) if service else None,
+        outdated=outdated,
     )
 
 
 def environment_pods(
-    env: EnvironmentSpec, pods: Sequence[Mapping[str, Any]], stack_id: str
+    env: EnvironmentSpec,
+    pods: Sequence[Mapping[str, Any]],
+    stack_id: str,
+    rollouts: Sequence[Rollout] = (),
 ) -> list[tuple[Mapping[str, Any], ServiceSpec]]:
     """Stack `stack_id`'s live pods of `env`, each with its target, by namespace and name.
-    Labels can be copied: only pods in their target's namespace count, none being deleted."""
+    Labels can be copied: only pods in their target's namespace count, none being deleted,
+    none of an older template of its Deployment (one of `rollouts`)."""
     by_target = {s.target_label: s for s in env.services}
     found = []
     for pod in pods:
         meta = pod["metadata"]
         if meta.get("deletionTimestamp") or not naming.owned_by(pod, stack_id):
             continue  # going, or the same key in another backend
+        if is_outdated(pod, rollouts):
+            continue  # the previous revision, until the rollout removes it
         service = by_target.get(naming.labels_of(pod).get(naming.LABEL_TARGET, ""))
         if service is not None and meta.get("namespace") == service.namespace:
             found.append((pod, service))
@@ -340,6 +355,7 @@ def summarize(
     orphans: Mapping[str, Sequence[str]] | None = None,
     probe_grace: float = PROBE_GRACE_SECONDS,
     unfinished: Mapping[str, Unfinished] | None = None,
+    rollouts: Sequence[Rollout] = (),
 ) -> list[EnvironmentStatus]:
     """`specs` are read from the backend (the authority): key -> spec, None for a stack
     with nothing committed, or the error reading it. `stacks` maps each stack name to
@@ -347,7 +363,11 @@ def summarize(
     `routes` each environment's routes as served or not (share links show only while
     served); `locks` who holds a locked stack; `orphans` objects labelled with this backend's stack
     id for a key that has no stack (`kind namespace/name`); `unfinished` what the backend
-    holds for stacks with no committed spec (a kept failed first start is `not-ready`)."""
+    holds for stacks with no committed spec (a kept failed first start is `not-ready`);
+    `rollouts` the preview Deployments read with the pods (preview_stack.rollouts): only
+    the pods of each one's current template decide the state, and one whose current
+    template is not rolled out is not `ready` (empty when they could not be read: the
+    pods alone decide)."""
     locks = locks or {}
     unfinished = unfinished or {}
     orphans = orphans or {}
@@ -406,14 +426,31 @@ def summarize(
         by_target = {s.target_label: s for s in spec.services}
         states = (routes or {}).get(key, [])
         pod_statuses = []
+        # The rollouts of this environment's targets, each with its current pods' rows.
+        rolling = {
+            (r.namespace, r.target): (r, list[PodStatus]())
+            for r in rollouts
+            if r.key == key
+            and any((s.namespace, s.target_label) == (r.namespace, r.target) for s in spec.services)
+        }
         for pod in sorted(pods_by_key.get(key, []), key=lambda p: p["metadata"]["name"]):
-            service = by_target.get(naming.labels_of(pod).get(naming.LABEL_TARGET, ""))
-            pod_statuses.append(pod_row(pod, service, key, now, probe_grace))
+            target = naming.labels_of(pod).get(naming.LABEL_TARGET, "")
+            service = by_target.get(target)
+            outdated = is_outdated(pod, rollouts)
+            row = pod_row(pod, service, key, now, probe_grace, outdated=outdated)
+            pod_statuses.append(row)
+            rollout = rolling.get((pod["metadata"].get("namespace", ""), target))
+            if rollout is not None and rollout[0].is_current(pod):
+                rollout[1].append(row)
+        verdicts = [rollout_state(r, rows) for r, rows in rolling.values()]
         expires = parse_rfc3339(spec.expires_at) if spec.expires_at else None
         ttl = remaining(expires, now)
         reason = None
-        failing = [p for p in pod_statuses if p.state == "not-ready"]
-        starting = [p for p in pod_statuses if p.state == "starting"]
+        current = [p for p in pod_statuses if not p.outdated]
+        failing = [p for p in current if p.state == "not-ready"]
+        stalled = [why for state, why in verdicts if state == "not-ready"]
+        starting = [f"pod {p.name}: {p.reason}" for p in current if p.state == "starting"]
+        starting += [why or "" for state, why in verdicts if state == "starting"]
         if updating:
             state = "updating"
             reason = f"locked by {holder}" if holder else "its stack is locked"
@@ -426,12 +463,15 @@ def summarize(
         elif failing:
             state = "not-ready"
             reason = f"pod {failing[0].name}: {failing[0].reason}"
+        elif stalled:
+            state = "not-ready"
+            reason = stalled[0]
         elif not pod_statuses:
             state = "not-ready"
             reason = "no preview pods are running"
         elif starting:
             state = "starting"
-            reason = f"pod {starting[0].name}: {starting[0].reason}"
+            reason = starting[0]
         else:
             state = "ready"
         if kept_reason is not None and state not in ("updating", "expired"):
@@ -493,6 +533,7 @@ def markdown(env: EnvironmentStatus) -> str:
         lines += ["", "| Pod | Target | Image | State |", "| --- | --- | --- | --- |"]
         for pod in env.pods:
             state = pod.state if not pod.reason else f"{pod.state}: {pod.reason}"
+            state += " (outdated: the previous template)" if pod.outdated else ""
             lines.append(
                 f"| `{_cell(pod.namespace)}/{_cell(pod.name)}` | {_cell(pod.target)} "
                 f"| `{_cell(pod.image)}` | {_cell(state)} |"

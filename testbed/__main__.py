@@ -1,7 +1,8 @@
 """`python -m testbed up|down|images [--state DIR]`: the test bed for a shell (make testbed-up).
 
 `up --gateway` also runs the Gateway data plane (testbed.gateway: Traefik, which it builds
-when missing); a plain `up`, what `make demo` runs, needs no Traefik build.
+when missing); `up --brokers` also runs RabbitMQ and Kafka (testbed.brokers; Kafka's jars
+are fetched when missing); a plain `up`, what `make demo` runs, needs neither.
 
 `images` builds the database and preview-env images from the host's packages, imports them
 into the running bed's real node, and prints `export` lines naming them (scripts/demo-db.sh).
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gateway", action="store_true", help="up: also run Traefik and the bed's Gateway"
     )
+    parser.add_argument(
+        "--brokers", action="store_true", help="up: also run RabbitMQ and Kafka on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     if args.command == "down":
         Testbed(args.state, locate(), detached=True).stop()
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         # S3 server nor the linters the tests use.
         needs = BED + (("pulumi-language-python",) if args.command == "images" else ())
         needs += ("traefik",) if args.gateway and args.command == "up" else ()
+        needs += ("kafka",) if args.brokers and args.command == "up" else ()
         toolchain = ensure(components=needs)
     except ToolchainMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             node.import_image(args.state.resolve(), image)
             print(f"export {name}={image.name}")
         return 0
-    bed = Testbed(args.state, toolchain, detached=True, gateway=args.gateway)
+    bed = Testbed(args.state, toolchain, detached=True, gateway=args.gateway, brokers=args.brokers)
     bed.stop()  # a previous bed in the same directory
     started = time.monotonic()
     try:
@@ -59,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         bed.stop(keep_state=True)
         return 1
+    if bed.brokers is not None:
+        ready = ", ".join(f"{name} {after:.1f}s" for name, after in bed.brokers.ready_after)
+        print(f"brokers ready after: {ready}", file=sys.stderr)
     print(
         f"test bed up in {time.monotonic() - started:.1f}s at {bed.server}\n"
         f"  source {args.state}/env   # KUBECONFIG, PATH, PULUMI_* for this bed\n"

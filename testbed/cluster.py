@@ -1,7 +1,8 @@
 """A loopback Kubernetes control plane for tests: kine, kube-apiserver, controller-manager,
 scheduler and kwok, each a child process recorded by PID in one state directory, plus one
 real node (testbed.node: containerd, kubelet, kube-proxy) unless PREVIEW_ENV_REAL_NODE=0,
-and on that node, when asked (`gateway=True`), a Gateway API data plane (testbed.gateway).
+and on that node, when asked (`gateway=True`), a Gateway API data plane (testbed.gateway);
+when asked (`brokers=True` or `start_brokers()`), RabbitMQ and Kafka (testbed.brokers).
 
 One implementation serves the pytest session fixture and `make testbed-up/down`. Every
 listener binds 127.0.0.1 on a port picked free; logs stay in `<state>/logs`.
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed import brokers as broker_processes
 from testbed import gateway, node
 from testbed.certs import Pki, kubeconfig_yaml
 from testbed.images import Image, build_all, traefik
@@ -121,6 +123,7 @@ class Testbed:
         detached: bool = False,
         real_node: bool | None = None,
         gateway: bool = False,
+        brokers: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.toolchain = toolchain
@@ -130,6 +133,8 @@ class Testbed:
         self.real_node = real_node
         self.gateway = gateway and real_node  # Traefik runs on the real node
         self.gateway_port = 0  # host 127.0.0.1 port of the Gateway's listener, once up
+        self.with_brokers = brokers  # RabbitMQ and Kafka at start (or start_brokers() later)
+        self.brokers: broker_processes.Brokers | None = None  # where they listen, once up
         self.images: dict[str, Image] = {}  # short name -> image imported into the real node
         self.processes: list[Process] = []
         self.pki_dir = self.state_dir / "pki"
@@ -163,6 +168,7 @@ class Testbed:
                 else {}
             ),
             **(gateway.environment(self.gateway_port) if self.gateway_port else {}),
+            **(self.brokers.environment() if self.brokers else {}),
         }
 
     @property
@@ -183,6 +189,25 @@ class Testbed:
             self.stop(keep_state=True)
             raise
 
+    def start_brokers(self, *, timeout: float = 90.0) -> broker_processes.Brokers:
+        """RabbitMQ and Kafka as processes of this (running) bed, once (testbed.brokers);
+        `environment()` and `<state>/env` then name them."""
+        if self.brokers is None:
+            try:
+                self.brokers = broker_processes.start(
+                    self,
+                    self.toolchain.kafka_libs,
+                    time.monotonic() + timeout,
+                    real_node=self.real_node,
+                    free_port=free_port,
+                )
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                raise TestbedError(
+                    f"the brokers did not come up: {exc}\nlogs:\n{self.logs_summary()}"
+                ) from exc
+            self._write_env_file()
+        return self.brokers
+
     def stop(self, *, keep_state: bool = False) -> None:
         """SIGTERM every process by PID (reverse start order), SIGKILL stragglers."""
         pid_file = self.state_dir / "pids.json"
@@ -198,9 +223,12 @@ class Testbed:
         for proc in reversed(self.processes):
             if proc.name == "containerd" and proc.alive():
                 node.stop_containers(self.state_dir)  # kubelet is stopped by now
-            # SeaweedFS ignores SIGTERM for long seconds; its data is throwaway.
-            _terminate(proc, grace=1.0 if proc.name == "seaweedfs" else 10.0)
+            # SeaweedFS ignores SIGTERM for long seconds, RabbitMQ's orderly stop takes
+            # about 7 s; their data is throwaway.
+            grace = {"seaweedfs": 1.0, **broker_processes.STOP_GRACE}.get(proc.name, 10.0)
+            _terminate(proc, grace=grace)
         self.processes.clear()
+        self.brokers = None
         pid_file.unlink(missing_ok=True)
         node.cleanup(self.state_dir)
         for path in provisioned:  # what the hostPath provisioner made for this bed's claims
@@ -406,6 +434,8 @@ class Testbed:
             self._start_real_node(pki, deadline)
         if self.gateway:
             self._start_gateway(deadline)
+        if self.with_brokers:
+            self.start_brokers(timeout=max(30.0, deadline - time.monotonic()))
         self._write_env_file()
 
     def _start_real_node(self, pki: Pki, deadline: float) -> None:

@@ -22,6 +22,11 @@ The `traefik` image (built on demand by `traefik()`, for testbed.gateway) is the
 toolchain's static Traefik binary alone, as /traefik, run as uid 65532; its tag hashes the
 binary's path, size and modification time.
 
+The `broker-client` image (built on demand by `broker_client()`, for testbed.brokers' pod
+clients) is the host's Python as in the reaper image with pika and kafka-python (pure
+Python, pinned by requirements.lock) and scripts/images/broker-client/client.py as its
+entry point, run as uid 65534.
+
 The database images, built on demand like the reaper's by `postgres()` and `mariadb()`, are
 the host's Debian packages (system-packages.sh installs them) copied at their own paths:
 `preview-env.local/postgres:<hash>` has PostgreSQL 15's server and clients (postgres,
@@ -272,6 +277,75 @@ def reaper(toolchain: Toolchain, cache: Path | None = None) -> Image:
                 "PYTHONUNBUFFERED=1",
             ],
             "User": f"{REAPER_UID}:{REAPER_UID}",
+            "WorkingDir": "/tmp",
+        }
+        partial = work / "image.tar"
+        _write_oci(partial, name, layer, config)
+        os.replace(partial, archive)
+    return Image(name, archive)
+
+
+# ------------------------------------------------------------- the broker client image
+BROKER_CLIENT_SOURCE = REPO / "scripts" / "images" / "broker-client" / "client.py"
+BROKER_CLIENT_PACKAGES = ("pika", "kafka-python")  # pinned by requirements.lock
+BROKER_CLIENT_SCRIPT = "/usr/local/lib/broker-client/client.py"
+
+
+def broker_client(cache: Path | None = None) -> Image:
+    """The host's Python with pika and kafka-python (pure Python, from PyPI at the
+    versions requirements.lock pins) and scripts/images/broker-client/client.py as its
+    entry point (testbed.brokers' clients in a pod); uid 65534."""
+    root = (cache or cache_dir()) / "images"
+    pins = [
+        line
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if line.split("==")[0].strip().lower() in BROKER_CLIENT_PACKAGES
+    ]
+    if len(pins) != len(BROKER_CLIENT_PACKAGES):
+        raise RuntimeError(f"requirements.lock must pin {', '.join(BROKER_CLIENT_PACKAGES)}")
+    key = _key(
+        sys.version.encode(),
+        sys.base_prefix.encode(),
+        "\n".join(pins).encode(),
+        BROKER_CLIENT_SOURCE.read_bytes(),
+    )
+    tag = key[:16]
+    name = f"{REGISTRY}/broker-client:{tag}"
+    archive = root / f"broker-client-{tag}.tar"
+    if archive.exists():
+        return Image(name, archive)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install"]
+        _run([*pip, "--no-deps", "--only-binary=:all:", "--target", str(site), *pins])
+        entries = _python_runtime()
+        site_dir = Path(sys.base_prefix) / "lib" / f"python{_pyver()}" / "site-packages"
+        for path in sorted(site.rglob("*")):
+            if path.is_file() and path.relative_to(site).parts[0] != "bin":
+                entries[str(site_dir / path.relative_to(site))] = _Entry(path, mode=_mode(path))
+        python = f"{sys.base_prefix}/bin/python{_pyver()}"
+        for alias in ("python", "python3"):
+            entries[f"/usr/local/bin/{alias}"] = _Entry(link=python)
+        entries[BROKER_CLIENT_SCRIPT] = _Entry(BROKER_CLIENT_SOURCE, mode=0o644)
+        entries.update(_shared_libraries([python, *_elf_files(entries)]))
+        entries["/etc/passwd"] = _Entry(
+            data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/tmp:/bin/sh\n"
+        )
+        entries["/etc/group"] = _Entry(data=b"root:x:0:\nnogroup:x:65534:\n")
+        entries["/tmp"] = _Entry(mode=0o1777)
+        layer = work / "layer.tar"
+        _write_layer(layer, entries)
+        config: dict[str, object] = {
+            "Entrypoint": ["/usr/local/bin/python3", BROKER_CLIENT_SCRIPT],
+            "Env": [
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "HOME=/tmp",
+                "PYTHONDONTWRITEBYTECODE=1",
+                "PYTHONUNBUFFERED=1",
+            ],
+            "User": "65534:65534",
             "WorkingDir": "/tmp",
         }
         partial = work / "image.tar"

@@ -33,8 +33,9 @@ NODE_SYSTEM_FILES = tuple(
 
 # build.sh's components: the bed itself (a demo needs no more), and what only tests use.
 BED = ("kine", "kwok", "crds", "pulumi", "pulumi-kubernetes", "kubernetes", "kubernetes-node")
-# Traefik (the Gateway data plane) runs in the pytest bed and in `python -m testbed up --gateway`.
-TESTS_ONLY = ("pulumi-language-python", "actionlint", "seaweedfs", "traefik")
+# Traefik (the Gateway data plane) runs in the pytest bed and in `python -m testbed up --gateway`;
+# Kafka's jars (testbed.brokers) in the pytest `brokers` fixture and `up --brokers`.
+TESTS_ONLY = ("pulumi-language-python", "actionlint", "seaweedfs", "traefik", "kafka")
 ALL = BED + TESTS_ONLY
 
 
@@ -76,9 +77,11 @@ class Toolchain:
     kubelet: Path  # the real node (testbed.node), same Kubernetes build
     kube_proxy: Path
     traefik: Path  # the Gateway API data plane (testbed.gateway)
+    kafka_libs: Path  # Kafka's jars from Maven Central, a classpath directory (testbed.brokers)
     pulumi_version: str
     kubernetes_provider_version: str
     kubernetes_version: str
+    kafka_version: str
 
     @property
     def pulumi(self) -> Path:
@@ -106,12 +109,18 @@ class Toolchain:
             "actionlint": [self.actionlint],
             "seaweedfs": [self.weed],
             "traefik": [self.traefik],
+            "kafka": [self.kafka_jar],
             "pulumi-language-python": [
                 self.pulumi_bin / "pulumi-language-python",
                 self.pulumi_bin / "pulumi-language-python-exec",
             ],
             "kubernetes-node": [self.kubelet, self.kube_proxy, *NODE_SYSTEM_FILES],
         }[component]
+
+    @property
+    def kafka_jar(self) -> Path:
+        """The broker's own jar: build.sh moves the directory into place whole, last."""
+        return self.kafka_libs / f"kafka_2.13-{self.kafka_version}.jar"
 
     def missing(self, components: tuple[str, ...] = ALL) -> list[Path]:
         return [p for c in components for p in self.files(c) if not p.exists()]
@@ -142,9 +151,11 @@ def locate() -> Toolchain:
         kubelet=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kubelet",
         kube_proxy=cache / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "bin" / "kube-proxy",
         traefik=cache / f"traefik-{v['TRAEFIK_VERSION']}" / "bin" / "traefik",
+        kafka_libs=cache / f"kafka-{v['KAFKA_VERSION']}" / "libs",
         pulumi_version=v["PULUMI_VERSION"],
         kubernetes_provider_version=v["PULUMI_KUBERNETES_VERSION"],
         kubernetes_version=v["KUBERNETES_VERSION"],
+        kafka_version=v["KAFKA_VERSION"],
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from testbed import Testbed, ensure
+from testbed.brokers import Brokers
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _BED: list[Testbed] = []
@@ -36,6 +37,16 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         os.environ.update(saved)
         bed.stop(keep_state=True)
         _BED.clear()
+
+
+@pytest.fixture(scope="session")
+def brokers(testbed: Testbed) -> Brokers:
+    """RabbitMQ and Kafka on 127.0.0.1 (testbed.brokers), started on the session's bed the
+    first time a test asks and stopped with it; their PREVIEW_ENV_RABBITMQ_* and
+    PREVIEW_ENV_KAFKA_* variables are in os.environ from then on."""
+    started = testbed.start_brokers()
+    os.environ.update(started.environment())
+    return started
 
 
 @pytest.hookimpl(wrapper=True)

@@ -48,6 +48,7 @@ RESOURCES: Mapping[str, Resource] = {
     "secret": Resource("v1", "secrets"),
     "persistentvolumeclaim": Resource("v1", "persistentvolumeclaims"),
     "deployment": Resource("apps/v1", "deployments"),
+    "replicaset": Resource("apps/v1", "replicasets"),
     "statefulset": Resource("apps/v1", "statefulsets"),
     "job": Resource("batch/v1", "jobs"),
     "cronjob": Resource("batch/v1", "cronjobs"),

@@ -283,12 +283,14 @@ class Cluster:
         selector: str,
         namespaces: Collection[str] | None,
         *,
+        strict: bool = False,
         optional: bool = False,
     ) -> list[dict[str, Any]]:
         """One cluster-wide list call; for a user without cluster-wide rights (403), one
         call per namespace in `namespaces` (the environments' own, from the backend). A
-        namespace the user may not list either is left out (`self.unlisted`, unless the
-        kind is `optional`: rights on it may be missing without hiding anything else)."""
+        namespace the user may not list either is left out (`self.unlisted`), or with
+        `strict` refused (its ApiException 403); an `optional` kind's rights may be missing
+        without hiding anything else (left out, not in `self.unlisted`)."""
         resource = RESOURCES[kind]
         try:
             return self.api.list(resource.path(), selector)
@@ -300,7 +302,7 @@ class Cluster:
             try:
                 items += self.api.list(resource.path(namespace), selector)
             except ApiException as exc:
-                if exc.status != 403:
+                if exc.status != 403 or strict:
                     raise
                 if not optional:
                     self.unlisted.add(namespace)
@@ -321,6 +323,24 @@ class Cluster:
         selector = naming.selector(key=key or None, keyed=True)
         with _errors("listing preview pods"):
             return self._list("pod", selector, namespaces)
+
+    def preview_workloads(
+        self, key: str | None = None, namespaces: Collection[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """Preview Deployments and their ReplicaSets (of `key`, else all): what tells the
+        pods of a Deployment's current template from an older one's (preview_stack.rollouts).
+        None when this identity may not list them everywhere it would list the pods."""
+        selector = naming.selector(key=key or None, keyed=True)
+        with _errors("listing preview deployments"):
+            try:
+                return (
+                    self._list("deployment", selector, namespaces, strict=True),
+                    self._list("replicaset", selector, namespaces, strict=True),
+                )
+            except ApiException as exc:
+                if exc.status == 403:
+                    return None
+                raise
 
     def copy_jobs(
         self, key: str | None, namespaces: Collection[str] | None
@@ -438,12 +458,15 @@ class Cluster:
     def live_objects(self, key: str | None, namespaces: Collection[str]) -> LiveObjects:
         """preview-env's pods, HTTPRoutes and records (of `key`, else all) as `status`
         sorts them out (preview_stack.inventory): cluster-wide, else in `namespaces`."""
+        workloads = self.preview_workloads(key, namespaces)
         routes = self.routes(namespaces, key=key or None)
         return LiveObjects(
             pods=self.preview_pods(key, namespaces),
             routes=routes,
             records=self.records(key, namespaces),
             gateways=self.gateway_support(gateways_of(routes)),
+            deployments=workloads[0] if workloads else [],
+            replicasets=workloads[1] if workloads else [],
         )
 
     def pod_logs(

@@ -17,7 +17,12 @@ import typer
 from adapters.automation import Stacks, connect
 from adapters.k8s.cluster import Cluster
 from adapters.k8s.preflight import preflight
-from adapters.k8s.previews import pods_of, start_failure, wait_until_served
+from adapters.k8s.previews import (
+    ensure_rolled_out,
+    pods_of,
+    start_failure,
+    wait_until_served,
+)
 from adapters.k8s.reader import CachedReader
 from cli import render
 from cli.context import err_console, handles_errors, settings
@@ -29,7 +34,7 @@ from preview_stack.errors import BadInput, DeployFailed, NotFound, PreviewError
 from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request, resolve_key
 from preview_stack.results import StartResult
-from preview_stack.routing import RouteState, new_share_token, serving_problem, share_links
+from preview_stack.routing import new_share_token, serving_problem, share_links
 from preview_stack.spec import COPY_IMAGE_ENV
 
 DEFAULT_CONFIG = Path(".mirrord/mirrord.json")
@@ -201,16 +206,14 @@ def start(
         applied = stacks.apply(
             env_key, change, reader, on_event=progress.on_event, on_output=progress.on_output
         )
+        ensure_rolled_out(cluster, env_key, service, stack_id, applied)
     except DeployFailed as exc:
         failed = _failed(exc, env_key, change, cluster, stacks, reader, progress, keep_on_failure)
         raise failed from None
     progress.line("Deploying pod... done.")
     env = applied.after
     assert env is not None
-    routes: list[RouteState] = []
-    if any(s.routing and (s.incoming or s.share) for s in env.services):
-        progress.line("Waiting for a mesh or gateway to accept the routes...")
-        routes = wait_until_served(cluster, env, stack_id)
+    routes = wait_until_served(cluster, env, stack_id, announce=progress.line)
     result = StartResult(
         key=env_key,
         namespaces=sorted({s.namespace for s in env.services}),

@@ -83,6 +83,7 @@ def status(
         orphans=found.orphans,
         probe_grace=grace or PROBE_GRACE_SECONDS,
         unfinished=inventory.unfinished,
+        rollouts=found.rollouts,
     )
     branched = inventory.with_branches()
     if branched:

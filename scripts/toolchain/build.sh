@@ -4,8 +4,9 @@
 #   scripts/toolchain/build.sh [component ...]     (default: all)
 #
 # Components: pulumi, pulumi-language-python, pulumi-kubernetes, kubernetes, kubernetes-node,
-# kine, kwok, crds, actionlint, seaweedfs, traefik. Each one is skipped when its outputs already exist. Prints one line per step
-# with the time it took. Only the Go module proxy is needed.
+# kine, kwok, crds, actionlint, seaweedfs, traefik, kafka. Each one is skipped when its
+# outputs already exist. Prints one line per step with the time it took. Only the Go module
+# proxy is needed, and for `kafka` (jars, no build) Maven Central through `mvn`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -253,7 +254,58 @@ build_traefik() {
   mv "$out/traefik.tmp" "$out/traefik"
 }
 
-ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node pulumi-language-python actionlint seaweedfs traefik)
+# Kafka (the bed's broker, testbed/brokers.py): kafka_2.13 and its runtime dependencies,
+# downloaded by Maven from Maven Central into a throwaway local repository (strict
+# checksums: each file must match the .sha1 Maven Central serves beside it), checked again
+# here against those .sha1 files, then copied flat into one classpath directory. Nothing
+# is compiled; Debian's Java runs it.
+build_kafka() {
+  local out="$CACHE/kafka-$KAFKA_VERSION"
+  cat >pom.xml <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.preview-env.testbed</groupId>
+  <artifactId>kafka-classpath</artifactId>
+  <version>0</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>$KAFKA_SLF4J_SIMPLE_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  mvn -B -q --strict-checksums -Dmaven.repo.local="$PWD/repository" \
+    "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies" \
+    -DincludeScope=runtime -DoutputDirectory="$PWD/libs"
+  python3 - "$PWD/repository" "$PWD/libs" "$KAFKA_VERSION" <<'PY'
+import hashlib, pathlib, sys
+repo, libs, version = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+def sha1(path):
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+published = {}
+for jar in repo.rglob("*.jar"):
+    listed = jar.with_name(jar.name + ".sha1")
+    if not listed.exists():
+        sys.exit(f"no .sha1 from Maven Central beside {jar}")
+    expected = listed.read_text().split()[0].lower()
+    if sha1(jar) != expected:
+        sys.exit(f"{jar.name}: sha1 {sha1(jar)} is not Maven Central's {expected}")
+    published[jar.name] = expected
+lines = []
+for jar in sorted(libs.glob("*.jar")):
+    if published.get(jar.name) != sha1(jar):
+        sys.exit(f"{jar.name} was not downloaded with a matching .sha1")
+    lines.append(f"{published[jar.name]}  {jar.name}\n")
+if not (libs / f"kafka_2.13-{version}.jar").exists():
+    sys.exit(f"kafka_2.13-{version}.jar missing from the classpath")
+(libs / "SHA1SUMS").write_text("".join(lines))
+PY
+  rm -rf "$out"
+  mkdir -p "$out"
+  mv libs "$out/libs"
+}
+
+ALL=(kine kwok crds pulumi pulumi-kubernetes kubernetes kubernetes-node pulumi-language-python actionlint seaweedfs traefik kafka)
 components=("$@"); [[ ${#components[@]} -eq 0 ]] && components=("${ALL[@]}")
 total=$SECONDS
 for c in "${components[@]}"; do
@@ -268,6 +320,7 @@ for c in "${components[@]}"; do
     crds) step crds "$CACHE/crds-gateway-$GATEWAY_API_VERSION-rollouts-$ARGO_ROLLOUTS_VERSION/argo-rollouts-rollout-crd.yaml" -- build_crds ;;
     seaweedfs) step seaweedfs "$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin/weed" -- build_seaweedfs ;;
     traefik) step traefik "$CACHE/traefik-$TRAEFIK_VERSION/bin/traefik" -- build_traefik ;;
+    kafka) step kafka "$CACHE/kafka-$KAFKA_VERSION/libs/kafka_2.13-$KAFKA_VERSION.jar" -- build_kafka ;;
     actionlint) step actionlint "$CACHE/actionlint-$ACTIONLINT_VERSION/bin/actionlint" -- build_actionlint ;;
     *) log "unknown component: $c (known: ${ALL[*]})"; exit 2 ;;
   esac

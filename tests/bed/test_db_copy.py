@@ -23,8 +23,8 @@ import pytest
 from adapters.dbcopy import find_tool
 from preview_stack.copy_plan import job_args
 from testbed import localdb
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _names = itertools.count(1)
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,9 @@ import pytest
 from testbed import locate
 from testbed import node as real_node
 from testbed.images import build_all
+from tests.support.bed import gone, testbed_cli
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[2]
 
 
 def listeners(pids: set[int]) -> list[str]:
@@ -33,14 +32,7 @@ def listeners(pids: set[int]) -> list[str]:
 
 def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
     state = tmp_path / "bed"
-    up = subprocess.run(
-        [sys.executable, "-m", "testbed", "up", "--state", str(state)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    up = testbed_cli("up", "--state", str(state), timeout=300)
     assert up.returncode == 0, up.stderr
     pids = {p["pid"] for p in json.loads((state / "pids.json").read_text())}
     try:
@@ -70,21 +62,10 @@ def test_up_env_file_and_down(tmp_path: Path, testbed: object) -> None:
         assert real_node.shim_pids(state)
         assert real_node.mounts_under(state)
     finally:
-        down = subprocess.run(
-            [sys.executable, "-m", "testbed", "down", "--state", str(state)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        down = testbed_cli("down", "--state", str(state), timeout=120)
     assert down.returncode == 0, down.stderr
     assert not state.exists()
-    for pid in pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-        ), pid
+    assert all(gone(pid) for pid in pids), pids
     netns = real_node.Paths.of(state)
     assert real_node.shim_pids(state) == []
     assert real_node.mounts_under(state) == []

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -26,10 +25,10 @@ from preview_stack.routing import default_filter
 from testbed import Testbed
 from testbed import gateway as bed_gateway
 from testbed import node as real_node
+from tests.support.bed import gone, testbed_cli
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[2]
 HOST = "shop.preview-env.test"
 
 
@@ -180,15 +179,7 @@ def _closed(port: int) -> bool:
 def test_up_with_gateway_and_down_leave_nothing(tmp_path: Path, testbed: Testbed) -> None:
     assert testbed.real_node, "the Gateway runs on the real node (PREVIEW_ENV_REAL_NODE=0)"
     state = tmp_path / "bed"
-    argv = [sys.executable, "-m", "testbed"]
-    up = subprocess.run(
-        [*argv, "up", "--gateway", "--state", str(state)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    up = testbed_cli("up", "--gateway", "--state", str(state), timeout=300)
     try:
         assert up.returncode == 0, up.stderr
         processes = json.loads((state / "pids.json").read_text())
@@ -206,21 +197,10 @@ def test_up_with_gateway_and_down_leave_nothing(tmp_path: Path, testbed: Testbed
         assert f"127.0.0.1:{port} " in listening.stdout
         assert f"0.0.0.0:{port} " not in listening.stdout  # loopback only on the host
     finally:
-        down = subprocess.run(
-            [*argv, "down", "--state", str(state)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        down = testbed_cli("down", "--state", str(state), timeout=120)
     assert down.returncode == 0, down.stderr
     assert not state.exists()
-    for pid in pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-        ), pid
+    assert all(gone(pid) for pid in pids), pids
     assert _closed(port), f"127.0.0.1:{port} still open after down"
     assert real_node.shim_pids(state) == []
     assert not real_node.Paths.of(state).netns.exists()

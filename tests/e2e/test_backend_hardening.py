@@ -5,22 +5,26 @@ creates it again. All through `python -m cli`."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from preview_stack import backends, naming
 from testbed import Testbed
 from tests.support.cli import Cli, cli_argv, start_argv
 from tests.support.kube import Kube, objects_of, previews
 from tests.support.paths import REPO
 from tests.support.polling import wait_until
 from tests.support.processes import kill_process_group
-from tests.support.teams import User, make_backend
+from tests.support.teams import Backend, User, make_backend
 from tests.support.workloads import apply_unschedulable_target
 
 pytestmark = pytest.mark.cluster
@@ -254,4 +258,117 @@ def test_a_start_whose_stack_is_removed_before_its_update_creates_it_again(
     shown = cli("status", "-k", key, "-o", "json")
     assert [e["key"] for e in shown.json()] == [key], shown.stdout
     assert cli("clean", "-k", key).code == 0
+    assert wait_until(lambda: objects_of(kube, key) == [])
+
+
+class _PassphrasePipe:
+    """PULUMI_CONFIG_PASSPHRASE_FILE as a named pipe served by a thread of this test: every
+    `pulumi` waits, when it reads its passphrase, until the pipe is written. `pulumi up`
+    reads it after it selected its stack and before it takes the stack's lock
+    (cmd/pulumi/operations/up.go: RequireStack, GetStackConfiguration, then UpdateStack),
+    so `before_up` runs exactly in that window, once, with that `up` waiting."""
+
+    def __init__(self, path: Path, passphrase: str, before_up: Callable[[], None]) -> None:
+        self.path, self.passphrase, self.before_up = path, passphrase, before_up
+        self.served: list[list[str]] = []  # the argv of each reader, in order
+        self.ran_before: list[str] = []  # the argv of the `up` that `before_up` ran under
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _PassphrasePipe:
+        os.mkfifo(self.path, 0o600)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _readers(self) -> list[list[str]]:
+        """The argv of every other process holding the pipe open."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if any(os.readlink(fd) == str(self.path) for fd in (proc / "fd").iterdir()):
+                    found.append((proc / "cmdline").read_bytes().decode().split("\0"))
+            except OSError:
+                continue  # gone, or not ours to read
+        return found
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:  # succeeds once a reader is opening the pipe
+                    fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    time.sleep(0.02)
+                    continue
+                try:
+                    assert wait_until(lambda: bool(self._readers()), timeout=10)
+                    readers = self._readers()
+                    assert len(readers) == 1, readers  # one reader at a time, or it is unclear
+                    self.served.append(readers[0])
+                    if not self.ran_before and "up" in readers[0]:
+                        self.before_up()
+                        self.ran_before = readers[0]
+                    os.write(fd, f"{self.passphrase}\n".encode())
+                finally:
+                    os.close(fd)
+                wait_until(lambda: not self._readers(), timeout=30)  # it read to the end
+        except BaseException as exc:  # said by the test
+            self.failure = exc
+
+
+def test_a_start_whose_stack_is_removed_after_pulumi_selected_it_creates_it_again(
+    team: Callable[[str], User], backend: Backend, kube: Kube, staging: str, tmp_path: Path
+) -> None:
+    """A teammate's `clean` removes the stack after `pulumi up` selected it and before it
+    took the lock (as in the stress test: a start waiting for a clean's lock). Pulumi's
+    self-managed backends do not say "no stack named" then: their update panics (diy
+    getTarget calls Snapshot on the nil stack GetStack returns for a missing checkpoint).
+    The start must create the stack again and succeed, on every backend kind."""
+    key = f"rm-up-{backend.kind}"
+    ann = team("ann")
+    secret = backend.env["PULUMI_CONFIG_PASSPHRASE"]
+    stack = f"{backends.ORGANIZATION}/{naming.PROJECT}/{key}"
+
+    def remove() -> None:
+        removed = subprocess.run(
+            ["pulumi", "stack", "rm", "--yes", "--non-interactive", "--stack", stack],
+            capture_output=True,
+            text=True,
+            env={**ann.env(), "PULUMI_CONFIG_PASSPHRASE": secret},
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+        assert removed.returncode == 0, removed.stderr
+
+    env = {k: v for k, v in ann.env().items() if k != "PULUMI_CONFIG_PASSPHRASE"}
+    with _PassphrasePipe(tmp_path / "passphrase", secret, remove) as pipe:
+        env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(pipe.path)
+        started = subprocess.run(
+            ann.argv(*start_argv("users", key)),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=600,
+            check=False,
+        )
+    assert pipe.failure is None, repr(pipe.failure)
+    assert pipe.ran_before, pipe.served  # removed under a waiting `pulumi up`
+    # ... which failed; a second `up` deployed to the stack created again
+    assert len([argv for argv in pipe.served if "up" in argv]) == 2, pipe.served
+    assert started.returncode == 0, started.stderr
+    assert set(previews(kube, key)) == {f"users-{key}"}
+    assert key in backend.stack_keys()
+    shown = ann.run("status", "-k", key, "-o", "json")
+    assert [e["key"] for e in shown.json()] == [key], shown.stdout
+    assert ann.run("clean", "-k", key).code == 0
     assert wait_until(lambda: objects_of(kube, key) == [])

@@ -25,6 +25,11 @@ def files(tmp: Path) -> dict[str, str]:
         "types.yaml": "target: deployment/users\nfeature:\n  preview:\n    replicas: lots\n",
         "shared.json": '{"target": {"path": "deployment/users", "namespace": "staging"}, '
         '"feature": {"preview": {"shared_volumes": ["uploads"]}}}',
+        "rmq-regex.json": '{"target": "deployment/users", "feature": {"split_queues": '
+        '{"orders": {"queue_type": "RMQ", "message_filter": {"mirrord-session": "^pr-.*"}}}}}',
+        "unprepared.yaml": "target: deployment/users\nfeature:\n  split_queues:\n"
+        "    orders:\n      queue_type: RMQ\n"
+        "      message_filter: {mirrord-session: '{{ key }}'}\n",
     }
     for name, text in made.items():
         (tmp / name).write_text(text)
@@ -49,6 +54,18 @@ CASES = [
     ("both-ttls", ["-f", "@both.json", "-i", "x:1"], 2, "set either ttl_mins or ttl_secs"),
     ("wrong-type", ["-f", "@types.yaml", "-i", "x:1"], 2, "feature.preview.replicas:"),
     ("bad-ttl", ["-f", CONFIG, "-i", "x:1", "--ttl", "soon"], 2, "bad duration 'soon'"),
+    (
+        "rmq-regex-filter",
+        ["-f", "@rmq-regex.json", "-i", "x:1"],
+        2,
+        "feature.split_queues: orders: message_filter 'mirrord-session': '^pr-.*' is a regex",
+    ),
+    (
+        "unprepared-queue",
+        ["-f", "@unprepared.yaml", "-i", "x:1"],
+        2,
+        "feature.split_queues: queue orders is not prepared for splitting",
+    ),
     (
         "invalid-key",
         ["-f", CONFIG, "-i", "x:1", "-k", "Bad_Key"],

@@ -4,9 +4,14 @@ why with the container's own last words."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,10 +217,6 @@ def test_real_failures_are_named_with_the_containers_last_words(
 
 def _follows_until_interrupted(testbed: Testbed, key: str, ip: str, prefix: str) -> None:
     """`logs -f` prints a request's line as it happens, and Ctrl-C ends it with exit 0."""
-    import signal
-    import subprocess
-    import threading
-
     marker = f"/followed-{uuid.uuid4().hex[:8]}"
     follower = spawn_cli("logs", "-k", key, "-f", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = threading.Event()
@@ -295,6 +296,94 @@ def test_status_names_real_failures_not_ready(
         assert "not-ready" in text.stdout and "CrashLoopBackOff" in text.stdout
     finally:
         assert cli("clean", "-k", key).code == 0
+
+
+def test_start_judges_the_new_template_not_the_old_ready_pod(
+    cli: Cli,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    tmp_path: Path,
+    shop: str,
+) -> None:
+    """An update whose new pod can never be Ready fails, even when Pulumi's Deployment
+    await reports it done: the old pod (previous ReplicaSet, Ready throughout the rolling
+    update) is not the environment being ready.
+
+    The await (pulumi-kubernetes 4.25) passes its "controller has reconciled" gate on any
+    status whose observedGeneration equals the generation, then judges the conditions and
+    the ReplicaSet of the revision that status names. A status for the new generation that
+    still describes the old rollout (what a stale watch event shows it) makes it declare
+    the update done at once. Here that status is made deterministic: the bed's
+    controller-manager is paused while the update is applied, the status is written as
+    that stale event shows it, and the controller is resumed once Pulumi said done. It then
+    rolls out the new template for real: its pod fails with ErrImageNeverPull."""
+    key = "rp-stale"
+    config = _config(tmp_path, namespace, {})
+    name = f"shop-{key}"
+    try:
+        assert cli("start", "-f", config, "-i", shop, "-k", key, "--timeout", "45").code == 0
+        with _controllers_paused(testbed):
+            update = spawn_cli(
+                "start", "-f", config, "-i", "preview-env.local/missing:1", "-k", key,
+                "--timeout", "20", "--keep-on-failure",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            said_done = threading.Event()
+            err: list[str] = []
+
+            def read() -> None:
+                assert update.stderr is not None
+                for line in update.stderr:
+                    err.append(line)
+                    if f"deployment {namespace}/{name}: done" in line:
+                        said_done.set()
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+
+            def applied() -> bool:
+                found = kube.apps.read_namespaced_deployment(name, namespace)
+                return bool(found.metadata.generation > found.status.observed_generation)
+
+            assert wait_until(applied, timeout=60), "".join(err)
+            generation = kube.apps.read_namespaced_deployment(name, namespace).metadata.generation
+            kube.apps.patch_namespaced_deployment_status(
+                name, namespace, {"status": {"observedGeneration": generation}}
+            )
+            # Pulumi's await takes that status for the rollout's end (a provider that is
+            # not fooled times out instead: the verdict below holds either way).
+            said_done.wait(30)
+        assert update.stdout is not None
+        out = update.stdout.read()  # stderr is the reader's alone
+        assert update.wait(timeout=120) == 1, out + "".join(err)
+        reader.join(timeout=10)
+        stderr = "".join(err)
+        assert "Preview environment is live!" not in out
+        assert "ErrImageNeverPull" in stderr, stderr
+
+        result = cli("status", "-k", key, "-o", "json")
+        assert result.code == 0, result.stderr
+        (env,) = result.json()
+        assert env["state"] == "not-ready", env
+        assert "ErrImageNeverPull" in env["reason"], env
+        current = [p for p in env["pods"] if not p["outdated"]]
+        assert [p["image"] for p in current] == ["preview-env.local/missing:1"], env["pods"]
+        old = [p for p in env["pods"] if p["outdated"]]
+        assert old and all(p["state"] == "ready" for p in old), env["pods"]
+    finally:
+        assert cli("clean", "-k", key).code == 0
+
+
+@contextlib.contextmanager
+def _controllers_paused(testbed: Testbed) -> Iterator[None]:
+    """The bed's kube-controller-manager stopped (SIGSTOP) for the block, then resumed."""
+    (manager,) = [p for p in testbed.processes if p.name == "kube-controller-manager"]
+    os.kill(manager.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(manager.pid, signal.SIGCONT)
 
 
 def test_a_host_path_of_the_target_is_not_the_previews(

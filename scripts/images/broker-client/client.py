@@ -1,0 +1,86 @@
+"""broker-client: the test bed's message broker client, the entry point of its image
+(testbed.images.broker_client: the host's Python with pika and kafka-python from PyPI).
+
+    client.py roundtrip --rabbitmq AMQP_URL --kafka BOOTSTRAP --name NAME [--timeout S]
+
+takes the one message waiting on RabbitMQ queue NAME-in and the first record of Kafka
+topic NAME-in, and answers each with `pod got: <body>` on queue / topic NAME-out. It
+prints one line per step and exits 1 when a step fails or nothing arrives in time: a pod
+on the bed's real node proves both brokers reachable there, both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import pika
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+
+def rabbitmq(url: str, name: str, deadline: float) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for queue in (f"{name}-in", f"{name}-out"):
+            channel.queue_declare(queue=queue)
+        while True:
+            _method, _props, body = channel.basic_get(queue=f"{name}-in", auto_ack=True)
+            if body is not None:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no message on queue {name}-in")
+            time.sleep(0.2)
+        print(f"rabbitmq: got {body.decode()!r} from queue {name}-in", flush=True)
+        channel.basic_publish(exchange="", routing_key=f"{name}-out", body=b"pod got: " + body)
+        print(f"rabbitmq: answered on queue {name}-out", flush=True)
+    finally:
+        connection.close()
+
+
+def kafka(bootstrap: str, name: str, deadline: float) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        partition = TopicPartition(f"{name}-in", 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        value = None
+        while value is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no record on topic {name}-in")
+            for records in consumer.poll(timeout_ms=500).values():
+                value = records[0].value
+    finally:
+        consumer.close()
+    print(f"kafka: got {value.decode()!r} from topic {name}-in", flush=True)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        remaining = max(1.0, deadline - time.monotonic())
+        producer.send(f"{name}-out", b"pod got: " + value).get(timeout=remaining)
+    finally:
+        producer.close()
+    print(f"kafka: answered on topic {name}-out", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="broker-client")
+    commands = parser.add_subparsers(dest="command", required=True)
+    roundtrip = commands.add_parser("roundtrip")
+    roundtrip.add_argument("--rabbitmq", required=True, help="amqp:// URL")
+    roundtrip.add_argument("--kafka", required=True, help="bootstrap host:port")
+    roundtrip.add_argument("--name", required=True)
+    roundtrip.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.timeout
+    try:
+        rabbitmq(args.rabbitmq, args.name, deadline)
+        kafka(args.kafka, args.name, deadline)
+    except Exception as exc:  # one line with the cause, exit 1
+        print(f"broker-client: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
