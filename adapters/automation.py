@@ -211,7 +211,23 @@ class Stacks:
 
     def environments(self) -> dict[str, bool]:
         """Every environment key with a stack, mapped to whether an update is running: the
-        checkpoint store's listing (its lock files), else one `pulumi stack ls`."""
+        checkpoint store's listing (its lock files), else one `pulumi stack ls`. Platform
+        stacks (naming.platform_stack) are no environments: `platform_stacks` lists them."""
+        return {
+            name: busy
+            for name, busy in self._all_stacks().items()
+            if naming.platform_stack_parts(name) is None
+        }
+
+    def platform_stacks(self, kind: str) -> list[str]:
+        """The names of this backend's platform stacks of `kind` (`waypoint`, `queue`)."""
+        return sorted(
+            name
+            for name in self._all_stacks()
+            if (parts := naming.platform_stack_parts(name)) and parts[0] == kind
+        )
+
+    def _all_stacks(self) -> dict[str, bool]:
         listed = self._listed()
         if listed is not None:
             return listed
@@ -219,6 +235,65 @@ class Stacks:
             lambda: self._workspace().list_stacks(), f"cannot list stacks in {self._shown}"
         )
         return {s.name.rsplit("/", 1)[-1]: bool(s.update_in_progress) for s in summaries}
+
+    def apply_platform(
+        self,
+        name: str,
+        program: Callable[[], None],
+        *,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+    ) -> None:
+        """Deploy platform stack `name` (naming.platform_stack) from `program`, creating
+        it when missing, under its lock. Raises Busy, DeployFailed or the program's
+        PreviewError (re-raised as is, so a refusal keeps its own message and exit code)."""
+        assert naming.platform_stack_parts(name), name
+        errors: list[PreviewError] = []
+
+        def guarded() -> None:
+            try:
+                program()
+            except PreviewError as exc:
+                errors.append(exc)
+                raise
+
+        stack = self._create_or_select(name, guarded)
+
+        def up() -> None:
+            stack.up(on_event=on_event, on_output=on_output, color="never")
+
+        try:
+            self._locked(name, up, lock_wait=lock_wait, stale_lock_after=None)
+        except DeployFailed:
+            if errors:
+                raise errors[0] from None
+            raise
+
+    def destroy_platform(
+        self,
+        name: str,
+        *,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+    ) -> bool:
+        """Remove every object of platform stack `name`, then the stack; False when gone."""
+        assert naming.platform_stack_parts(name), name
+        try:
+            stack = self._select(name, _noop)
+        except NotFound:
+            return False
+
+        def up() -> None:
+            stack.up(on_event=on_event, on_output=on_output, color="never")
+
+        try:
+            self._locked(name, up, lock_wait=lock_wait, stale_lock_after=None)
+        except NotFound:
+            return False
+        self.remove_if_empty(name)
+        return True
 
     def lock_store(self) -> LockStore | None:
         """The backend's lock objects (adapters.backend.stores); None for Pulumi Cloud."""

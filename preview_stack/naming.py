@@ -81,6 +81,26 @@ def record_name(key: str) -> str:
     return fit(f"preview-env-{key}")
 
 
+# Platform stacks: what a platform engineer sets up once for every preview (a waypoint in
+# front of a Service, a queue prepared for splitting). They share the project with the
+# environments, and their names hold dots, which no environment key can: `kind.ns.name`.
+PLATFORM_KINDS = ("waypoint", "queue")
+
+
+def platform_stack(kind: str, namespace: str, name: str) -> str:
+    """`waypoint.staging.orders`: the stack of platform object `kind` NAME in NAMESPACE."""
+    assert kind in PLATFORM_KINDS, kind
+    return f"{kind}.{namespace}.{name}"
+
+
+def platform_stack_parts(stack: str) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of a platform stack's name; None for an environment's."""
+    parts = stack.split(".")
+    if len(parts) != 3 or parts[0] not in PLATFORM_KINDS:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 def label_value(text: str) -> str:
     """A valid label value for `text` (hash-suffixed when too long or invalid)."""
     if len(text) <= NAME_MAX and _LABEL_VALUE.match(text):

@@ -21,11 +21,16 @@ from preview_stack.errors import PreviewError
 from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request
 from preview_stack.stack_config import declared_change, parse_services
+from pulumi_up import platform
 
 
 def main() -> None:
     cfg = pulumi.Config(naming.PROJECT)
     key = pulumi.get_stack()
+    platform_parts = naming.platform_stack_parts(key)
+    if platform_parts:
+        platform.run(*platform_parts, cfg)
+        return
     k8s_cfg = pulumi.Config("kubernetes")
     cluster = Cluster(ClusterTarget(k8s_cfg.get("kubeconfig"), k8s_cfg.get("context")))
     mirrord_path = cfg.get("mirrordConfig")

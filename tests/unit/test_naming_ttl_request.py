@@ -160,3 +160,12 @@ def test_the_stale_lock_threshold_outlasts_the_longest_update() -> None:
     # A branch server, its copy Job and the preview each wait up to the creation timeout.
     assert MIN_STALE_LOCK_SECONDS > 3 * MAX_CREATION_TIMEOUT_SECONDS
     assert DEFAULT_STALE_LOCK_SECONDS >= MIN_STALE_LOCK_SECONDS
+
+
+def test_platform_stacks_are_named_apart_from_every_environment_key() -> None:
+    name = naming.platform_stack("waypoint", "staging", "orders")
+    assert name == "waypoint.staging.orders"
+    assert naming.platform_stack_parts(name) == ("waypoint", "staging", "orders")
+    assert naming.key_problem(name) is not None  # no key can name a platform stack
+    assert naming.platform_stack_parts("pr-7") is None
+    assert naming.platform_stack_parts("other.staging.orders") is None
