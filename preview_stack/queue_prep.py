@@ -22,12 +22,14 @@ by `Preparation.type`: `rmq` here, `kafka` in the Kafka plug-in.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming
+from preview_stack.errors import BadInput
 
 BrokerType = Literal["rmq", "kafka"]
 # queue_type in mirrord's config -> our preparation's type.
@@ -41,6 +43,7 @@ COMPONENT_STATUS = "queue-status"
 RECORD_KEY = "preparation.json"
 STATUS_KEY = "status.json"
 SPLIT_KEY = "split.json"
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class _Frozen(BaseModel):
@@ -53,14 +56,14 @@ class Preparation(_Frozen):
     id: str
     namespace: str
     type: BrokerType
-    target_kind: str
-    target_name: str
-    container: str
-    env: str  # the target container's variable holding the queue (or topic) name
-    source: str  # its value in the target's pod template: the original queue or topic
-    secret: str  # the Secret in `namespace` holding the broker URL ...
-    secret_key: str  # ... under this key
-    image: str  # the keeper's image, also the preview pods' init container's
+    source: str  # the original queue or topic (the target's `env` in its pod template)
+    target_kind: str = ""
+    target_name: str = ""
+    container: str = ""
+    env: str = ""  # the target container's variable holding the queue (or topic) name
+    secret: str = ""  # the Secret in `namespace` holding the broker URL ...
+    secret_key: str = ""  # ... under this key
+    image: str = ""  # the keeper's image, also the preview pods' init container's
     exchange: str = ""  # rmq: the producers' exchange feeding `source`
     routing_key: str = ""  # rmq: the binding key of exchange -> source
     state: Literal["prepared", "unprepared"] = "prepared"
@@ -104,6 +107,44 @@ class KeeperStatus(_Frozen):
     bad_input: bool = False  # the failure is the preparation's config (exit 2)
     updated_at: str = ""
     keys: list[KeyQueueStatus] = Field(default_factory=list)
+
+
+def source_of(pod_spec: Mapping[str, Any], container: str | None, var: str) -> tuple[str, str]:
+    """(container, queue) from the target's pod template: the container (default: the
+    first) and its variable `var`'s literal value, which the preview pods get replaced."""
+    containers = list(pod_spec.get("containers") or [])
+    names = [c.get("name", "") for c in containers]
+    chosen = next((c for c in containers if c.get("name") == (container or names[0])), None)
+    if chosen is None:
+        raise BadInput(
+            f"--container {container!r} is not a container of the target "
+            f"(containers: {', '.join(names)})"
+        )
+    found = next((e for e in chosen.get("env") or [] if e.get("name") == var), None)
+    listed = ", ".join(sorted(e.get("name", "") for e in chosen.get("env") or [])) or "none"
+    if found is None:
+        raise BadInput(
+            f"--env {var}: container {chosen['name']!r} of the target has no such variable "
+            f"(its variables: {listed})"
+        )
+    value = found.get("value")
+    if not isinstance(value, str) or not value:
+        raise BadInput(
+            f"--env {var}: the target sets it from a reference, not a value; the queue's name "
+            "must be a literal value in the target's pod template"
+        )
+    return str(chosen["name"]), value
+
+
+def parse_secret_ref(text: str) -> tuple[str, str]:
+    """`SECRET:KEY` of --url-from."""
+    name, _, key = text.partition(":")
+    if not name or not key or not _SECRET_NAME.match(name):
+        raise BadInput(
+            f"--url-from {text!r}: use SECRET:KEY, a Secret in the namespace and its key "
+            "holding the broker URL"
+        )
+    return name, key
 
 
 # ---------------------------------------------------------------------------- names
@@ -151,6 +192,51 @@ def key_split(prep: Preparation, key: str, values: Mapping[str, str], mode: str)
         filter=dict(values),
         mode="mirror" if mode == "mirror" else "steal",
     )
+
+
+def selector(component: str, queue_id: str | None = None) -> str:
+    terms = naming.selector(components=(component,))
+    return f"{terms},{LABEL_QUEUE}={queue_id}" if queue_id else terms
+
+
+class QueueRow(_Frozen):
+    """One prepared queue, as `queues list` shows it."""
+
+    id: str
+    namespace: str
+    type: str = ""
+    target: str = ""
+    env: str = ""
+    source: str = ""
+    exchange: str = ""
+    state: str = "unknown"  # the keeper's: starting, prepared, unprepared, failed
+    error: str = ""
+    keys: list[str] = Field(default_factory=list)
+
+
+def queue_row(
+    queue_id: str, namespace: str, prep: Preparation | None, status: KeeperStatus | None
+) -> QueueRow:
+    row = QueueRow(id=queue_id, namespace=namespace)
+    if prep is not None:
+        row = row.model_copy(
+            update={
+                "type": prep.type,
+                "target": prep.target,
+                "env": prep.env,
+                "source": prep.source,
+                "exchange": prep.exchange,
+            }
+        )
+    if status is not None:
+        row = row.model_copy(
+            update={
+                "state": status.state,
+                "error": status.error,
+                "keys": [k.key for k in status.keys],
+            }
+        )
+    return row
 
 
 # ------------------------------------------------------------- Kubernetes objects
@@ -234,8 +320,6 @@ def init_container(prep: Preparation, split: KeySplit) -> dict[str, Any]:
     args = ["queues", "bind", prep.id, "--type", prep.type, "--queue", split.queue]
     for header, value in sorted(split.filter.items()):
         args += ["--match", f"{header}={value}"]
-    if prep.type == "rmq":
-        args += ["--exchange", headers_exchange(prep)]
     return {
         "name": naming.fit(f"queue-{prep.id}", 63),
         "image": prep.image,

@@ -113,6 +113,15 @@ def exact_value(pattern: str) -> str | None:
     return inner
 
 
+def check_queue_id(queue_id: object) -> str:
+    if not isinstance(queue_id, str) or not _QUEUE_ID.match(queue_id):
+        raise ValueError(
+            f"queue id {queue_id!r} must be lowercase letters, digits and '-' "
+            "(at most 42), as it names the queue's preparation"
+        )
+    return queue_id
+
+
 def parse_split_queues(value: Any) -> dict[str, SplitQueue]:
     """mirrord's object-or-list shape, as queue id -> SplitQueue (raises ValueError)."""
     if value is None:
@@ -130,11 +139,7 @@ def parse_split_queues(value: Any) -> dict[str, SplitQueue]:
         raise ValueError("split_queues must be an object keyed by queue id, or a list")
     queues = {}
     for queue_id, entry in value.items():
-        if not isinstance(queue_id, str) or not _QUEUE_ID.match(queue_id):
-            raise ValueError(
-                f"queue id {queue_id!r} must be lowercase letters, digits and '-' "
-                "(at most 42), as it names the queue's preparation"
-            )
+        check_queue_id(queue_id)
         try:
             queues[queue_id] = SplitQueue.model_validate(entry)
         except ValidationError as exc:

@@ -22,6 +22,7 @@ from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request
 from preview_stack.stack_config import declared_change, parse_services
 from pulumi_up import platform
+from pulumi_up import queue as _queue  # noqa: F401  (registers the `queue` program)
 
 
 def main() -> None:

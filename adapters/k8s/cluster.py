@@ -308,6 +308,24 @@ class Cluster:
                     self.unlisted.add(namespace)
         return items
 
+    def configmaps(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """ConfigMaps matching `selector` in `namespace` (all namespaces when None)."""
+        with _errors(f"listing ConfigMaps in {namespace or 'all namespaces'}"):
+            return self.api.list(RESOURCES["configmap"].path(namespace), selector)
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with _errors(f"reading ConfigMap {namespace}/{name}"):
+            try:
+                return self._get("configmap", name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def patch_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        with _errors(f"writing ConfigMap {namespace}/{name}"):
+            self.api.merge_patch(RESOURCES["configmap"].path(namespace, name), {"data": data})
+
     def records(
         self, key: str | None = None, namespaces: Collection[str] | None = None
     ) -> list[dict[str, Any]]:
