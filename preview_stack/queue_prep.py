@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from preview_stack import naming
+from preview_stack import kafka_split, naming
 from preview_stack.errors import BadInput
 
 BrokerType = Literal["rmq", "kafka"]
@@ -66,6 +66,7 @@ class Preparation(_Frozen):
     image: str = ""  # the keeper's image, also the preview pods' init container's
     exchange: str = ""  # rmq: the producers' exchange feeding `source`
     routing_key: str = ""  # rmq: the binding key of exchange -> source
+    group: str = ""  # kafka: the target's consumer group, which the splitter joins
     state: Literal["prepared", "unprepared"] = "prepared"
 
     @property
@@ -76,7 +77,7 @@ class Preparation(_Frozen):
         """The broker objects the preparation makes, by role (for the record and list)."""
         if self.type == "rmq":
             return {"headers_exchange": headers_exchange(self), "fallback": fallback(self)}
-        return {}
+        return {"staging_topic": kafka_split.staging_topic(self.source), "group": self.group}
 
 
 class KeySplit(_Frozen):
@@ -176,6 +177,8 @@ def fallback(prep: Preparation) -> str:
 
 def key_queue(prep: Preparation, key: str) -> str:
     """The key's queue (rmq) or topic (kafka): the original's name with the key."""
+    if prep.type == "kafka":
+        return kafka_split.key_topic(prep.source, key)
     return f"{prep.source}.preview-env.{key}"
 
 

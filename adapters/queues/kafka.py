@@ -1,0 +1,390 @@
+"""Kafka, split by a splitter in the keeper (kafka-python); the decisions are pure
+(preview_stack.kafka_split), this module does the I/O.
+
+The splitter is a thread of the keeper process: a consumer of the source topic **in the
+target's own consumer group** (so it starts where the target stopped and commits where
+the target will resume) and a producer (acks=all, idempotent) to the key topics and to
+the staging topic. A batch's offsets are committed only once each of its records was
+acknowledged; a crash (or a commit refused by a rebalance) re-reads that batch: its
+records may reach their topics twice, none is lost. Transactions would remove those
+duplicates only for consumers reading `read_committed`, which staging's consumer need
+not, so they are not used.
+
+The keeper calls `reconcile` every round from its own thread; the splitter thread alone
+touches its consumer (kafka-python's consumer is not thread-safe): the keeper hands it
+the live routes and the key topics whose group offsets must start at the beginning, and
+waits until it has applied them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import kafka.errors
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from adapters.queues.broker import BROKERS, BrokerError
+from preview_stack import kafka_split
+from preview_stack.errors import BadInput
+from preview_stack.kafka_split import Route
+from preview_stack.queue_prep import KeyQueueStatus, KeySplit, Preparation
+
+T = TypeVar("T")
+POLL_MS = 200
+BATCH = 500  # records per poll: at most this many are duplicated by a crash
+APPLY_SECONDS = 15.0  # how long the keeper waits for the splitter to apply new routes
+CLIENT_ID = "preview-env-splitter"
+
+
+def bootstrap_of(url: str) -> list[str]:
+    """`kafka://host:port,host:port` or `host:port,...` -> the bootstrap servers."""
+    hosts = url.strip().split("://", 1)[-1].rstrip("/")
+    servers = [h for h in hosts.split(",") if h]
+    if not servers:
+        raise BadInput("the broker URL names no Kafka bootstrap server (host:port)")
+    return servers
+
+
+def _guard(what: str, op: Callable[[], T]) -> T:
+    try:
+        return op()
+    except kafka.errors.KafkaError as exc:
+        raise BrokerError(f"Kafka: {what}: {type(exc).__name__}: {exc}") from None
+
+
+class Splitter(threading.Thread):
+    """The record path: source -> key topics and staging, commits after acks."""
+
+    def __init__(self, prep: Preparation, servers: list[str]) -> None:
+        super().__init__(name=f"splitter-{prep.id}", daemon=True)
+        self.prep, self.servers = prep, servers
+        self.staging = kafka_split.staging_topic(prep.source)
+        self.lock = threading.Lock()
+        self.routes: tuple[Route, ...] = ()
+        self.epoch = 0  # bumped by each change the keeper asks for
+        self.applied = 0  # the last epoch whose routes every flushed record followed
+        self.resets: set[str] = set()  # topics to start at the beginning for the group
+        self.stopping = threading.Event()
+        self.error = ""
+        self.forwarded = 0
+        self.staging_reset = False
+
+    # ------------------------------------------------------------- the keeper's side
+    def ask(self, routes: Sequence[Route], resets: Sequence[str] = ()) -> int:
+        with self.lock:
+            self.routes = tuple(routes)
+            self.resets |= set(resets)
+            self.epoch += 1
+            return self.epoch
+
+    def wait_applied(self, epoch: int, timeout: float = APPLY_SECONDS) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.is_alive():
+            with self.lock:
+                if self.applied >= epoch and not self.resets:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    # -------------------------------------------------------------- the thread's side
+    def run(self) -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.servers,
+            client_id=CLIENT_ID,
+            group_id=self.prep.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # no commit: lose nothing
+            max_poll_records=BATCH,
+        )
+        producer = KafkaProducer(
+            bootstrap_servers=self.servers, client_id=CLIENT_ID, acks="all", linger_ms=5
+        )
+        try:
+            consumer.subscribe([self.prep.source])
+            while not self.stopping.is_set():
+                self._round(consumer, producer)
+        except Exception as exc:  # the keeper sees the thread dead and restarts it
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=10)
+            with contextlib.suppress(Exception):
+                consumer.close(autocommit=False)
+
+    def _round(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        with self.lock:
+            routes, epoch, resets = self.routes, self.epoch, set(self.resets)
+        batch = consumer.poll(timeout_ms=POLL_MS, max_records=BATCH)
+        joined = consumer.group_metadata().generation_id > 0
+        if joined and not self.staging_reset:
+            self._reset(consumer, self.staging)  # before the first record to staging
+            self.staging_reset = True
+        if joined and resets:
+            for topic in resets:
+                self._reset(consumer, topic)
+            with self.lock:
+                self.resets -= resets
+        if batch and not self.staging_reset:
+            # Not a member yet (cannot happen once records are assigned): read them again.
+            for tp, records in batch.items():
+                consumer.seek(tp, records[0].offset)
+            return
+        futures, offsets = [], {}
+        for tp, records in batch.items():
+            for r in records:
+                dest = kafka_split.route(r.headers, routes)
+                topics = [*dest.keys, *([self.staging] if dest.staging else [])]
+                for topic in topics:
+                    futures.append(
+                        producer.send(topic, value=r.value, key=r.key, headers=r.headers)
+                    )
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        producer.flush()
+        failed = [f for f in futures if not f.succeeded()]
+        if failed:  # not acknowledged: read the batch again (the acknowledged ones twice)
+            for tp, records in batch.items():
+                consumer.seek(tp, records[0].offset)
+            raise BrokerError(f"{len(failed)} record(s) not acknowledged: {failed[0].exception}")
+        if offsets:
+            consumer.commit(offsets)
+            self.forwarded += sum(len(r) for r in batch.values())
+        with self.lock:
+            self.applied = max(self.applied, epoch)
+
+    def _reset(self, consumer: KafkaConsumer, topic: str) -> None:
+        """Commit the beginning of `topic` for the group where it has no (or a stale)
+        commit: the target (staging) or the preview (a key topic) reads it all."""
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            raise BrokerError(f"topic {topic} has no partitions yet")
+        earliest = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        committed = {tp.partition: consumer.committed(tp) for tp in tps}
+        plan = kafka_split.reset_to_beginning(
+            committed,
+            {tp.partition: o for tp, o in earliest.items()},
+            {tp.partition: o for tp, o in end.items()},
+        )
+        if plan:
+            consumer.commit(
+                {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in plan.items()}
+            )
+
+
+class KafkaBroker:
+    def __init__(self, prep: Preparation, url: str) -> None:
+        self.prep = prep
+        self.servers = bootstrap_of(url)
+        self.staging = kafka_split.staging_topic(prep.source) if prep.source != "-" else ""
+        self.splitter: Splitter | None = None
+        self.admin = _guard(
+            "connecting",
+            lambda: KafkaAdminClient(bootstrap_servers=self.servers, client_id=CLIENT_ID),
+        )
+        self.probe = _guard(
+            "connecting",
+            lambda: KafkaConsumer(bootstrap_servers=self.servers, client_id=CLIENT_ID),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _topics(self) -> set[str]:
+        return _guard("listing topics", lambda: set(self.probe.topics()))
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        self.probe.topics()  # refresh metadata
+        parts = self.probe.partitions_for_topic(topic) or set()
+        return [TopicPartition(topic, p) for p in sorted(parts)]
+
+    def _create(self, topic: str, partitions: int) -> None:
+        if topic in self._topics():
+            return
+        with contextlib.suppress(kafka.errors.TopicAlreadyExistsError):
+            _guard(
+                f"creating topic {topic}",
+                lambda: self.admin.create_topics(
+                    {topic: {"num_partitions": partitions, "replication_factor": -1}},
+                    wait_for_metadata=True,
+                ),
+            )
+
+    def _offsets(self, topic: str) -> tuple[dict[int, int | None], dict[int, int], dict[int, int]]:
+        """(the group's commits, earliest, end) per partition of `topic`."""
+        tps = self._partitions(topic)
+
+        def read() -> tuple[dict[int, int | None], dict[int, int], dict[int, int]]:
+            listed = self.admin.list_group_offsets({self.prep.group: tps}).get(self.prep.group, {})
+            committed: dict[int, int | None] = {
+                tp.partition: (m.offset if m is not None and m.offset >= 0 else None)
+                for tp, m in ((tp, listed.get(tp)) for tp in tps)
+            }
+            earliest = {tp.partition: o for tp, o in self.probe.beginning_offsets(tps).items()}
+            end = {tp.partition: o for tp, o in self.probe.end_offsets(tps).items()}
+            return committed, earliest, end
+
+        return _guard(f"reading offsets of {topic}", read)
+
+    def _holders(self, topic: str) -> list[str]:
+        described = _guard(
+            "describing the group", lambda: self.admin.describe_groups([self.prep.group])
+        )
+        group = described.get(self.prep.group) if isinstance(described, dict) else None
+        if group is None and isinstance(described, list) and described:
+            group = described[0]
+        return kafka_split.holders(group or {}, topic)
+
+    def _routes(self, splits: Sequence[KeySplit]) -> list[Route]:
+        return [
+            Route(key=s.key, topic=s.queue, filter=dict(s.filter), mirror=s.mode == "mirror")
+            for s in splits
+        ]
+
+    def _running(self) -> Splitter:
+        if self.splitter is None or not self.splitter.is_alive():
+            why = self.splitter.error if self.splitter is not None else "not started"
+            self.splitter = None
+            raise BrokerError(f"the splitter of {self.prep.source} stopped ({why})")
+        return self.splitter
+
+    # ------------------------------------------------------------------------ Broker
+    def prepare(self) -> None:
+        prep = self.prep
+        if not prep.group:
+            raise BadInput("a Kafka preparation needs the target's consumer group (--group)")
+        try:
+            kafka_split.check_source(prep.source)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        source = _guard("reading metadata", lambda: self._partitions(prep.source))
+        if not source:
+            raise BadInput(f"topic {prep.source!r} does not exist on the broker")
+        self._create(self.staging, len(source))
+        if self.splitter is None or not self.splitter.is_alive():
+            self.splitter = Splitter(prep, self.servers)
+            self.splitter.start()
+
+    def bind(self, split: KeySplit) -> None:
+        """The preview pod's init container: wait for the keeper to create the key's topic."""
+        if split.queue not in self._topics():
+            raise BrokerError(f"topic {split.queue} is not created yet by the queue's keeper")
+
+    def reconcile(
+        self, desired: Sequence[KeySplit], known: Sequence[KeyQueueStatus]
+    ) -> list[KeyQueueStatus]:
+        splitter = self._running() if desired or self.splitter is not None else None
+        partitions = len(self._partitions(self.prep.source)) or 1
+        live = {r.topic for r in (splitter.routes if splitter else ())}
+        new = [s.queue for s in desired if s.queue not in live]
+        for topic in new:
+            self._create(topic, partitions)
+        if splitter is not None:
+            epoch = splitter.ask(self._routes(desired), new)
+            if not splitter.wait_applied(epoch):
+                raise BrokerError(f"the splitter did not apply the routes within {APPLY_SECONDS}s")
+        rows = [
+            KeyQueueStatus(
+                key=s.key, queue=s.queue, filter=dict(s.filter), waiting=self._waiting(s.queue)
+            )
+            for s in desired
+        ]
+        wanted = {s.queue for s in desired}
+        for old in known:
+            if old.queue in wanted:
+                continue
+            if not self._remove(old.queue):
+                rows.append(old.model_copy(update={"removing": True, "waiting": None}))
+        return rows
+
+    def _waiting(self, topic: str) -> int | None:
+        try:
+            return kafka_split.waiting(*self._offsets(topic))
+        except BrokerError:
+            return None
+
+    def _remove(self, topic: str) -> bool:
+        """Routes no longer lead to `topic` (reconcile applied them); once no member of the
+        group holds it, copy what the preview did not consume to staging, then delete it."""
+        if topic not in self._topics():
+            return True
+        if self._holders(topic):
+            return False  # the preview is still reading it: next round
+        ranges = kafka_split.drain_ranges(*self._offsets(topic))
+        if ranges:
+            self._copy(topic, ranges)
+        with contextlib.suppress(kafka.errors.KafkaError):
+            self.admin.delete_group_offsets(self.prep.group, self._partitions(topic))
+        with contextlib.suppress(kafka.errors.UnknownTopicOrPartitionError):
+            _guard(f"deleting topic {topic}", lambda: self.admin.delete_topics([topic]))
+        return True
+
+    def _copy(self, topic: str, ranges: dict[int, tuple[int, int]]) -> None:
+        """Each record of `ranges` to staging, acknowledged (acks=all) before the topic goes;
+        a crash meanwhile copies them again (duplicates, no loss)."""
+        reader = KafkaConsumer(bootstrap_servers=self.servers, client_id=CLIENT_ID)
+        producer = KafkaProducer(bootstrap_servers=self.servers, acks="all", linger_ms=5)
+        try:
+            tps = {p: TopicPartition(topic, p) for p in ranges}
+            reader.assign(list(tps.values()))
+            for p, (start, _) in ranges.items():
+                reader.seek(tps[p], start)
+            left = {tps[p]: stop for p, (_, stop) in ranges.items()}
+            futures = []
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                for tp, records in reader.poll(timeout_ms=POLL_MS, max_records=BATCH).items():
+                    for r in records:
+                        if tp in left and r.offset < left[tp]:
+                            futures.append(
+                                producer.send(self.staging, value=r.value, key=r.key,
+                                              headers=r.headers)
+                            )  # fmt: skip
+                    if tp in left and reader.position(tp) >= left[tp]:
+                        del left[tp]
+            producer.flush()
+            if left or not all(f.succeeded() for f in futures):
+                raise BrokerError(f"topic {topic}: not all records reached staging yet")
+        finally:
+            reader.close(autocommit=False)
+            producer.close(timeout=10)
+
+    def unprepare(self) -> None:
+        """Stop the splitter (its last batch committed); done once the target has read all
+        of staging, so pointing it back at the source (the group resumes where the
+        splitter stopped) leaves nothing behind."""
+        if self.splitter is not None:
+            self.splitter.stop()
+            self.splitter = None
+        if not self.staging or self.staging not in self._topics():
+            return
+        left = kafka_split.waiting(*self._offsets(self.staging))
+        if left:
+            raise BrokerError(f"the target has not read all of {self.staging} yet ({left} left)")
+        with contextlib.suppress(kafka.errors.UnknownTopicOrPartitionError):
+            _guard("deleting the staging topic", lambda: self.admin.delete_topics([self.staging]))
+
+    def status(self) -> dict[str, Any]:
+        """What the splitter did (for the keeper's log and the tests)."""
+        s = self.splitter
+        return {"alive": bool(s and s.is_alive()), "forwarded": s.forwarded if s else 0}
+
+    def close(self) -> None:
+        if self.splitter is not None:
+            self.splitter.stop()
+            self.splitter = None
+        with contextlib.suppress(Exception):
+            self.probe.close()
+        with contextlib.suppress(Exception):
+            self.admin.close()
+
+
+BROKERS["kafka"] = KafkaBroker
