@@ -9,14 +9,21 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from preview_stack import queue_prep
+from preview_stack import kafka_split, queue_prep
+from preview_stack.errors import BadInput
 from preview_stack.queue_prep import Preparation
 
 COMPONENT_TYPE = "preview-env:index:QueuePreparation"
 
 
+PATCHES: dict[str, Any] = {
+    "Deployment": k8s.apps.v1.DeploymentPatch,
+    "StatefulSet": k8s.apps.v1.StatefulSetPatch,
+}
+
+
 class QueuePreparation(pulumi.ComponentResource):
-    def __init__(self, prep: Preparation) -> None:
+    def __init__(self, prep: Preparation, target_topic: str | None = None) -> None:
         super().__init__(COMPONENT_TYPE, f"{prep.namespace}.{prep.id}", None)
         child = pulumi.ResourceOptions(parent=self)
         record = queue_prep.record_manifest(prep)
@@ -26,6 +33,8 @@ class QueuePreparation(pulumi.ComponentResource):
         made: dict[str, pulumi.Resource] = {}
         for manifest in queue_prep.keeper_manifests(prep):
             made[manifest["kind"]] = self._declare(manifest, made)
+        if target_topic is not None:
+            self._patch(prep, target_topic, made)
         self.register_outputs({"queue": prep.id, "namespace": prep.namespace})
 
     def _declare(self, m: dict[str, Any], made: dict[str, pulumi.Resource]) -> pulumi.Resource:
@@ -54,6 +63,31 @@ class QueuePreparation(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(made.values())),
         )
 
+    def _patch(self, prep: Preparation, topic: str, made: dict[str, pulumi.Resource]) -> None:
+        """kafka: the target's topic variable (the preparation owns this field). Pointing
+        back at the source is kept on delete: deleting a patch removes its fields."""
+        kind = PATCHES.get(prep.target_kind)
+        if kind is None:
+            raise BadInput(
+                f"a Kafka preparation patches a Deployment or StatefulSet, not {prep.target_kind}"
+            )
+        kind(
+            "target",
+            metadata={
+                "name": prep.target_name,
+                "namespace": prep.namespace,
+                "annotations": {"pulumi.com/patchForce": "true"},
+            },
+            spec=kafka_split.target_patch(prep.container, prep.env, topic)["spec"],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(made.values()),
+                retain_on_delete=topic == prep.source,
+            ),
+        )
 
-def declare_preparation(prep: Preparation) -> None:
-    QueuePreparation(prep)
+
+def declare_preparation(prep: Preparation, target_topic: str | None = None) -> None:
+    """`target_topic` (kafka): what the target's variable names, as
+    `kafka_split.target_topic` decides; None: no patch (rmq, or not yet)."""
+    QueuePreparation(prep, target_topic)

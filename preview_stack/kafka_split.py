@@ -125,16 +125,15 @@ def route(headers: Headers, routes: Iterable[Route]) -> Destinations:
 
 
 # ---------------------------------------------------------------------- the target
-def target_patch(container: str, env: str, source: str) -> dict[str, Any]:
-    """The pod template change the preparation owns: the target's topic variable names the
-    staging topic (a strategic merge: containers and env merge by name)."""
+def target_patch(container: str, env: str, topic: str) -> dict[str, Any]:
+    """The pod template change the preparation owns: the target's topic variable names
+    `topic`, the staging topic (or the source again, at unprepare); containers and env
+    merge by name."""
     return {
         "spec": {
             "template": {
                 "spec": {
-                    "containers": [
-                        {"name": container, "env": [{"name": env, "value": staging_topic(source)}]}
-                    ]
+                    "containers": [{"name": container, "env": [{"name": env, "value": topic}]}]
                 }
             }
         }
@@ -199,3 +198,36 @@ def holders(description: Mapping[str, Any], topic: str, *, but: str = "") -> lis
         if topic in topics:
             found.append(str(member.get("member_id")))
     return found
+
+
+# ------------------------------------------------------- the preparation's phases
+def source_from(value: str, recorded: str | None) -> str:
+    """The original topic, from the target's variable: once patched it names the staging
+    topic, and the record of the preparation keeps the original."""
+    if recorded and value == staging_topic(recorded):
+        return recorded
+    if value.endswith(STAGING_SUFFIX):
+        raise ValueError(
+            f"the target reads {value!r}, a staging topic of preview-env, and no preparation "
+            "records its original topic"
+        )
+    return value
+
+
+def target_topic(source: str, *, state: str, keeper_state: str | None, current: str) -> str | None:
+    """What the preparation's patch sets the target's variable to (None: no patch yet).
+
+    Prepare runs twice: first the keeper (its splitter joins the target's group and
+    commits the beginning of staging), then, once it reports `prepared`, the patch. Unprepare
+    too: first the keeper stops the splitter and waits until staging is read, then, once it
+    reports `unprepared`, the patch points the target back (kept on delete). A patch once
+    applied stays declared whatever the keeper says meanwhile: dropping it would remove
+    the variable."""
+    staging = staging_topic(source)
+    if state == "unprepared":
+        if keeper_state == "unprepared":
+            return source
+        return staging if current == staging else None
+    if keeper_state == "prepared" or current == staging:
+        return staging
+    return None

@@ -96,6 +96,7 @@ class KeyQueueStatus(_Frozen):
     key: str
     queue: str
     filter: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["steal", "mirror"] = "steal"  # kafka: a mirror's leftovers are dropped
     waiting: int | None = None  # messages ready in the key's queue; None: not known
     removing: bool = False  # its split is gone; the keeper is moving it back to staging
 

@@ -1,5 +1,5 @@
 """`pulumi up -s queue.<ns>.<id>`: a queue's preparation from stack config (type, target,
-env, urlFrom, exchange, routingKey, container, image, state), the same program as
+env, urlFrom, exchange, routingKey, group, container, image, state), the same program as
 `preview-env queues prepare` (adapters.queue_stack)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pulumi
 from adapters.k8s.cluster import Cluster, ClusterTarget
 from adapters.queue_stack import declare_preparation
 from adapters.queues.rabbitmq import default_exchange_refusal
-from preview_stack import queue_prep
+from preview_stack import kafka_split, queue_prep
 from preview_stack.config import TargetPath
 from preview_stack.errors import BadInput
 from preview_stack.queue_prep import Preparation
@@ -34,35 +34,52 @@ def program(namespace: str, queue_id: str, cfg: pulumi.Config) -> None:
     cluster = Cluster(ClusterTarget(k8s_cfg.get("kubeconfig"), k8s_cfg.get("context")))
     workload = cluster.workload(ServiceSpec(target=target, namespace=namespace, image="-"))
     assert workload is not None
-    container, source = queue_prep.source_of(
+    container, current = queue_prep.source_of(
         workload.pod_spec, cfg.get("container"), cfg.require("env")
     )
+    source = current
+    if kind == "kafka":  # once patched, the target names the staging topic
+        recorded = queue_prep.parse_record(
+            cluster.configmap(namespace, queue_prep.record_name(queue_id)) or {}
+        )
+        try:
+            source = kafka_split.source_from(current, recorded.source if recorded else None)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        if not cfg.get("group"):
+            raise BadInput("config group: a Kafka preparation needs the target's consumer group")
     exchange = cfg.get("exchange") or ""
     if kind == "rmq" and exchange in ("", "amq.default"):
         raise BadInput(default_exchange_refusal(source))
     state = cfg.get("state") or "prepared"
     if state not in ("prepared", "unprepared"):
         raise BadInput(f"config state {state!r}: use prepared or unprepared")
-    declare_preparation(
-        Preparation(
-            id=queue_id,
-            namespace=namespace,
-            type=kind,
-            source=source,
-            target_kind=target.kind,
-            target_name=target.name,
-            container=container,
-            env=cfg.require("env"),
-            secret=secret,
-            secret_key=secret_key,
-            exchange=exchange,
-            routing_key=cfg.get("routingKey") or source,
-            state=state,
-            image=cfg.get("image")
-            or os.environ.get("PREVIEW_ENV_QUEUE_IMAGE")
-            or DEFAULT_COPY_IMAGE,
-        )
+    prep = Preparation(
+        id=queue_id,
+        namespace=namespace,
+        type=kind,
+        source=source,
+        target_kind=target.kind,
+        target_name=target.name,
+        container=container,
+        env=cfg.require("env"),
+        secret=secret,
+        secret_key=secret_key,
+        exchange=exchange,
+        routing_key=cfg.get("routingKey") or source,
+        group=cfg.get("group") or "",
+        state=state,
+        image=cfg.get("image") or os.environ.get("PREVIEW_ENV_QUEUE_IMAGE") or DEFAULT_COPY_IMAGE,
     )
+    # kafka: the patch follows the keeper (`pulumi up` again once it reports; see
+    # kafka_split.target_topic).
+    status = queue_prep.parse_status(cluster.configmap(namespace, queue_prep.status_name(queue_id)))
+    topic = None
+    if kind == "kafka":
+        topic = kafka_split.target_topic(
+            source, state=state, keeper_state=status.state if status else None, current=current
+        )
+    declare_preparation(prep, topic)
 
 
 PROGRAMS["queue"] = program

@@ -39,6 +39,7 @@ POLL_MS = 200
 BATCH = 500  # records per poll: at most this many are duplicated by a crash
 APPLY_SECONDS = 15.0  # how long the keeper waits for the splitter to apply new routes
 CLIENT_ID = "preview-env-splitter"
+JOIN_SECONDS = 60.0  # how long prepare waits for the splitter to join the target's group
 
 
 def bootstrap_of(url: str) -> list[str]:
@@ -272,6 +273,14 @@ class KafkaBroker:
         if self.splitter is None or not self.splitter.is_alive():
             self.splitter = Splitter(prep, self.servers)
             self.splitter.start()
+        # Prepared (and only then is the target patched) once the splitter is a member of
+        # the target's group and has committed the beginning of staging for it.
+        deadline = time.monotonic() + JOIN_SECONDS
+        while not self.splitter.staging_reset:
+            if not self.splitter.is_alive() or time.monotonic() > deadline:
+                why = self.splitter.error or f"not within {JOIN_SECONDS}s"
+                raise BrokerError(f"the splitter did not join group {prep.group!r} ({why})")
+            time.sleep(0.1)
 
     def bind(self, split: KeySplit) -> None:
         """The preview pod's init container: wait for the keeper to create the key's topic."""
@@ -293,7 +302,11 @@ class KafkaBroker:
                 raise BrokerError(f"the splitter did not apply the routes within {APPLY_SECONDS}s")
         rows = [
             KeyQueueStatus(
-                key=s.key, queue=s.queue, filter=dict(s.filter), waiting=self._waiting(s.queue)
+                key=s.key,
+                queue=s.queue,
+                filter=dict(s.filter),
+                mode=s.mode,
+                waiting=self._waiting(s.queue),
             )
             for s in desired
         ]
@@ -301,7 +314,7 @@ class KafkaBroker:
         for old in known:
             if old.queue in wanted:
                 continue
-            if not self._remove(old.queue):
+            if not self._remove(old.queue, drain=old.mode == "steal"):
                 rows.append(old.model_copy(update={"removing": True, "waiting": None}))
         return rows
 
@@ -311,15 +324,16 @@ class KafkaBroker:
         except BrokerError:
             return None
 
-    def _remove(self, topic: str) -> bool:
+    def _remove(self, topic: str, *, drain: bool) -> bool:
         """Routes no longer lead to `topic` (reconcile applied them); once no member of the
-        group holds it, copy what the preview did not consume to staging, then delete it."""
+        group holds it, copy what the preview did not consume to staging (`drain`: a
+        mirror's records reached staging already), then delete it."""
         if topic not in self._topics():
             return True
         if self._holders(topic):
             return False  # the preview is still reading it: next round
         ranges = kafka_split.drain_ranges(*self._offsets(topic))
-        if ranges:
+        if ranges and drain:
             self._copy(topic, ranges)
         with contextlib.suppress(kafka.errors.KafkaError):
             self.admin.delete_group_offsets(self.prep.group, self._partitions(topic))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,7 +18,7 @@ from adapters.queues.keeper import Io, Keeper
 from adapters.queues.rabbitmq import default_exchange_refusal
 from cli.context import err_console, handles_errors, settings
 from cli.output import Format, Progress, columns, print_json
-from preview_stack import naming, queue_prep
+from preview_stack import kafka_split, naming, queue_prep
 from preview_stack.config import TargetPath
 from preview_stack.errors import BadInput, DeployFailed
 from preview_stack.queue_prep import KeeperStatus, Preparation
@@ -54,6 +54,42 @@ def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> Keepe
     )
 
 
+def _kafka_phase(cluster: Cluster, prep: Preparation) -> str | None:
+    """kafka: what the preparation's patch sets the target's variable to now (see
+    kafka_split.target_topic: the keeper first, the patch once it reports)."""
+    if prep.type != "kafka":
+        return None
+    spec = ServiceSpec(target=TargetPath.parse(prep.target), namespace=prep.namespace, image="-")
+    workload = cluster.workload(spec)
+    assert workload is not None
+    _, current = queue_prep.source_of(workload.pod_spec, prep.container, prep.env)
+    status = queue_prep.parse_status(
+        cluster.configmap(prep.namespace, queue_prep.status_name(prep.id))
+    )
+    return kafka_split.target_topic(
+        prep.source,
+        state=prep.state,
+        keeper_state=status.state if status else None,
+        current=current,
+    )
+
+
+def _handlers(progress: Progress) -> dict[str, Any]:
+    return {"on_event": progress.on_event, "on_output": progress.on_output}
+
+
+def _source(cluster: Cluster, namespace: str, queue_id: str, type_: str, value: str) -> str:
+    """The queue or topic to split: kafka's patched target names the staging topic."""
+    if type_ != "kafka":
+        return value
+    record = cluster.configmap(namespace, queue_prep.record_name(queue_id))
+    recorded = queue_prep.parse_record(record) if record else None
+    try:
+        return kafka_split.source_from(value, recorded.source if recorded else None)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
 @app.command("prepare")
 @handles_errors
 def prepare(
@@ -65,6 +101,7 @@ def prepare(
     env: Annotated[str, typer.Option(help="the target's variable naming the queue or topic")],
     url_from: Annotated[str, typer.Option(help="SECRET:KEY in the namespace: the broker URL")],
     exchange: Annotated[str, typer.Option(help="rmq: the producers' exchange")] = "",
+    group: Annotated[str, typer.Option(help="kafka: the target's consumer group")] = "",
     routing_key: Annotated[str, typer.Option(help="rmq: its binding key [the queue]")] = "",
     container: Annotated[str | None, typer.Option(help="[the target's first]")] = None,
     image: Annotated[str | None, typer.Option(help=f"keeper image [${IMAGE_ENV}]")] = None,
@@ -85,22 +122,26 @@ def prepare(
     spec = ServiceSpec(target=kind_name, namespace=namespace, image="-")
     workload = cluster.workload(spec)
     assert workload is not None
-    chosen, source = queue_prep.source_of(workload.pod_spec, container, env)
+    chosen, value = queue_prep.source_of(workload.pod_spec, container, env)
+    source = _source(cluster, namespace, queue_id, type_, value)
     if type_ == "rmq" and exchange in ("", "amq.default"):
         raise BadInput(default_exchange_refusal(source))
+    if type_ == "kafka" and not group:
+        raise BadInput("--group: a Kafka preparation needs the target's consumer group")
     prep = Preparation(
         id=queue_id, namespace=namespace, type=type_, source=source,
         target_kind=kind_name.kind, target_name=kind_name.name, container=chosen, env=env,
-        secret=secret, secret_key=secret_key, exchange=exchange,
+        secret=secret, secret_key=secret_key, exchange=exchange, group=group,
         routing_key=routing_key or source,
         image=image or os.environ.get(IMAGE_ENV) or DEFAULT_COPY_IMAGE,
     )  # fmt: skip
     name = naming.platform_stack("queue", namespace, queue_id)
     progress = Progress(enabled=output is Format.text, verbose=settings(ctx).verbose)
     progress.line(f"Preparing queue {queue_id} ({source}) in {namespace}...")
+    topic = _kafka_phase(cluster, prep)
     stacks.apply_platform(
         name,
-        lambda: declare_preparation(prep),
+        lambda: declare_preparation(prep, topic),
         on_event=progress.on_event,
         on_output=progress.on_output,
     )
@@ -108,6 +149,9 @@ def prepare(
     if status.bad_input:  # nothing was changed on the broker: nothing is left either
         stacks.destroy_platform(name, on_event=progress.on_event, on_output=progress.on_output)
         raise BadInput(f"queue {queue_id}: {status.error}")
+    then = _kafka_phase(cluster, prep)
+    if topic != then:  # kafka: the target reads the staging topic
+        stacks.apply_platform(name, lambda: declare_preparation(prep, then), **_handlers(progress))
     row = queue_prep.queue_row(queue_id, namespace, prep, status)
     if output is Format.json:
         print_json(row)
@@ -144,13 +188,19 @@ def unprepare(
     if prep is not None:
         progress.line(f"Unpreparing queue {queue_id} ({prep.source}) in {namespace}...")
         undone = prep.model_copy(update={"state": "unprepared"})
+        topic = _kafka_phase(cluster, undone)
         stacks.apply_platform(
             name,
-            lambda: declare_preparation(undone),
+            lambda: declare_preparation(undone, topic),
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
         _wait(cluster, undone, "unprepared", timeout)
+        back = _kafka_phase(cluster, undone)
+        if topic != back:  # kafka: the target reads the source again
+            stacks.apply_platform(
+                name, lambda: declare_preparation(undone, back), **_handlers(progress)
+            )
     stacks.destroy_platform(name, on_event=progress.on_event, on_output=progress.on_output)
     typer.echo(f"queue {queue_id} in {namespace} is no longer prepared")
 

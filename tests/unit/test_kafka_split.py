@@ -91,7 +91,7 @@ def test_route_overlapping_filters_go_to_every_matching_key() -> None:
 
 # ---------------------------------------------------------------------- the target
 def test_target_patch_points_the_variable_at_staging() -> None:
-    patch = ks.target_patch("app", "TOPIC", "orders")
+    patch = ks.target_patch("app", "TOPIC", ks.staging_topic("orders"))
     assert patch == {
         "spec": {
             "template": {
@@ -150,3 +150,33 @@ def test_holders_of_a_topic_except_the_splitter() -> None:
     assert ks.holders(group, "orders.preview-env.a", but="splitter") == ["preview-a"]
     assert ks.holders(group, "orders", but="splitter") == []
     assert ks.holders({}, "orders") == []
+
+
+# ------------------------------------------------------- the preparation's phases
+STAGING = "orders.preview-env-staging"
+
+
+@pytest.mark.parametrize(
+    ("state", "keeper", "current", "expected"),
+    [
+        ("prepared", None, "orders", None),  # first apply: the keeper only
+        ("prepared", "starting", "orders", None),
+        ("prepared", "prepared", "orders", STAGING),  # second apply: the patch
+        ("prepared", "failed", STAGING, STAGING),  # once applied, kept
+        ("unprepared", "prepared", STAGING, STAGING),  # the keeper drains first
+        ("unprepared", "unprepared", STAGING, "orders"),  # then the target points back
+        ("unprepared", "unprepared", "orders", "orders"),
+        ("unprepared", "failed", "orders", None),  # never patched
+    ],
+)
+def test_target_topic_phases(
+    state: str, keeper: str | None, current: str, expected: str | None
+) -> None:
+    assert ks.target_topic("orders", state=state, keeper_state=keeper, current=current) == expected
+
+
+def test_source_from_a_patched_target_is_the_recorded_topic() -> None:
+    assert ks.source_from("orders", None) == "orders"
+    assert ks.source_from(STAGING, "orders") == "orders"
+    with pytest.raises(ValueError, match="no preparation records"):
+        ks.source_from(STAGING, None)
