@@ -44,6 +44,7 @@ RECORD_KEY = "preparation.json"
 STATUS_KEY = "status.json"
 SPLIT_KEY = "split.json"
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 class _Frozen(BaseModel):
@@ -139,7 +140,7 @@ def source_of(pod_spec: Mapping[str, Any], container: str | None, var: str) -> t
 def parse_secret_ref(text: str) -> tuple[str, str]:
     """`SECRET:KEY` of --url-from."""
     name, _, key = text.partition(":")
-    if not name or not key or not _SECRET_NAME.match(name):
+    if not _SECRET_NAME.match(name) or not _SECRET_KEY.match(key):
         raise BadInput(
             f"--url-from {text!r}: use SECRET:KEY, a Secret in the namespace and its key "
             "holding the broker URL"

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from adapters.queue_stack import declare_preparation
 from adapters.queues.broker import BrokerError, broker_for
 from adapters.queues.keeper import Io, Keeper
 from adapters.queues.rabbitmq import default_exchange_refusal
@@ -35,6 +35,17 @@ app = typer.Typer(
 )
 Namespace = Annotated[str, typer.Option("-n", "--namespace", help="the queue's namespace")]
 Timeout = Annotated[int, typer.Option(help="seconds to wait for the keeper")]
+
+
+def _program(prep: Preparation) -> Callable[[], None]:
+    """The preparation's Pulumi program (pulumi is loaded only when a stack is applied)."""
+
+    def program() -> None:
+        from adapters.queue_stack import declare_preparation
+
+        declare_preparation(prep)
+
+    return program
 
 
 def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> KeeperStatus:
@@ -100,7 +111,7 @@ def prepare(
     progress.line(f"Preparing queue {queue_id} ({source}) in {namespace}...")
     stacks.apply_platform(
         name,
-        lambda: declare_preparation(prep),
+        _program(prep),
         on_event=progress.on_event,
         on_output=progress.on_output,
     )
@@ -146,7 +157,7 @@ def unprepare(
         undone = prep.model_copy(update={"state": "unprepared"})
         stacks.apply_platform(
             name,
-            lambda: declare_preparation(undone),
+            _program(undone),
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
