@@ -331,6 +331,14 @@ class Cluster:
                 found[prep.id] = prep
         return found
 
+    def keeper_status(self, namespace: str, queue_id: str) -> queue_prep.KeeperStatus | None:
+        """What a queue's keeper last wrote (None: no keeper, or no right to read it)."""
+        try:
+            found = self.configmap(namespace, queue_prep.status_name(queue_id))
+        except Unreachable:
+            return None
+        return queue_prep.parse_status(found)
+
     def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         with _errors(f"reading ConfigMap {namespace}/{name}"):
             try:

@@ -276,3 +276,20 @@ def test_keeper_reports_a_bad_preparation_as_bad_input() -> None:
 
 def test_target_path_container_is_optional() -> None:
     assert TargetPath.parse("deployment/users").container is None
+
+
+def test_status_shows_each_split_with_what_waits_in_the_keys_queue() -> None:
+    from preview_stack.inventory import split_status
+
+    keeper = KeeperStatus(
+        state="prepared",
+        keys=[KeyQueueStatus(key="pr-42", queue="orders-in.preview-env.pr-42", waiting=3)],
+    )
+    row = split_status(PREP, {"mirrord-session": "pr-42"}, "pr-42", keeper)
+    assert (row.state, row.waiting, row.key_queue) == ("split", 3, "orders-in.preview-env.pr-42")
+    assert split_status(PREP, {}, "pr-7", keeper).state == "pending"
+    failed = keeper.model_copy(update={"state": "failed", "error": "RabbitMQ cannot be reached"})
+    assert split_status(PREP, {}, "pr-42", failed).state == (
+        "keeper failed: RabbitMQ cannot be reached"
+    )
+    assert split_status(PREP, {}, "pr-42", None).state == "keeper missing"
