@@ -68,6 +68,9 @@ class Preparation(_Frozen):
     exchange: str = ""  # rmq: the producers' exchange feeding `source`
     routing_key: str = ""  # rmq: the binding key of exchange -> source
     state: Literal["prepared", "unprepared"] = "prepared"
+    # The target's nodeSelector, tolerations and affinity: the keeper runs where the
+    # consumer may, which reaches the broker.
+    placement: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -135,6 +138,13 @@ def source_of(pod_spec: Mapping[str, Any], container: str | None, var: str) -> t
             "must be a literal value in the target's pod template"
         )
     return str(chosen["name"]), value
+
+
+PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "affinity")
+
+
+def placement_of(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {f: pod_spec[f] for f in PLACEMENT_FIELDS if pod_spec.get(f)}
 
 
 def parse_secret_ref(text: str) -> tuple[str, str]:
@@ -387,7 +397,9 @@ def keeper_manifests(prep: Preparation) -> list[dict[str, Any]]:
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
+                    **prep.placement,
                     "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": 5,
                     "containers": [
                         {
                             "name": "keeper",

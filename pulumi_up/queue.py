@@ -61,6 +61,7 @@ def program(namespace: str, queue_id: str, cfg: pulumi.Config) -> None:
             image=cfg.get("image")
             or os.environ.get("PREVIEW_ENV_QUEUE_IMAGE")
             or DEFAULT_COPY_IMAGE,
+            placement=queue_prep.placement_of(workload.pod_spec),
         )
     )
 

@@ -105,6 +105,7 @@ def prepare(
         secret=secret, secret_key=secret_key, exchange=exchange,
         routing_key=routing_key or source,
         image=image or os.environ.get(IMAGE_ENV) or DEFAULT_COPY_IMAGE,
+        placement=queue_prep.placement_of(workload.pod_spec),
     )  # fmt: skip
     name = naming.platform_stack("queue", namespace, queue_id)
     progress = Progress(enabled=output is Format.text, verbose=settings(ctx).verbose)
