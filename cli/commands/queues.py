@@ -48,6 +48,15 @@ def _program(prep: Preparation) -> Callable[[], None]:
     return program
 
 
+def _touched_broker(cluster: Cluster, prep: Preparation) -> bool:
+    """Whether the keeper may have prepared the broker (so the reversal must run first);
+    one that never started or refused the preparation changed nothing there."""
+    status = queue_prep.parse_status(
+        cluster.configmap(prep.namespace, queue_prep.status_name(prep.id))
+    )
+    return status is not None and status.state != "starting" and not status.bad_input
+
+
 def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> KeeperStatus:
     """The keeper's status once it reports `want` or fails; DeployFailed on timeout."""
     deadline = time.monotonic() + timeout
@@ -60,8 +69,10 @@ def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> Keepe
         time.sleep(1)
     why = f" (last: {status.state}: {status.error})" if status and status.error else ""
     raise DeployFailed(
-        f"the keeper of queue {prep.id} did not report {want} within {timeout}s{why}; see "
-        f"kubectl logs -n {prep.namespace} deploy/{queue_prep.keeper_name(prep.id)}"
+        f"the keeper of queue {prep.id} did not report {want} within {timeout}s{why} (kept); "
+        f"see kubectl logs -n {prep.namespace} deploy/{queue_prep.keeper_name(prep.id)}, "
+        f"then run the command again, or `preview-env queues unprepare {prep.id} -n "
+        f"{prep.namespace}`"
     )
 
 
@@ -153,7 +164,7 @@ def unprepare(
     progress = Progress(enabled=True, verbose=settings(ctx).verbose)
     record = cluster.configmap(namespace, queue_prep.record_name(queue_id))
     prep = queue_prep.parse_record(record) if record else None
-    if prep is not None:
+    if prep is not None and _touched_broker(cluster, prep):
         progress.line(f"Unpreparing queue {queue_id} ({prep.source}) in {namespace}...")
         undone = prep.model_copy(update={"state": "unprepared"})
         stacks.apply_platform(
