@@ -407,8 +407,10 @@ def keeper_manifests(prep: Preparation) -> list[dict[str, Any]]:
                             "args": ["queues", "keep", prep.id, "-n", ns],
                             "env": [url_env(prep)],
                             "securityContext": _restricted(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         }
                     ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
         },
