@@ -56,6 +56,9 @@ class QueuePreparation(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=["data"]),
             )
         assert kind == "Deployment", kind
+        # Not awaited by the provider: the keeper's status says when it has prepared the
+        # broker (or why not), which `queues prepare` waits for with its own timeout.
+        meta = {**meta, "annotations": {"pulumi.com/skipAwait": "true"}}
         return k8s.apps.v1.Deployment(
             "keeper",
             metadata=meta,

@@ -44,6 +44,7 @@ RECORD_KEY = "preparation.json"
 STATUS_KEY = "status.json"
 SPLIT_KEY = "split.json"
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 class _Frozen(BaseModel):
@@ -68,6 +69,9 @@ class Preparation(_Frozen):
     routing_key: str = ""  # rmq: the binding key of exchange -> source
     group: str = ""  # kafka: the target's consumer group, which the splitter joins
     state: Literal["prepared", "unprepared"] = "prepared"
+    # The target's nodeSelector, tolerations and affinity: the keeper runs where the
+    # consumer may, which reaches the broker.
+    placement: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -138,10 +142,17 @@ def source_of(pod_spec: Mapping[str, Any], container: str | None, var: str) -> t
     return str(chosen["name"]), value
 
 
+PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "affinity")
+
+
+def placement_of(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {f: pod_spec[f] for f in PLACEMENT_FIELDS if pod_spec.get(f)}
+
+
 def parse_secret_ref(text: str) -> tuple[str, str]:
     """`SECRET:KEY` of --url-from."""
     name, _, key = text.partition(":")
-    if not name or not key or not _SECRET_NAME.match(name):
+    if not _SECRET_NAME.match(name) or not _SECRET_KEY.match(key):
         raise BadInput(
             f"--url-from {text!r}: use SECRET:KEY, a Secret in the namespace and its key "
             "holding the broker URL"
@@ -390,7 +401,9 @@ def keeper_manifests(prep: Preparation) -> list[dict[str, Any]]:
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
+                    **prep.placement,
                     "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": 5,
                     "containers": [
                         {
                             "name": "keeper",
@@ -398,8 +411,10 @@ def keeper_manifests(prep: Preparation) -> list[dict[str, Any]]:
                             "args": ["queues", "keep", prep.id, "-n", ns],
                             "env": [url_env(prep)],
                             "securityContext": _restricted(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         }
                     ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
         },

@@ -45,6 +45,7 @@ def main() -> None:
             Flags(image=cfg.get("image"), db_copy_image=cfg.get("dbCopyImage")),
             default_namespace=cluster.default_namespace(),
             read_file=mirrord_config.read_local_file,
+            preparations=cluster.queue_preparations,
         )
         services = [request.service]
     else:

@@ -70,6 +70,7 @@ def program(namespace: str, queue_id: str, cfg: pulumi.Config) -> None:
         group=cfg.get("group") or "",
         state=state,
         image=cfg.get("image") or os.environ.get("PREVIEW_ENV_QUEUE_IMAGE") or DEFAULT_COPY_IMAGE,
+        placement=queue_prep.placement_of(workload.pod_spec),
     )
     # kafka: the patch follows the keeper (`pulumi up` again once it reports; see
     # kafka_split.target_topic).

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.queues.broker import Broker, BrokerError, broker_for
-from preview_stack.errors import BadInput
+from preview_stack.errors import BadInput, PreviewError
 from preview_stack.queue_prep import POLL_SECONDS, KeeperStatus, KeySplit, Preparation
 
 
@@ -88,9 +88,12 @@ class Keeper:
     ) -> None:
         done = 0
         while rounds is None or done < rounds:
-            status = self.round()
-            self.io.write_status(status)
-            if status.error:
-                self.io.log(f"queue keeper: {status.state}: {status.error}")
+            try:
+                status = self.round()
+                self.io.write_status(status)
+                if status.error:
+                    self.io.log(f"queue keeper: {status.state}: {status.error}")
+            except PreviewError as exc:  # the Kubernetes API, for a moment: next round
+                self.io.log(f"queue keeper: {exc}")
             done += 1
             sleep(POLL_SECONDS)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from adapters.queue_stack import declare_preparation
 from adapters.queues.broker import BrokerError, broker_for
 from adapters.queues.keeper import Io, Keeper
 from adapters.queues.rabbitmq import default_exchange_refusal
@@ -37,6 +37,27 @@ Namespace = Annotated[str, typer.Option("-n", "--namespace", help="the queue's n
 Timeout = Annotated[int, typer.Option(help="seconds to wait for the keeper")]
 
 
+def _program(prep: Preparation, topic: str | None = None) -> Callable[[], None]:
+    """The preparation's Pulumi program (pulumi is loaded only when a stack is applied);
+    `topic` (kafka): what the target's variable names (kafka_split.target_topic)."""
+
+    def program() -> None:
+        from adapters.queue_stack import declare_preparation
+
+        declare_preparation(prep, topic)
+
+    return program
+
+
+def _touched_broker(cluster: Cluster, prep: Preparation) -> bool:
+    """Whether the keeper may have prepared the broker (so the reversal must run first);
+    one that never started or refused the preparation changed nothing there."""
+    status = queue_prep.parse_status(
+        cluster.configmap(prep.namespace, queue_prep.status_name(prep.id))
+    )
+    return status is not None and status.state != "starting" and not status.bad_input
+
+
 def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> KeeperStatus:
     """The keeper's status once it reports `want` or fails; DeployFailed on timeout."""
     deadline = time.monotonic() + timeout
@@ -49,8 +70,10 @@ def _wait(cluster: Cluster, prep: Preparation, want: str, timeout: int) -> Keepe
         time.sleep(1)
     why = f" (last: {status.state}: {status.error})" if status and status.error else ""
     raise DeployFailed(
-        f"the keeper of queue {prep.id} did not report {want} within {timeout}s{why}; see "
-        f"kubectl logs -n {prep.namespace} deploy/{queue_prep.keeper_name(prep.id)}"
+        f"the keeper of queue {prep.id} did not report {want} within {timeout}s{why} (kept); "
+        f"see kubectl logs -n {prep.namespace} deploy/{queue_prep.keeper_name(prep.id)}, "
+        f"then run the command again, or `preview-env queues unprepare {prep.id} -n "
+        f"{prep.namespace}`"
     )
 
 
@@ -134,6 +157,7 @@ def prepare(
         secret=secret, secret_key=secret_key, exchange=exchange, group=group,
         routing_key=routing_key or source,
         image=image or os.environ.get(IMAGE_ENV) or DEFAULT_COPY_IMAGE,
+        placement=queue_prep.placement_of(workload.pod_spec),
     )  # fmt: skip
     name = naming.platform_stack("queue", namespace, queue_id)
     progress = Progress(enabled=output is Format.text, verbose=settings(ctx).verbose)
@@ -141,7 +165,7 @@ def prepare(
     topic = _kafka_phase(cluster, prep)
     stacks.apply_platform(
         name,
-        lambda: declare_preparation(prep, topic),
+        _program(prep, topic),
         on_event=progress.on_event,
         on_output=progress.on_output,
     )
@@ -151,7 +175,7 @@ def prepare(
         raise BadInput(f"queue {queue_id}: {status.error}")
     then = _kafka_phase(cluster, prep)
     if topic != then:  # kafka: the target reads the staging topic
-        stacks.apply_platform(name, lambda: declare_preparation(prep, then), **_handlers(progress))
+        stacks.apply_platform(name, _program(prep, then), **_handlers(progress))
     row = queue_prep.queue_row(queue_id, namespace, prep, status)
     if output is Format.json:
         print_json(row)
@@ -185,22 +209,20 @@ def unprepare(
     progress = Progress(enabled=True, verbose=settings(ctx).verbose)
     record = cluster.configmap(namespace, queue_prep.record_name(queue_id))
     prep = queue_prep.parse_record(record) if record else None
-    if prep is not None:
+    if prep is not None and _touched_broker(cluster, prep):
         progress.line(f"Unpreparing queue {queue_id} ({prep.source}) in {namespace}...")
         undone = prep.model_copy(update={"state": "unprepared"})
         topic = _kafka_phase(cluster, undone)
         stacks.apply_platform(
             name,
-            lambda: declare_preparation(undone, topic),
+            _program(undone, topic),
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
         _wait(cluster, undone, "unprepared", timeout)
         back = _kafka_phase(cluster, undone)
         if topic != back:  # kafka: the target reads the source again
-            stacks.apply_platform(
-                name, lambda: declare_preparation(undone, back), **_handlers(progress)
-            )
+            stacks.apply_platform(name, _program(undone, back), **_handlers(progress))
     stacks.destroy_platform(name, on_event=progress.on_event, on_output=progress.on_output)
     typer.echo(f"queue {queue_id} in {namespace} is no longer prepared")
 
