@@ -35,6 +35,13 @@ from preview_stack.kafka_split import Route
 from preview_stack.queue_prep import KeyQueueStatus, KeySplit, Preparation
 
 T = TypeVar("T")
+# A commit refused because the group is moving partitions (the records are read again).
+REBALANCED = (
+    kafka.errors.CommitFailedError,
+    kafka.errors.RebalanceInProgressError,
+    kafka.errors.IllegalGenerationError,
+    kafka.errors.UnknownMemberIdError,
+)
 POLL_MS = 200
 BATCH = 500  # records per poll: at most this many are duplicated by a crash
 APPLY_SECONDS = 15.0  # how long the keeper waits for the splitter to apply new routes
@@ -74,6 +81,7 @@ class Splitter(threading.Thread):
         self.error = ""
         self.forwarded = 0
         self.staging_reset = False
+        self.commit_failures = 0
 
     # ------------------------------------------------------------- the keeper's side
     def ask(self, routes: Sequence[Route], resets: Sequence[str] = ()) -> int:
@@ -128,13 +136,12 @@ class Splitter(threading.Thread):
         batch = consumer.poll(timeout_ms=POLL_MS, max_records=BATCH)
         joined = consumer.group_metadata().generation_id > 0
         if joined and not self.staging_reset:
-            self._reset(consumer, self.staging)  # before the first record to staging
-            self.staging_reset = True
+            # Before the first record to staging; a rebalance meanwhile: next round.
+            self.staging_reset = self._reset(consumer, self.staging)
         if joined and resets:
-            for topic in resets:
-                self._reset(consumer, topic)
+            done = {topic for topic in resets if self._reset(consumer, topic)}
             with self.lock:
-                self.resets -= resets
+                self.resets -= done
         if batch and not self.staging_reset:
             # Not a member yet (cannot happen once records are assigned): read them again.
             for tp, records in batch.items():
@@ -157,18 +164,24 @@ class Splitter(threading.Thread):
                 consumer.seek(tp, records[0].offset)
             raise BrokerError(f"{len(failed)} record(s) not acknowledged: {failed[0].exception}")
         if offsets:
-            consumer.commit(offsets)
             self.forwarded += sum(len(r) for r in batch.values())
+            try:
+                consumer.commit(offsets)
+            except REBALANCED:
+                # The group moved the partitions on: their next owner (the splitter again,
+                # once the target left) reads this batch again: duplicates, no loss.
+                self.commit_failures += 1
         with self.lock:
             self.applied = max(self.applied, epoch)
 
-    def _reset(self, consumer: KafkaConsumer, topic: str) -> None:
+    def _reset(self, consumer: KafkaConsumer, topic: str) -> bool:
         """Commit the beginning of `topic` for the group where it has no (or a stale)
-        commit: the target (staging) or the preview (a key topic) reads it all."""
+        commit: the target (staging) or the preview (a key topic) reads it all. False: not
+        done (no metadata yet, a rebalance), to retry next round."""
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
-            raise BrokerError(f"topic {topic} has no partitions yet")
+            return False
         earliest = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
         committed = {tp.partition: consumer.committed(tp) for tp in tps}
@@ -178,9 +191,16 @@ class Splitter(threading.Thread):
             {tp.partition: o for tp, o in end.items()},
         )
         if plan:
-            consumer.commit(
-                {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in plan.items()}
-            )
+            try:
+                consumer.commit(
+                    {
+                        TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
+                        for p, o in plan.items()
+                    }
+                )
+            except REBALANCED:
+                return False
+        return True
 
 
 class KafkaBroker:
@@ -389,7 +409,11 @@ class KafkaBroker:
     def status(self) -> dict[str, Any]:
         """What the splitter did (for the keeper's log and the tests)."""
         s = self.splitter
-        return {"alive": bool(s and s.is_alive()), "forwarded": s.forwarded if s else 0}
+        return {
+            "alive": bool(s and s.is_alive()),
+            "forwarded": s.forwarded if s else 0,
+            "commit_failures": s.commit_failures if s else 0,
+        }
 
     def close(self) -> None:
         if self.splitter is not None:
