@@ -44,6 +44,7 @@ class Stream:
     keys: list[str | None]
     rate: float = 100.0
     sent: dict[int, str | None] = field(default_factory=dict)
+    times: dict[int, tuple[float, float]] = field(default_factory=dict)  # before, acked
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -61,7 +62,9 @@ class Stream:
                 keys = list(self.keys)
                 key = keys[n % len(keys)] if keys else None
                 headers = [(HEADER, key.encode())] if key else []
+                before = time.monotonic()
                 producer.send(self.topic, value=str(n).encode(), headers=headers).get(30)
+                self.times[n] = (before, time.monotonic())
                 self.sent[n] = key
                 n += 1
                 time.sleep(1 / self.rate)
@@ -132,6 +135,26 @@ class Recorder:
         if self.error is not None:
             raise self.error
         return list(self.received)
+
+
+def reports(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple[str, int]]:
+    """Every report on `topic` (`<topic> <value>`, as broker-client's consume-kafka
+    writes them), read from the beginning until `timeout` passes without a new one."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        found = []
+        for record in consumer:
+            where, value = record.value.decode().split()
+            found.append((where, int(value)))
+        return found
+    finally:
+        consumer.close()
 
 
 def duplicates(values: list[int]) -> list[int]:

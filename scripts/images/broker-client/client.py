@@ -14,6 +14,12 @@ consumes RabbitMQ queue $QUEUE-VAR forever (a queue consumer, as staging's and i
 previews' are) and reports each message, as `<queue it came from> <body>`, on queue
 REPORT (confirmed before the message is acknowledged: a message is reported at least
 once, and a redelivery shows as a duplicate), so a test counts what every consumer got.
+
+    client.py consume-kafka --bootstrap-env VAR --topic-env VAR --group G --report TOPIC
+
+the same for Kafka: consumes topic $TOPIC-VAR in consumer group G (as staging's consumer
+and its previews, which copy it, do) and reports each record as `<topic> <value>` on topic
+REPORT; a batch's offsets are committed once its reports are acknowledged (acks=all).
 """
 
 from __future__ import annotations
@@ -95,6 +101,34 @@ def consume(url: str, queue: str, report: str) -> None:
     connection.close()
 
 
+def consume_kafka(bootstrap: str, topic: str, group: str, report: str) -> None:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",  # the harsh case: the splitter commits beginnings
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    consumer.subscribe([topic])
+    print(f"consuming {topic} in group {group}, reporting on {report}", flush=True)
+    while not stopping:
+        batch = consumer.poll(timeout_ms=200)
+        futures = [
+            producer.send(report, f"{topic} ".encode() + r.value)
+            for records in batch.values()
+            for r in records
+        ]
+        producer.flush()
+        for future in futures:
+            future.get(timeout=30)
+        if batch:
+            consumer.commit()  # after the reports: each record reported at least once
+    consumer.close(autocommit=False)
+    producer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker-client")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     consumer.add_argument("--url-env", required=True, help="variable holding the amqp:// URL")
     consumer.add_argument("--queue-env", required=True, help="variable naming the queue")
     consumer.add_argument("--report", required=True, help="queue to report messages on")
+    kafka_consumer = commands.add_parser("consume-kafka")
+    kafka_consumer.add_argument("--bootstrap-env", required=True, help="variable: host:port")
+    kafka_consumer.add_argument("--topic-env", required=True, help="variable naming the topic")
+    kafka_consumer.add_argument("--group", required=True, help="the consumer group")
+    kafka_consumer.add_argument("--report", required=True, help="topic to report records on")
     args = parser.parse_args(argv)
+    if args.command == "consume-kafka":
+        bootstrap = os.environ[args.bootstrap_env]
+        consume_kafka(bootstrap, os.environ[args.topic_env], args.group, args.report)
+        return 0
     if args.command == "consume":
         consume(os.environ[args.url_env], os.environ[args.queue_env], args.report)
         return 0
