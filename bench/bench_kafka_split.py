@@ -147,7 +147,7 @@ def main() -> int:
         print(f"unsplit {plain[-1]:.0f}/s, split {through[-1]:.0f}/s", file=sys.stderr)
     a, b = statistics.median(plain), statistics.median(through)
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {args.records} records")
-    print("| measurement | records/s (median of %d) |" % args.runs)
+    print(f"| measurement | records/s (median of {args.runs}) |")
     print("| --- | --- |")
     print(f"| unsplit topic (producer -> topic -> consumer) | {a:.0f} |")
     print(f"| split topic (producer -> source -> splitter -> staging/{args.keys} key topics "
