@@ -19,6 +19,7 @@ waits until it has applied them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +66,30 @@ def _guard(what: str, op: Callable[[], T]) -> T:
         raise BrokerError(f"Kafka: {what}: {type(exc).__name__}: {exc}") from None
 
 
+def _plain(value: Any) -> Any:
+    """kafka-python's protocol objects as plain dicts and lists (for the pure core)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _kafka_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """A Broker method whose Kafka errors become BrokerError (retried next round)."""
+
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except kafka.errors.KafkaError as exc:
+            raise BrokerError(f"Kafka: {type(exc).__name__}: {exc}") from None
+
+    return wrapped
+
+
 class Splitter(threading.Thread):
     """The record path: source -> key topics and staging, commits after acks."""
 
@@ -78,6 +103,7 @@ class Splitter(threading.Thread):
         self.applied = 0  # the last epoch whose routes every flushed record followed
         self.resets: set[str] = set()  # topics to start at the beginning for the group
         self.stopping = threading.Event()
+        self.routed = threading.Event()  # the keeper gave the routes once
         self.error = ""
         self.forwarded = 0
         self.staging_reset = False
@@ -89,6 +115,7 @@ class Splitter(threading.Thread):
             self.routes = tuple(routes)
             self.resets |= set(resets)
             self.epoch += 1
+            self.routed.set()
             return self.epoch
 
     def wait_applied(self, epoch: int, timeout: float = APPLY_SECONDS) -> bool:
@@ -142,11 +169,13 @@ class Splitter(threading.Thread):
             done = {topic for topic in resets if self._reset(consumer, topic)}
             with self.lock:
                 self.resets -= done
-        if batch and not self.staging_reset:
-            # Not a member yet (cannot happen once records are assigned): read them again.
+        if batch and not (self.staging_reset and self.routed.is_set()):
+            # Not a member yet, or no routes from the keeper yet: read them again later.
             for tp, records in batch.items():
                 consumer.seek(tp, records[0].offset)
             return
+        with self.lock:  # a key topic not yet at the beginning for the group gets nothing
+            routes = tuple(r for r in routes if r.topic not in self.resets)
         futures, offsets = [], {}
         for tp, records in batch.items():
             for r in records:
@@ -262,7 +291,7 @@ class KafkaBroker:
         group = described.get(self.prep.group) if isinstance(described, dict) else None
         if group is None and isinstance(described, list) and described:
             group = described[0]
-        return kafka_split.holders(group or {}, topic)
+        return kafka_split.holders(_plain(group or {}), topic)
 
     def _routes(self, splits: Sequence[KeySplit]) -> list[Route]:
         return [
@@ -278,6 +307,7 @@ class KafkaBroker:
         return self.splitter
 
     # ------------------------------------------------------------------------ Broker
+    @_kafka_errors
     def prepare(self) -> None:
         prep = self.prep
         if not prep.group:
@@ -302,11 +332,13 @@ class KafkaBroker:
                 raise BrokerError(f"the splitter did not join group {prep.group!r} ({why})")
             time.sleep(0.1)
 
+    @_kafka_errors
     def bind(self, split: KeySplit) -> None:
         """The preview pod's init container: wait for the keeper to create the key's topic."""
         if split.queue not in self._topics():
             raise BrokerError(f"topic {split.queue} is not created yet by the queue's keeper")
 
+    @_kafka_errors
     def reconcile(
         self, desired: Sequence[KeySplit], known: Sequence[KeyQueueStatus]
     ) -> list[KeyQueueStatus]:
@@ -391,6 +423,7 @@ class KafkaBroker:
             reader.close(autocommit=False)
             producer.close(timeout=10)
 
+    @_kafka_errors
     def unprepare(self) -> None:
         """Stop the splitter (its last batch committed); done once the target has read all
         of staging, so pointing it back at the source (the group resumes where the
