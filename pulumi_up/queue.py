@@ -78,7 +78,11 @@ def program(namespace: str, queue_id: str, cfg: pulumi.Config) -> None:
     topic = None
     if kind == "kafka":
         topic = kafka_split.target_topic(
-            source, state=state, keeper_state=status.state if status else None, current=current
+            source,
+            state=state,
+            keeper_state=status.state if status else None,
+            keeper_error=status.error if status else "",
+            current=current,
         )
     declare_preparation(prep, topic)
 

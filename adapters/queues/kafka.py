@@ -425,9 +425,12 @@ class KafkaBroker:
 
     @_kafka_errors
     def unprepare(self) -> None:
-        """Stop the splitter (its last batch committed); done once the target has read all
-        of staging, so pointing it back at the source (the group resumes where the
-        splitter stopped) leaves nothing behind."""
+        """Stop the splitter (its last batch committed: the group resumes there once the
+        target reads the source again). Until the target has read all of staging: not
+        done. Then, while the target still reads staging: not done either, but the error
+        says `HANDED_BACK`, on which the preparation points the target back; once it has
+        left staging, the staging topic is deleted (a consumer still subscribed to it
+        would have the broker create it again)."""
         if self.splitter is not None:
             self.splitter.stop()
             self.splitter = None
@@ -436,6 +439,13 @@ class KafkaBroker:
         left = kafka_split.waiting(*self._offsets(self.staging))
         if left:
             raise BrokerError(f"the target has not read all of {self.staging} yet ({left} left)")
+        if self._holders(self.staging):
+            raise BrokerError(
+                f"{kafka_split.HANDED_BACK} at {self.prep.source} "
+                f"(the target still reads {self.staging})"
+            )
+        with contextlib.suppress(kafka.errors.KafkaError):
+            self.admin.delete_group_offsets(self.prep.group, self._partitions(self.staging))
         with contextlib.suppress(kafka.errors.UnknownTopicOrPartitionError):
             _guard("deleting the staging topic", lambda: self.admin.delete_topics([self.staging]))
 

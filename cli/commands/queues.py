@@ -93,8 +93,27 @@ def _kafka_phase(cluster: Cluster, prep: Preparation) -> str | None:
         prep.source,
         state=prep.state,
         keeper_state=status.state if status else None,
+        keeper_error=status.error if status else "",
         current=current,
     )
+
+
+def _point_back(
+    cluster: Cluster, stacks: Any, name: str, undone: Preparation, progress: Progress, timeout: int
+) -> None:
+    """kafka: once the keeper has stopped the splitter and the target has read all of
+    staging, the patch points the target back at the source; the keeper then deletes the
+    staging topic (when the target has left it) and reports `unprepared`."""
+    deadline = time.monotonic() + timeout
+    while _kafka_phase(cluster, undone) != undone.source:
+        if time.monotonic() > deadline:
+            raise DeployFailed(
+                f"the keeper of queue {undone.id} did not hand the topic back within "
+                f"{timeout}s; see kubectl logs -n {undone.namespace} "
+                f"deploy/{queue_prep.keeper_name(undone.id)}"
+            )
+        time.sleep(1)
+    stacks.apply_platform(name, _program(undone, undone.source), **_handlers(progress))
 
 
 def _handlers(progress: Progress) -> dict[str, Any]:
@@ -219,10 +238,9 @@ def unprepare(
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
+        if undone.type == "kafka":  # staging read: the target back to the source
+            _point_back(cluster, stacks, name, undone, progress, timeout)
         _wait(cluster, undone, "unprepared", timeout)
-        back = _kafka_phase(cluster, undone)
-        if topic != back:  # kafka: the target reads the source again
-            stacks.apply_platform(name, _program(undone, back), **_handlers(progress))
     stacks.destroy_platform(name, on_event=progress.on_event, on_output=progress.on_output)
     typer.echo(f"queue {queue_id} in {namespace} is no longer prepared")
 

@@ -21,8 +21,17 @@ from preview_stack import kafka_split, queue_prep
 from preview_stack.queue_prep import Preparation
 from testbed.brokers import Brokers
 from tests.support.kafka import Recorder, Stream, create_topic, duplicates, topics, wait_received
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.cluster
+
+
+def unprepared(broker: KafkaBroker) -> str:
+    try:
+        broker.unprepare()
+    except BrokerError as exc:
+        return "handed back" if kafka_split.HANDED_BACK in str(exc) else str(exc)
+    return "done"
 
 
 def settle(seconds: float = 2.0) -> None:
@@ -63,50 +72,51 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         preview_a.wait_assigned()
         preview_b.wait_assigned()
 
-        stream.keys = [None, "other", "a", "b"]  # W1: both splits live, previews reading
+        stream.switch([None, "other", "a", "b"])  # W1: both splits live, previews reading
         settle(3)
-        stream.keys = [None, "other"]
+        stream.switch([None, "other"])
         live_a, live_b = stream.ids("a"), stream.ids("b")
         wait_received([preview_a], live_a)
         wait_received([preview_b], live_b)
-        status = broker.reconcile([a, b], rows)
-        assert {r.key: r.waiting for r in status} == {"a": 0, "b": 0}
+        status = rows
+
+        def nothing_waiting() -> bool:
+            nonlocal status
+            status = broker.reconcile([a, b], status)  # the previews commit every 0.5 s
+            return {r.key: r.waiting for r in status} == {"a": 0, "b": 0}
+
+        assert wait_until(nothing_waiting, timeout=20), status
 
         # clean a: its preview goes first, then its split ConfigMap; a's records meanwhile
         # wait in a's topic (W2), which the keeper drains to staging before deleting it.
         preview_a.stop()
-        stream.keys = [None, "a"]
+        stream.switch([None, "a"])
         settle()
-        stream.keys = [None]
+        stream.switch([None])
         waiting_a = stream.ids("a") - live_a
         status = broker.reconcile([b], status)
-        assert {r.key: r.waiting for r in status} == {"b": 0}
-        assert a.queue not in topics(bootstrap)
-        stream.keys = [None, "a", "b"]  # W3: a reaches staging again; b still mirrored
+        assert [r.key for r in status] == ["b"]
+        assert wait_until(lambda: a.queue not in topics(bootstrap), timeout=10)
+        stream.switch([None, "a", "b"])  # W3: a reaches staging again; b still mirrored
         settle()
-        stream.keys = [None]
+        stream.switch([None])
         mirrored_b = stream.ids("b")
         wait_received([preview_b], mirrored_b)
         preview_b.stop()
         status = broker.reconcile([], status)  # a mirror's topic: deleted, not drained
         assert status == []
-        assert b.queue not in topics(bootstrap)
-        stream.keys = [None, "a", "b"]  # nothing split: all to staging
+        assert wait_until(lambda: b.queue not in topics(bootstrap), timeout=10)
+        stream.switch([None, "a", "b"])  # nothing split: all to staging
         settle()
 
-        # unprepare: the splitter stops; done once the target has read all of staging.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                broker.unprepare()
-                break
-            except BrokerError:
-                assert time.monotonic() < deadline, "staging was not read within 60s"
-                time.sleep(0.5)
-        assert staging not in topics(bootstrap)
-        # Then the patch points the target back: its group resumes where the splitter stopped.
+        # unprepare: the splitter stops; once the target has read all of staging, the
+        # keeper says so, the patch points the target back (its group resumes where the
+        # splitter stopped), and the staging topic goes once the target has left it.
+        assert wait_until(lambda: unprepared(broker) == "handed back", timeout=60)
         back = Recorder(bootstrap, source, group).start()
         on_staging.stop()
+        assert wait_until(lambda: unprepared(broker) == "done", timeout=60)
+        assert wait_until(lambda: staging not in topics(bootstrap), timeout=10)
         settle()
     finally:
         broker.close()

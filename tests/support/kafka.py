@@ -73,6 +73,15 @@ class Stream:
         finally:
             producer.close()
 
+    def switch(self, keys: list[str | None], timeout: float = 30.0) -> None:
+        """Produce `keys` from now on: returns once a record of the new mix was acknowledged
+        (so no record of the old mix is still in flight)."""
+        self.keys = keys
+        target = len(self.sent) + 2
+        deadline = time.monotonic() + timeout
+        while len(self.sent) < target and time.monotonic() < deadline and self.error is None:
+            time.sleep(0.01)
+
     def ids(self, key: str | None) -> set[int]:
         return {n for n, k in list(self.sent.items()) if k == key}
 

@@ -175,6 +175,17 @@ def test_target_topic_phases(
     assert ks.target_topic("orders", state=state, keeper_state=keeper, current=current) == expected
 
 
+def test_target_topic_back_once_the_keeper_has_handed_staging_back() -> None:
+    waiting = "the target has not read all of orders.preview-env-staging yet (3 left)"
+    handed = f"{ks.HANDED_BACK} (the target still reads orders.preview-env-staging)"
+    for error, expected in ((waiting, STAGING), (handed, "orders")):
+        got = ks.target_topic(
+            "orders", state="unprepared", keeper_state="failed", current=STAGING,
+            keeper_error=error,
+        )  # fmt: skip
+        assert got == expected
+
+
 def test_source_from_a_patched_target_is_the_recorded_topic() -> None:
     assert ks.source_from("orders", None) == "orders"
     assert ks.source_from(STAGING, "orders") == "orders"
