@@ -41,6 +41,7 @@ class Keeper:
         self.io, self.url, self.connect = io, url, connect
         self.broker: Broker | None = None
         self.prepared = False
+        self.seen: Preparation | None = None  # the record last worked from, but its state
 
     def round(self) -> KeeperStatus:
         """One reconciliation; errors become a `failed` status (retried next round)."""
@@ -49,6 +50,9 @@ class Keeper:
         if prep is None:
             return previous.model_copy(update={"state": "failed", "error": "no record"})
         try:
+            if self.seen is not None and self.seen != prep.model_copy(update={"state": "-"}):
+                self._drop()  # a changed preparation: a new broker client, prepared anew
+            self.seen = prep.model_copy(update={"state": "-"})
             if self.broker is None:
                 self.broker = self.connect(prep, self.url)
             if prep.state == "unprepared":

@@ -49,6 +49,20 @@ def _program(prep: Preparation, topic: str | None = None) -> Callable[[], None]:
     return program
 
 
+def _check_unchanged(cluster: Cluster, prep: Preparation) -> None:
+    """Preparing again is a no-op; preparing the same id differently on the broker would
+    leave the first preparation's bindings behind, so it must be undone first."""
+    record = cluster.configmap(prep.namespace, queue_prep.record_name(prep.id))
+    old = queue_prep.parse_record(record) if record else None
+    fields = ("type", "source", "exchange", "routing_key")
+    if old and old.state == "prepared" and any(getattr(old, f) != getattr(prep, f) for f in fields):
+        raise BadInput(
+            f"queue {prep.id} is prepared in {prep.namespace} for {old.source} through "
+            f"{old.exchange or 'the default exchange'}; run `preview-env queues unprepare "
+            f"{prep.id} -n {prep.namespace}` first to prepare it differently"
+        )
+
+
 def _touched_broker(cluster: Cluster, prep: Preparation) -> bool:
     """Whether the keeper may have prepared the broker (so the reversal must run first);
     one that never started or refused the preparation changed nothing there."""
@@ -178,6 +192,7 @@ def prepare(
         image=image or os.environ.get(IMAGE_ENV) or DEFAULT_COPY_IMAGE,
         placement=queue_prep.placement_of(workload.pod_spec),
     )  # fmt: skip
+    _check_unchanged(cluster, prep)
     name = naming.platform_stack("queue", namespace, queue_id)
     progress = Progress(enabled=output is Format.text, verbose=settings(ctx).verbose)
     progress.line(f"Preparing queue {queue_id} ({source}) in {namespace}...")
