@@ -54,7 +54,7 @@ def _check_unchanged(cluster: Cluster, prep: Preparation) -> None:
     leave the first preparation's bindings behind, so it must be undone first."""
     record = cluster.configmap(prep.namespace, queue_prep.record_name(prep.id))
     old = queue_prep.parse_record(record) if record else None
-    fields = ("type", "source", "exchange", "routing_key")
+    fields = ("type", "source", "exchange", "routing_key", "group")
     if old and old.state == "prepared" and any(getattr(old, f) != getattr(prep, f) for f in fields):
         raise BadInput(
             f"queue {prep.id} is prepared in {prep.namespace} for {old.source} through "
