@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import kafka.errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from adapters.queues.broker import BROKERS, BrokerError
 from preview_stack import kafka_split
@@ -47,6 +47,14 @@ POLL_MS = 200
 BATCH = 500  # records per poll: at most this many are duplicated by a crash
 APPLY_SECONDS = 15.0  # how long the keeper waits for the splitter to apply new routes
 CLIENT_ID = "preview-env-splitter"
+# A deleted key topic must stay deleted: a client asking for metadata of a topic it still
+# knows would otherwise have the broker create it again (auto.create.topics.enable).
+PRODUCER: dict[str, Any] = {
+    "client_id": CLIENT_ID,
+    "acks": "all",
+    "linger_ms": 5,
+    "allow_auto_create_topics": False,
+}
 JOIN_SECONDS = 60.0  # how long prepare waits for the splitter to join the target's group
 
 
@@ -108,6 +116,8 @@ class Splitter(threading.Thread):
         self.forwarded = 0
         self.staging_reset = False
         self.commit_failures = 0
+        self.pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.last_commit_error = ""
 
     # ------------------------------------------------------------- the keeper's side
     def ask(self, routes: Sequence[Route], resets: Sequence[str] = ()) -> int:
@@ -140,15 +150,16 @@ class Splitter(threading.Thread):
             group_id=self.prep.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # no commit: lose nothing
+            allow_auto_create_topics=False,
             max_poll_records=BATCH,
         )
-        producer = KafkaProducer(
-            bootstrap_servers=self.servers, client_id=CLIENT_ID, acks="all", linger_ms=5
-        )
+        producer = KafkaProducer(**PRODUCER, bootstrap_servers=self.servers)
         try:
             consumer.subscribe([self.prep.source])
             while not self.stopping.is_set():
                 self._round(consumer, producer)
+            if self.pending:  # the last batch's offsets, where the target resumes
+                self._commit(consumer)
         except Exception as exc:  # the keeper sees the thread dead and restarts it
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -161,7 +172,14 @@ class Splitter(threading.Thread):
         with self.lock:
             routes, epoch, resets = self.routes, self.epoch, set(self.resets)
         batch = consumer.poll(timeout_ms=POLL_MS, max_records=BATCH)
-        joined = consumer.group_metadata().generation_id > 0
+        member = consumer.group_metadata()
+        joined = member.generation_id > 0
+        stable = member.state == MemberState.STABLE
+        owned = consumer.assignment()
+        # Offsets of a partition the group gave to another member are its business now.
+        self.pending = {tp: o for tp, o in self.pending.items() if tp in owned}
+        if self.pending and stable:
+            self._commit(consumer)
         if joined and not self.staging_reset:
             # Before the first record to staging; a rebalance meanwhile: next round.
             self.staging_reset = self._reset(consumer, self.staging)
@@ -169,8 +187,9 @@ class Splitter(threading.Thread):
             done = {topic for topic in resets if self._reset(consumer, topic)}
             with self.lock:
                 self.resets -= done
-        if batch and not (self.staging_reset and self.routed.is_set()):
-            # Not a member yet, or no routes from the keeper yet: read them again later.
+        if batch and not (stable and self.staging_reset and self.routed.is_set()):
+            # Not a stable member (its commits would be refused: records sent twice), no
+            # routes from the keeper yet, or staging not reset: read them again later.
             for tp, records in batch.items():
                 consumer.seek(tp, records[0].offset)
             return
@@ -194,14 +213,22 @@ class Splitter(threading.Thread):
             raise BrokerError(f"{len(failed)} record(s) not acknowledged: {failed[0].exception}")
         if offsets:
             self.forwarded += sum(len(r) for r in batch.values())
-            try:
-                consumer.commit(offsets)
-            except REBALANCED:
-                # The group moved the partitions on: their next owner (the splitter again,
-                # once the target left) reads this batch again: duplicates, no loss.
-                self.commit_failures += 1
+            self.pending.update(offsets)
+            self._commit(consumer)
         with self.lock:
             self.applied = max(self.applied, epoch)
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        """Commit what was acknowledged; refused (a rebalance began): kept for the next
+        round while the partitions stay the splitter's. Given to another member meanwhile,
+        they are read again by it: duplicates, no loss."""
+        try:
+            consumer.commit(dict(self.pending))
+        except REBALANCED as exc:
+            self.commit_failures += 1
+            self.last_commit_error = f"{type(exc).__name__}"
+            return
+        self.pending = {}
 
     def _reset(self, consumer: KafkaConsumer, topic: str) -> bool:
         """Commit the beginning of `topic` for the group where it has no (or a stale)
@@ -244,7 +271,9 @@ class KafkaBroker:
         )
         self.probe = _guard(
             "connecting",
-            lambda: KafkaConsumer(bootstrap_servers=self.servers, client_id=CLIENT_ID),
+            lambda: KafkaConsumer(
+                bootstrap_servers=self.servers, client_id=CLIENT_ID, allow_auto_create_topics=False
+            ),
         )
 
     # ------------------------------------------------------------------ helpers
@@ -396,8 +425,10 @@ class KafkaBroker:
     def _copy(self, topic: str, ranges: dict[int, tuple[int, int]]) -> None:
         """Each record of `ranges` to staging, acknowledged (acks=all) before the topic goes;
         a crash meanwhile copies them again (duplicates, no loss)."""
-        reader = KafkaConsumer(bootstrap_servers=self.servers, client_id=CLIENT_ID)
-        producer = KafkaProducer(bootstrap_servers=self.servers, acks="all", linger_ms=5)
+        reader = KafkaConsumer(
+            bootstrap_servers=self.servers, client_id=CLIENT_ID, allow_auto_create_topics=False
+        )
+        producer = KafkaProducer(**PRODUCER, bootstrap_servers=self.servers)
         try:
             tps = {p: TopicPartition(topic, p) for p in ranges}
             reader.assign(list(tps.values()))
@@ -456,6 +487,7 @@ class KafkaBroker:
             "alive": bool(s and s.is_alive()),
             "forwarded": s.forwarded if s else 0,
             "commit_failures": s.commit_failures if s else 0,
+            "last_commit_error": s.last_commit_error if s else "",
         }
 
     def close(self) -> None:

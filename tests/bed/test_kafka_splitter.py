@@ -112,6 +112,7 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         # unprepare: the splitter stops; once the target has read all of staging, the
         # keeper says so, the patch points the target back (its group resumes where the
         # splitter stopped), and the staging topic goes once the target has left it.
+        splitter = broker.status()  # what the splitter did, for the failure messages
         assert wait_until(lambda: unprepared(broker) == "handed back", timeout=60)
         back = Recorder(bootstrap, source, group).start()
         on_staging.stop()
@@ -126,7 +127,10 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
     back.stop()
 
     staging_got = target.received + on_staging.received + back.received
-    assert duplicates(staging_got) == []
+    assert duplicates(staging_got) == [], (
+        [duplicates(r.received) for r in (target, on_staging, back)],
+        splitter,
+    )
     assert duplicates(preview_a.received) == duplicates(preview_b.received) == []
     assert set(preview_a.received) == live_a  # exactly a's records while it was live
     assert set(preview_b.received) == mirrored_b
