@@ -8,7 +8,8 @@ Topics are created fresh on $PREVIEW_ENV_KAFKA_BOOTSTRAP (or --bootstrap), 3 par
 - unsplit: the producer writes the topic, staging's consumer (a group) reads it;
 - split: the producer writes the source topic, preview-env's Kafka plug-in
   (adapters.queues.kafka: its splitter thread in the consumer's group, acks=all, a batch
-  committed after its records are acknowledged) routes each record by header to one of
+  committed after its records are acknowledged), in a process of its own as in the keeper
+  pod, routes each record by header to one of
   `--keys` key topics or to the staging topic, and one consumer in the group reads staging
   and every key topic. One record in four carries one of the keys' header, one in eight a
   key with no split, the rest none.
@@ -21,6 +22,7 @@ unsplit/split; the medians and their ratio are printed as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
@@ -29,6 +31,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
@@ -103,16 +106,34 @@ def unsplit(bootstrap: str, total: int, keys: list[str]) -> float:
     return total / (out["last"] - first)
 
 
-def split(bootstrap: str, total: int, keys: list[str]) -> float:
-    source, group = f"bench-{uuid.uuid4().hex[:8]}", f"bench-app-{uuid.uuid4().hex[:8]}"
-    create(bootstrap, source)
+def splitter(bootstrap: str, source: str, group: str, keys: list[str], ready: Any,
+             stop: Any) -> None:  # fmt: skip
+    """The keeper's side, in a process of its own (as the keeper pod is)."""
     prep = Preparation(id="bench", namespace="-", type="kafka", source=source, group=group)
     broker = KafkaBroker(prep, bootstrap)
     try:
         broker.prepare()
         splits = [queue_prep.key_split(prep, k, {HEADER: f"^{k}$"}, "steal") for k in keys]
         broker.reconcile(splits, [])
-        wanted = [kafka_split.staging_topic(source), *(s.queue for s in splits)]
+        ready.set()
+        stop.wait(600)
+    finally:
+        broker.close()
+
+
+def split(bootstrap: str, total: int, keys: list[str]) -> float:
+    source, group = f"bench-{uuid.uuid4().hex[:8]}", f"bench-app-{uuid.uuid4().hex[:8]}"
+    create(bootstrap, source)
+    context = multiprocessing.get_context("spawn")
+    up, stop = context.Event(), context.Event()
+    keeper = context.Process(target=splitter, args=(bootstrap, source, group, keys, up, stop))
+    keeper.start()
+    try:
+        assert up.wait(120), "the splitter did not start"
+        wanted = [
+            kafka_split.staging_topic(source),
+            *(kafka_split.key_topic(source, k) for k in keys),
+        ]
         out: dict[str, float] = {}
         ready = threading.Event()
         reader = threading.Thread(
@@ -125,7 +146,8 @@ def split(bootstrap: str, total: int, keys: list[str]) -> float:
         assert out["got"] >= total, out
         return total / (out["last"] - first)
     finally:
-        broker.close()
+        stop.set()
+        keeper.join(60)
 
 
 def main() -> int:

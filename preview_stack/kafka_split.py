@@ -102,8 +102,10 @@ class Destinations:
     staging: bool  # and whether staging gets it
 
 
-def matches(filter_: Mapping[str, str], headers: Headers) -> bool:
-    """mirrord's semantics: every filter header present, its value matching the regex."""
+STAGING_ONLY = Destinations(keys=(), staging=True)
+
+
+def _values(headers: Headers) -> dict[str, list[str]]:
     values: dict[str, list[str]] = {}
     for name, raw in headers:
         if raw is None:
@@ -112,15 +114,28 @@ def matches(filter_: Mapping[str, str], headers: Headers) -> bool:
             values.setdefault(name, []).append(raw.decode("utf-8"))
         except UnicodeDecodeError:
             continue
+    return values
+
+
+def _matches(filter_: Mapping[str, str], values: Mapping[str, list[str]]) -> bool:
     return all(
         any(re.search(pattern, v) for v in values.get(header, ()))
         for header, pattern in filter_.items()
     )
 
 
+def matches(filter_: Mapping[str, str], headers: Headers) -> bool:
+    """mirrord's semantics: every filter header present, its value matching the regex."""
+    return _matches(filter_, _values(headers))
+
+
 def route(headers: Headers, routes: Iterable[Route]) -> Destinations:
     """Where one record goes: each matching key's topic; staging unless a `steal` matched."""
-    chosen = [r for r in routes if matches(r.filter, headers)]
+    routes = tuple(routes)
+    if not routes:
+        return STAGING_ONLY
+    values = _values(headers)
+    chosen = [r for r in routes if _matches(r.filter, values)]
     return Destinations(keys=tuple(r.topic for r in chosen), staging=all(r.mirror for r in chosen))
 
 
