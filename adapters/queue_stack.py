@@ -17,8 +17,8 @@ COMPONENT_TYPE = "preview-env:index:QueuePreparation"
 
 
 PATCHES: dict[str, Any] = {
-    "Deployment": k8s.apps.v1.DeploymentPatch,
-    "StatefulSet": k8s.apps.v1.StatefulSetPatch,
+    "deployment": k8s.apps.v1.DeploymentPatch,
+    "statefulset": k8s.apps.v1.StatefulSetPatch,
 }
 
 
@@ -69,7 +69,7 @@ class QueuePreparation(pulumi.ComponentResource):
     def _patch(self, prep: Preparation, topic: str, made: dict[str, pulumi.Resource]) -> None:
         """kafka: the target's topic variable (the preparation owns this field). Pointing
         back at the source is kept on delete: deleting a patch removes its fields."""
-        kind = PATCHES.get(prep.target_kind)
+        kind = PATCHES.get(prep.target_kind.lower())
         if kind is None:
             raise BadInput(
                 f"a Kafka preparation patches a Deployment or StatefulSet, not {prep.target_kind}"
