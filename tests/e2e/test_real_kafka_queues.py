@@ -123,11 +123,13 @@ def test_split_topic_end_to_end(
     marks: dict[str, float] = {}
     try:
         time.sleep(3)
+        marks["prepare"] = time.monotonic()
         for _ in range(2):  # idempotent
             done = cli(*prepare, env=env, timeout=300)
             assert done.code == 0, done.stderr + done.stdout
         assert staging in topics(bootstrap)
         assert wait_until(lambda: target_topic(testbed, namespace) == staging, timeout=30)
+        marks["prepared"] = time.monotonic()
         testbed.kubectl("-n", namespace, "rollout", "status", "deploy/orders", "--timeout=180s")
         (listed,) = cli("queues", "list", "-n", namespace, "-o", "json").json()
         assert (listed["state"], listed["source"], listed["type"]) == ("prepared", topic, "kafka")
@@ -164,9 +166,11 @@ def test_split_topic_end_to_end(
         marks[f"{key_b}_gone"] = time.monotonic()
         time.sleep(3)
 
+        marks["unprepare"] = time.monotonic()
         undone = cli("queues", "unprepare", "orders", "-n", namespace, timeout=300)
         assert undone.code == 0, undone.stderr + undone.stdout
         assert target_topic(testbed, namespace) == topic
+        marks["unprepared"] = time.monotonic()
         testbed.kubectl("-n", namespace, "rollout", "status", "deploy/orders", "--timeout=180s")
         time.sleep(5)
     finally:
@@ -183,7 +187,15 @@ def test_split_topic_end_to_end(
         got[:] = reports(bootstrap, report, timeout=3)
         return {n for _, n in got} >= set(sent)
 
-    assert wait_until(all_reported, timeout=120), f"{len(got)} reports for {len(sent)} sent"
+    wait_until(all_reported, timeout=120)
+    missing = sorted(set(sent) - {n for _, n in got})
+    start = stream.times[0][0]
+    assert not missing, (
+        f"{len(missing)} of {len(sent)} never reported; marks "
+        + str({m: round(t - start, 1) for m, t in marks.items()})
+        + "; first: "
+        + str([(n, sent[n], round(stream.times[n][0] - start, 2)) for n in missing[:40]])
+    )
     check_counts(stream, got, topic, {key_a: "steal", key_b: "mirror"}, marks)
 
 
