@@ -45,7 +45,7 @@ REBALANCED = (
 )
 POLL_MS = 200
 BATCH = 500  # records per poll: at most this many are duplicated by a crash
-APPLY_SECONDS = 15.0  # how long the keeper waits for the splitter to apply new routes
+APPLY_SECONDS = 3.0  # how long a keeper round waits for the splitter to apply new routes
 CLIENT_ID = "preview-env-splitter"
 # A deleted key topic must stay deleted: a client asking for metadata of a topic it still
 # knows would otherwise have the broker create it again (auto.create.topics.enable).
@@ -191,7 +191,10 @@ class Splitter(threading.Thread):
             # Not a stable member (its commits would be refused: records sent twice), no
             # routes from the keeper yet, or staging not reset: read them again later.
             for tp, records in batch.items():
-                consumer.seek(tp, records[0].offset)
+                if tp in consumer.assignment():
+                    consumer.seek(tp, records[0].offset)
+            with self.lock:  # nothing was sent: the routes asked for hold from now on
+                self.applied = max(self.applied, epoch)
             return
         with self.lock:  # a key topic not yet at the beginning for the group gets nothing
             routes = tuple(r for r in routes if r.topic not in self.resets)
@@ -377,10 +380,11 @@ class KafkaBroker:
         new = [s.queue for s in desired if s.queue not in live]
         for topic in new:
             self._create(topic, partitions)
+        applied = True
         if splitter is not None:
-            epoch = splitter.ask(self._routes(desired), new)
-            if not splitter.wait_applied(epoch):
-                raise BrokerError(f"the splitter did not apply the routes within {APPLY_SECONDS}s")
+            # Not applied in time (a rebalance of the group holds the splitter): the routes
+            # apply when it resumes; removals wait for the next round.
+            applied = splitter.wait_applied(splitter.ask(self._routes(desired), new))
         rows = [
             KeyQueueStatus(
                 key=s.key,
@@ -395,7 +399,7 @@ class KafkaBroker:
         for old in known:
             if old.queue in wanted:
                 continue
-            if not self._remove(old.queue, drain=old.mode == "steal"):
+            if not applied or not self._remove(old.queue, drain=old.mode == "steal"):
                 rows.append(old.model_copy(update={"removing": True, "waiting": None}))
         return rows
 
@@ -487,6 +491,7 @@ class KafkaBroker:
             "alive": bool(s and s.is_alive()),
             "forwarded": s.forwarded if s else 0,
             "commit_failures": s.commit_failures if s else 0,
+            "routes_applied": bool(s and s.applied >= s.epoch and not s.resets),
             "last_commit_error": s.last_commit_error if s else "",
         }
 

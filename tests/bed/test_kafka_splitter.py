@@ -67,6 +67,7 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
             ("b", b.queue, "mirror"),
         ]
         assert {a.queue, b.queue} <= topics(bootstrap)
+        assert wait_until(lambda: broker.status()["routes_applied"], timeout=30)
         preview_a = Recorder(bootstrap, a.queue, group).start()
         preview_b = Recorder(bootstrap, b.queue, group).start()
         preview_a.wait_assigned()
@@ -95,6 +96,8 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         stream.switch([None])
         waiting_a = stream.ids("a") - live_a
         status = broker.reconcile([b], status)
+        assert wait_until(lambda: broker.status()["routes_applied"], timeout=30)
+        status = broker.reconcile([b], status)  # a's topic removed once the routes hold
         assert [r.key for r in status] == ["b"]
         assert wait_until(lambda: a.queue not in topics(bootstrap), timeout=10)
         stream.switch([None, "a", "b"])  # W3: a reaches staging again; b still mirrored
@@ -104,6 +107,8 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         wait_received([preview_b], mirrored_b)
         preview_b.stop()
         status = broker.reconcile([], status)  # a mirror's topic: deleted, not drained
+        assert wait_until(lambda: broker.status()["routes_applied"], timeout=30)
+        status = broker.reconcile([], status)
         assert status == []
         assert wait_until(lambda: b.queue not in topics(bootstrap), timeout=10)
         stream.switch([None, "a", "b"])  # nothing split: all to staging
