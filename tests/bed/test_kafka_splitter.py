@@ -118,7 +118,9 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         # keeper says so, the patch points the target back (its group resumes where the
         # splitter stopped), and the staging topic goes once the target has left it.
         splitter = broker.status()  # what the splitter did, for the failure messages
-        assert wait_until(lambda: unprepared(broker) == "handed back", timeout=60)
+        said: list[str] = []
+        assert wait_until(lambda: said.append(unprepared(broker)) or said[-1] == "handed back",
+                          timeout=60), (said[-3:], splitter)  # fmt: skip
         back = Recorder(bootstrap, source, group).start()
         on_staging.stop()
         assert wait_until(lambda: unprepared(broker) == "done", timeout=60)
