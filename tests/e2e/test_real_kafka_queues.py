@@ -32,8 +32,10 @@ from tests.support.workloads import deployment
 pytestmark = pytest.mark.cluster
 
 # A removed key's topic goes within two keeper rounds once its preview has left the group
-# (the drain to staging included), plus the time to see the split ConfigMap deleted.
-GC_BOUND_SECONDS = 2 * queue_prep.POLL_SECONDS + 20
+# (the drain to staging included): the preview pod's grace period (10 s here) and, for a
+# consumer that does not leave the group on SIGTERM, the group's session timeout (10 s for
+# kafka-python) come first, then a rebalance of the group.
+GC_BOUND_SECONDS = 2 * queue_prep.POLL_SECONDS + 50
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,18 @@ def config(tmp: Path, namespace: str, mode: str) -> str:
         )
     )
     return str(path)
+
+
+def keeper_state(testbed: Testbed, namespace: str) -> str:
+    """The keeper's status and last log lines (for failure messages)."""
+    status = testbed.kubectl(
+        "-n", namespace, "get", "configmap", queue_prep.status_name("orders"), "-o",
+        "jsonpath={.data.status\\.json}",
+    )  # fmt: skip
+    logs = testbed.kubectl(
+        "-n", namespace, "logs", f"deploy/{queue_prep.keeper_name('orders')}", "--tail=20"
+    )
+    return f"status: {status}\nlogs:\n{logs}"
 
 
 def target_topic(testbed: Testbed, namespace: str) -> str:
@@ -149,7 +163,9 @@ def test_split_topic_end_to_end(
         marks[f"{key_a}_leaving"] = time.monotonic()
         assert cli("clean", "-k", key_a).code == 0
         key_a_topic = kafka_split.key_topic(topic, key_a)
-        assert wait_until(lambda: key_a_topic not in topics(bootstrap), timeout=GC_BOUND_SECONDS)
+        assert wait_until(lambda: key_a_topic not in topics(bootstrap), timeout=GC_BOUND_SECONDS), (
+            keeper_state(testbed, namespace)
+        )
         marks[f"{key_a}_gone"] = time.monotonic()
 
         def reaped() -> bool:
@@ -162,7 +178,9 @@ def test_split_topic_end_to_end(
         marks[f"{key_b}_leaving"] = time.monotonic()
         assert wait_until(reaped, timeout=240)
         key_b_topic = kafka_split.key_topic(topic, key_b)
-        assert wait_until(lambda: key_b_topic not in topics(bootstrap), timeout=GC_BOUND_SECONDS)
+        assert wait_until(lambda: key_b_topic not in topics(bootstrap), timeout=GC_BOUND_SECONDS), (
+            keeper_state(testbed, namespace)
+        )
         marks[f"{key_b}_gone"] = time.monotonic()
         time.sleep(3)
 

@@ -145,10 +145,16 @@ def test_holders_of_a_topic_except_the_splitter() -> None:
             member("preview-a", "orders.preview-env.a"),
             member("staging", "orders.preview-env-staging"),
             {"member_id": "joining", "member_assignment": None},
+            {  # subscribed, no partitions yet (a rebalance): still reading it
+                "member_id": "preview-b",
+                "member_metadata": {"topics": ["orders.preview-env.b"]},
+                "member_assignment": {"assigned_partitions": []},
+            },
         ]
     }
     assert ks.holders(group, "orders.preview-env.a", but="splitter") == ["preview-a"]
     assert ks.holders(group, "orders", but="splitter") == []
+    assert ks.holders(group, "orders.preview-env.b") == ["preview-b"]
     assert ks.holders({}, "orders") == []
 
 
