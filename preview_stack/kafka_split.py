@@ -216,3 +216,44 @@ def holders(description: Mapping[str, Any], topic: str, *, but: str = "") -> lis
         if topic in topics:
             found.append(str(member.get("member_id")))
     return found
+
+
+# ------------------------------------------------------- the preparation's phases
+# The keeper's word (its status error, while it waits) that the target may be pointed back.
+HANDED_BACK = "staging is read and the splitter stopped: point the target back"
+
+
+def source_from(value: str, recorded: str | None) -> str:
+    """The original topic, from the target's variable: once patched it names the staging
+    topic, and the record of the preparation keeps the original."""
+    if recorded and value == staging_topic(recorded):
+        return recorded
+    if value.endswith(STAGING_SUFFIX):
+        raise ValueError(
+            f"the target reads {value!r}, a staging topic of preview-env, and no preparation "
+            "records its original topic"
+        )
+    return value
+
+
+def target_topic(
+    source: str, *, state: str, keeper_state: str | None, current: str, keeper_error: str = ""
+) -> str | None:
+    """What the preparation's patch sets the target's variable to (None: no patch yet).
+
+    Prepare runs twice: first the keeper (its splitter joins the target's group and
+    commits the beginning of staging), then, once it reports `prepared`, the patch. Unprepare
+    too: first the keeper stops the splitter and waits until staging is read, then, once it
+    reports that (`HANDED_BACK`, or `unprepared`), the patch points the target back (kept
+    on delete), and the keeper deletes the staging topic once the target has left it (a
+    consumer still subscribed would have the broker create it again). A patch once
+    applied stays declared whatever the keeper says meanwhile: dropping it would remove
+    the variable."""
+    staging = staging_topic(source)
+    if state == "unprepared":
+        if keeper_state == "unprepared" or keeper_error.startswith(HANDED_BACK):
+            return source
+        return staging if current == staging else None
+    if keeper_state == "prepared" or current == staging:
+        return staging
+    return None
