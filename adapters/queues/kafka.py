@@ -396,9 +396,14 @@ class KafkaBroker:
             for s in desired
         ]
         wanted = {s.queue for s in desired}
-        for old in known:
-            if old.queue in wanted:
-                continue
+        gone = [k for k in known if k.queue not in wanted]
+        # Key topics nobody knows any more: a client that still had one in its metadata had
+        # the broker create it again after its removal (auto.create.topics.enable).
+        prefix = f"{self.prep.source}{kafka_split.KEY_INFIX}"
+        seen = wanted | {k.queue for k in gone}
+        for topic in sorted(t for t in self._topics() if t.startswith(prefix) and t not in seen):
+            gone.append(KeyQueueStatus(key=topic.removeprefix(prefix), queue=topic))
+        for old in gone:
             if not applied or not self._remove(old.queue, drain=old.mode == "steal"):
                 rows.append(old.model_copy(update={"removing": True, "waiting": None}))
         return rows
