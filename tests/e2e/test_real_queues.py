@@ -247,3 +247,9 @@ def check_counts(
         if s.before >= gone:
             assert came_from == queue, (s, came_from)
     assert seen[key_a] > 0 and seen[key_b] > 0, seen
+    print(
+        f"split queue e2e: {len(sent)} sent, received by queue {dict(Counter(where.values()))}, "
+        f"in the keys' live windows {dict(seen)}, key queue gone "
+        f"{marks['a_gone'] - marks['a_cleaned']:.1f}s after clean returned, "
+        f"{marks['b_gone'] - marks['b_reap']:.1f}s after the reaper rounds began"
+    )
