@@ -153,9 +153,10 @@ def parse_secret_ref(text: str) -> tuple[str, str]:
     """`SECRET:KEY` of --url-from."""
     name, _, key = text.partition(":")
     if not _SECRET_NAME.match(name) or not _SECRET_KEY.match(key):
+        # Not echoed: it may be the URL itself, credentials and all, in a CI log.
         raise BadInput(
-            f"--url-from {text!r}: use SECRET:KEY, a Secret in the namespace and its key "
-            "holding the broker URL"
+            "--url-from: use SECRET:KEY, a Secret in the namespace and its key holding the "
+            "broker URL (a URL is never taken on the command line)"
         )
     return name, key
 

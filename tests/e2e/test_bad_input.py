@@ -64,7 +64,7 @@ CASES = [
         "unprepared-queue",
         ["-f", "@unprepared.yaml", "-i", "x:1"],
         2,
-        "feature.split_queues: queue 'orders' is not prepared in namespace staging "
+        "feature.split_queues: queue 'orders' is not prepared in namespace default "
         "(prepared there: none)",
     ),
     (

@@ -293,3 +293,30 @@ def test_status_shows_each_split_with_what_waits_in_the_keys_queue() -> None:
         "keeper failed: RabbitMQ cannot be reached"
     )
     assert split_status(PREP, {}, "pr-42", None).state == "keeper missing"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["Orders", "--type", "rmq"], "queue id 'Orders' must be lowercase letters"),
+        (["orders", "--type", "sqs"], "--type 'sqs': use rmq or kafka"),
+        (["orders", "--type", "rmq", "--url-from", "amqp://u:p@h"], "--url-from: use SECRET:KEY"),
+    ],
+    ids=["queue-id", "type", "url-on-the-command-line"],
+)
+def test_prepare_refuses_bad_flags_before_reaching_anything(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    base = {"--url-from": "broker:url"}
+    flags = ["-t", "deployment/orders", "-n", "staging", "--env", "QUEUE"]
+    if "--url-from" not in args:
+        flags += ["--url-from", base["--url-from"]]
+    result = CliRunner().invoke(
+        app, ["--kubeconfig", "/nonexistent", "queues", "prepare", *args, *flags]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+    assert "u:p@h" not in result.output
