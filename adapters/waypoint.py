@@ -4,7 +4,8 @@
 the platform stack `waypoint.NS.SERVICE`) and `pulumi up -s waypoint.NS.SERVICE`
 (pulumi_up.platform). It declares the waypoint's objects, Traefik last (Pulumi waits for
 its Deployment to be Ready, which its probe makes mean "serving the default routes"), and
-then, in the same update, swaps the Service's selector (`swap`). Removing goes the other
+then, in the same update, swaps the Service's selector (`swap`, a hook run after the
+Deployment is created or updated). Removing goes the other
 way: `restore` puts the recorded selector back, waits until the Service's endpoints are
 staging's pods again and lets kube-proxy catch up (`DRAIN_SECONDS`) while the waypoint
 still forwards what it gets, and only then are the waypoint's objects deleted. Traefik's
@@ -35,7 +36,8 @@ DRAIN_SECONDS = float(os.environ.get("PREVIEW_ENV_WAYPOINT_DRAIN", "3"))
 # EndpointSlice seen after the routes takes up to that long to be served.
 SETTLE_SECONDS = 2.5
 READY_TIMEOUT = 120.0
-HOOK = "preview-env-waypoint-restore"
+SWAP_HOOK = "preview-env-waypoint-swap"
+RESTORE_HOOK = "preview-env-waypoint-restore"
 
 
 def read_service(kube: Waypoints, namespace: str, name: str) -> dict[str, Any]:
@@ -119,62 +121,61 @@ def restore(kube: Waypoints, namespace: str, name: str, *, timeout: float = READ
     return True
 
 
-def _restore_hook(kube: Waypoints, namespace: str, name: str) -> pulumi.ResourceHook:
+def _hooks(kube: Waypoints, namespace: str, name: str) -> pulumi.ResourceHookBinding:
+    """Traefik's Deployment's hooks: the swap once it is created or updated (Ready: Pulumi
+    awaits it), the restore before it is deleted. Hooks, not an `apply` in the program:
+    they run on those steps only, never while `pulumi destroy --run-program` runs the
+    program, and never in a preview."""
+
+    def after(args: pulumi.ResourceHookArgs) -> None:
+        swap(kube, namespace, name)
+
     def before_delete(args: pulumi.ResourceHookArgs) -> None:
         restore(kube, namespace, name)
 
-    return pulumi.ResourceHook(HOOK, before_delete)
+    swap_hook = pulumi.ResourceHook(SWAP_HOOK, after)
+    restore_hook = pulumi.ResourceHook(RESTORE_HOOK, before_delete)
+    return pulumi.ResourceHookBinding(
+        after_create=[swap_hook], after_update=[swap_hook], before_delete=[restore_hook]
+    )
 
 
 def program(
     kube: Waypoints, namespace: str, name: str, options: WaypointOptions
 ) -> Callable[[], None]:
-    """The platform stack's program: the waypoint's objects, then the swap."""
+    """The platform stack's program: the waypoint's objects, Traefik last with the hooks
+    that swap the selector (once it is Ready) and restore it (before it goes)."""
 
     def run() -> None:
         service = read_service(kube, namespace, name)
         if waypoints.selector_state(service) == "foreign":
             raise BadInput(waypoints.foreign_problem(service, "add"))
         items = waypoints.manifests(service, options)
-        hook = _restore_hook(kube, namespace, name)
+        hooks = _hooks(kube, namespace, name)
         before: list[pulumi.Resource] = []
-        deployment: k8s.apps.v1.Deployment | None = None
         for item in items:
             meta = item["metadata"]
             res = f"{item['kind'].lower()}:{meta.get('namespace', '')}/{meta['name']}"
             if item["kind"] == "Deployment":
-                deployment = k8s.apps.v1.Deployment(
+                k8s.apps.v1.Deployment(
                     res,
                     metadata=meta,
                     spec=item["spec"],
-                    opts=pulumi.ResourceOptions(
-                        depends_on=before,
-                        hooks=pulumi.ResourceHookBinding(before_delete=[hook]),
-                    ),
+                    opts=pulumi.ResourceOptions(depends_on=before, hooks=hooks),
                 )
             else:
                 before.append(_declare(res, item))
-        assert deployment is not None
-        if pulumi.runtime.is_dry_run():
-            pulumi.export("selector", "unchanged in a preview")
-            return
-        swapped = deployment.status.apply(lambda _: _swapped(kube, namespace, name))
-        pulumi.export("selector", swapped)
+        pulumi.export("service", f"{namespace}/{name}")
 
     return run
 
 
-def _swapped(kube: Waypoints, namespace: str, name: str) -> str:
-    swap(kube, namespace, name)
-    return "waypoint"
-
-
 def empty_program(kube: Waypoints, namespace: str, name: str) -> Callable[[], None]:
     """A program declaring nothing (the update deletes every object) that still registers
-    the restore hook Traefik's Deployment names."""
+    the hooks Traefik's Deployment names."""
 
     def run() -> None:
-        _restore_hook(kube, namespace, name)
+        _hooks(kube, namespace, name)
 
     return run
 

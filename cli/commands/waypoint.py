@@ -9,7 +9,7 @@ import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Waypoints
-from adapters.waypoint import empty_program, program, read_service, restore, statuses
+from adapters.waypoint import empty_program, program, read_service, restore, statuses, swap
 from cli import render
 from cli.context import handles_errors, settings
 from cli.output import Format, Progress
@@ -66,6 +66,7 @@ def add(
         on_event=progress.on_event,
         on_output=progress.on_output,
     )
+    swap(kube, namespace, name)  # done by the update's hook; again when nothing changed
     listed = statuses(kube, stacks.platform_stacks(waypoints.KIND))
     render.waypoints([w for w in listed if w.service == f"{namespace}/{name}"], output)
 

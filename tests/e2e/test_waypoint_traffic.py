@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from testbed import Testbed
-from tests.support.cli import Cli
+from tests.support.cli import Cli, pulumi
 from tests.support.kube import Kube, apply, objects_of
 from tests.support.polling import wait_until
 from tests.support.stacks import stack_names
@@ -229,3 +229,42 @@ def test_an_expired_environment_reaped_sends_its_key_back_to_staging(
     assert wait_until(lambda: objects_of(kube, "wp-r") == [], 30)
     answers = [via_gateway(HOST, member) for _ in range(10)]
     assert all(a.status == 200 and a.pod in staging for a in answers), answers
+
+
+def test_pulumi_up_and_destroy_on_a_waypoint_stack_are_add_and_remove(
+    cli: Cli, testbed: Testbed, namespace: str, stack_config: Any
+) -> None:
+    stack = f"waypoint.{namespace}.orders"
+    address = _service(testbed, namespace)["spec"]["clusterIP"]
+    staging = pod_names(testbed, namespace, "app=orders")
+    assert pulumi("stack", "init", stack).returncode == 0
+    stack_config(
+        stack,
+        {
+            "image": testbed.images["traefik"].name,
+            "nodeSelector": {"preview-env.dev/node": "real"},
+            "tolerations": [
+                {
+                    "key": "preview-env.dev/real-node",
+                    "operator": "Equal",
+                    "value": "true",
+                    "effect": "NoSchedule",
+                }
+            ],
+        },
+    )
+    with RequestLoop(testbed, address) as loop:
+        up = pulumi("up", "--yes", "--skip-preview", "-s", stack)
+        assert up.returncode == 0, up.stdout + up.stderr
+        after_up = loop.mark()
+        time.sleep(1)
+        destroyed = pulumi("destroy", "--yes", "--run-program", "-s", stack)
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        end = loop.mark()
+    assert loop.failed() == [], loop.failed()[:5]
+    assert all(via for _, via in loop.sides(after_up, after_up + 5))
+    assert {pod for pod, _ in loop.sides()} <= staging
+    assert loop.sides(end - 3, end)  # answered until the end
+    assert _service(testbed, namespace)["spec"]["selector"] == {"app": "orders"}
+    assert "waypoint" not in testbed.kubectl("get", "deployment", "-n", namespace, "-o", "name")
+    assert pulumi("stack", "rm", "--yes", "-s", stack).returncode == 0
