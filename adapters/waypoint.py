@@ -87,6 +87,7 @@ def swap(kube: Waypoints, namespace: str, name: str, *, timeout: float = READY_T
         ),
         timeout,
     )
+    time.sleep(DRAIN_SECONDS)  # every kube-proxy follows: once `add` returns, all pass it
     return True
 
 
