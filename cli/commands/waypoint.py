@@ -1,5 +1,8 @@
 """`preview-env waypoint add|remove|list`: key routing inside the cluster without a mesh
-(a waypoint in front of a Service, once per Service; see preview_stack.waypoints)."""
+(a waypoint in front of a Service, once per Service; see preview_stack.waypoints).
+
+adapters.waypoint (the program) is imported when a command runs: loading the CLI must not
+load Pulumi (tests/unit/test_imports.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Waypoints
-from adapters.waypoint import empty_program, program, read_service, restore, statuses, swap
 from cli import render
 from cli.context import handles_errors, settings
 from cli.output import Format, Progress
@@ -41,6 +43,8 @@ def add(
 ) -> None:
     """Put a waypoint in front of NAMESPACE/SERVICE (idempotent); the Service's selector
     moves to the waypoint only once it is Ready."""
+    from adapters.waypoint import program, read_service, statuses, swap
+
     namespace, name = waypoints.parse_service_ref(service)
     options = waypoints.WaypointOptions(
         image=image,
@@ -79,6 +83,8 @@ def remove(
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Give NAMESPACE/SERVICE its own selector back, then delete the waypoint (idempotent)."""
+    from adapters.waypoint import empty_program, restore
+
     namespace, name = waypoints.parse_service_ref(service)
     opts = settings(ctx)
     cluster, stacks = connect(opts)
@@ -106,5 +112,7 @@ def list_(
     output: Annotated[Format, typer.Option("-o", "--output")] = Format.text,
 ) -> None:
     """Every waypoint: its Service, selector state, Gateway, staging's Service, readiness."""
+    from adapters.waypoint import statuses
+
     cluster, stacks = connect(settings(ctx))
     render.waypoints(statuses(Waypoints(cluster), stacks.platform_stacks(waypoints.KIND)), output)
