@@ -26,7 +26,14 @@ from tests.support.cli import Cli, pulumi
 from tests.support.kube import Kube, apply, objects_of
 from tests.support.polling import wait_until
 from tests.support.stacks import stack_names
-from tests.support.traffic import RequestLoop, echo_target, pod_names, via_cluster_ip, via_gateway
+from tests.support.traffic import (
+    GatewayLoop,
+    RequestLoop,
+    echo_target,
+    pod_names,
+    via_cluster_ip,
+    via_gateway,
+)
 
 pytestmark = pytest.mark.cluster
 ROUTE_WAIT = {"PREVIEW_ENV_ROUTE_WAIT": "6"}
@@ -222,9 +229,15 @@ def test_an_expired_environment_reaped_sends_its_key_back_to_staging(
         return any(r["key"] == "wp-r" and r["outcome"] == "would-reap" for r in listed)
 
     assert wait_until(expired, timeout=40)
-    reaped = cli("reap", "-o", "json")
+    # The key's requests through the Gateway while the reaper removes the environment: each
+    # answered, by the preview until its route goes, then by staging.
+    with GatewayLoop(HOST, member) as loop:
+        reaped = cli("reap", "-o", "json")
+        time.sleep(3)
     outcomes = {r["key"]: r["outcome"] for r in reaped.json()["results"]}
     assert outcomes.get("wp-r") == "reaped", reaped.stdout + reaped.stderr
+    assert loop.failed() == [], loop.failed()[:5]
+    assert {a.pod for a in loop.answers} <= preview | staging
     assert "wp-r" not in stack_names()
     assert wait_until(lambda: objects_of(kube, "wp-r") == [], 30)
     answers = [via_gateway(HOST, member) for _ in range(10)]

@@ -115,8 +115,11 @@ class RequestLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.answers.append(via_cluster_ip(self.testbed, self.address, self.headers))
+            self.answers.append(self.request())
             time.sleep(0.02)
+
+    def request(self) -> Answer:
+        return via_cluster_ip(self.testbed, self.address, self.headers)
 
     def mark(self) -> int:
         """The number of answers so far (to split the stream into phases)."""
@@ -128,3 +131,13 @@ class RequestLoop:
     def sides(self, start: int = 0, end: int | None = None) -> Counter[tuple[str, bool]]:
         """(pod, through a waypoint) -> count, for answers start..end."""
         return Counter((a.pod, bool(a.via)) for a in self.answers[start:end])
+
+
+class GatewayLoop(RequestLoop):
+    """The same loop through the bed's Gateway, with `Host: host`."""
+
+    def __init__(self, host: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(testbed=None, address=host, headers=dict(headers or {}))  # type: ignore[arg-type]
+
+    def request(self) -> Answer:
+        return via_gateway(self.address, self.headers)
