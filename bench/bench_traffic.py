@@ -14,8 +14,9 @@ Gateway's listener are), so the host's relay is not measured:
 - Gateway: 127.0.0.1:<listener> with the route's Host (Traefik, hostNetwork, to the pod);
 - waypoint: `echo`'s ClusterIP (kube-proxy to the waypoint's Traefik, then to the pod).
 
-The four paths take turns request by request (round robin), so load on the shared machine
-falls on all of them alike. Prints a Markdown table (p50, p99, ratio to direct).
+The four paths take turns request by request (round robin, each path first in turn), so
+load on the shared machine falls on all of them alike. Prints a Markdown table (p50,
+p99, ratio to direct).
 """
 
 from __future__ import annotations
@@ -155,8 +156,11 @@ def main() -> None:
                 for _ in range(50):
                     timed(bed, url, headers)
             samples: dict[str, list[float]] = {name: [] for name in paths}
-            for _ in range(count):
-                for name, (url, headers) in paths.items():
+            names = list(paths)
+            for round_ in range(count):  # each path first in turn: no order bias
+                shift = round_ % len(names)
+                for name in names[shift:] + names[:shift]:
+                    url, headers = paths[name]
                     samples[name].append(timed(bed, url, headers))
         finally:
             bed.stop()
