@@ -37,7 +37,14 @@ from adapters.k8s.cluster import Cluster, ClusterTarget
 from adapters.settings import Settings
 from preview_stack import backends, checkpoints, naming
 from preview_stack.backends import Backend
-from preview_stack.changes import Applied, DestroyAll
+from preview_stack.changes import (
+    Applied,
+    Change,
+    DestroyAll,
+    Rerouted,
+    Unrouted,
+    may_drop_targets,
+)
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
 from preview_stack.objects import EnvironmentObjects, derive_environment
@@ -80,6 +87,13 @@ T = TypeVar("T")
 OutputHandler = Callable[[str], None]
 # Warnings go to stderr as the CLI's own do (cli.context.err_console).
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def route_drain_seconds() -> float:
+    """How long a removed route may still be served (PREVIEW_ENV_ROUTE_DRAIN, default 5 s):
+    Traefik applies provider changes at most every 2 s (providersThrottleDuration), then
+    reloads; other controllers are alike."""
+    return float(os.environ.get("PREVIEW_ENV_ROUTE_DRAIN", "5"))
 
 
 def _now() -> dt.datetime:
@@ -498,7 +512,54 @@ class Stacks:
     def apply(
         self,
         key: str,
-        change: Callable[[EnvironmentSpec | None, dt.datetime], EnvironmentSpec | None],
+        change: Change,
+        reader: TargetReader,
+        *,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+        create: bool = True,
+        refresh: bool = False,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+        stale_lock_after: float | None = DEFAULT_STALE_LOCK_SECONDS,
+    ) -> Applied:
+        """Apply `change` (see `_apply`), draining routes first: when the key owns routes, a
+        first update switches off those of the targets the change drops (`Unrouted`), and
+        the change follows `route_drain_seconds()` later, so no request meets a route whose
+        preview is gone. A change refused after the drain restores the routes."""
+        options: dict[str, Any] = {
+            "on_event": on_event,
+            "on_output": on_output,
+            "refresh": refresh,
+            "lock_wait": lock_wait,
+            "stale_lock_after": stale_lock_after,
+        }
+        unrouted = Unrouted(change)
+        if may_drop_targets(change) and self._owns_routes(key):
+            with contextlib.suppress(NotFound):  # no stack: the change says what it means
+                self._apply(key, unrouted, reader, create=False, **options)
+            if unrouted.dropped:
+                time.sleep(route_drain_seconds())
+        try:
+            return self._apply(key, change, reader, create=create, **options)
+        except PreviewError as exc:
+            if unrouted.dropped and not isinstance(exc, NotFound):
+                self._apply(key, Rerouted(tuple(unrouted.dropped)), reader, create=False, **options)
+            raise
+
+    def _owns_routes(self, key: str) -> bool:
+        """Whether stack `key` has routes in the cluster (one list per route kind); True
+        when the cluster cannot say (an extra update costs less than a dropped request)."""
+        if self._kube is None:
+            self._kube = Cluster(self.cluster)
+        try:
+            return bool(self._kube.routes(key=key, stack_id=self.stack_id(key)))
+        except PreviewError:
+            return True
+
+    def _apply(
+        self,
+        key: str,
+        change: Change,
         reader: TargetReader,
         *,
         on_event: EventHandler,

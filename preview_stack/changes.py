@@ -10,7 +10,8 @@ declare stale copies of each other's work.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from preview_stack.errors import BadInput, NotFound, PreviewError
 from preview_stack.objects import EnvironmentObjects
@@ -191,6 +192,56 @@ class SetExpiry:
         return spec.model_copy(
             update={"expires_at": rfc3339(new), "ttl_seconds": int((new - now).total_seconds())}
         )
+
+
+Change = Callable[[EnvironmentSpec | None, dt.datetime], EnvironmentSpec | None]
+
+
+@dataclass(frozen=True)
+class Unrouted:
+    """The first half of a change that removes routed previews: the latest spec with the
+    routes of every target `change` would drop switched off, so their keys' requests go
+    back to staging while the previews still answer. The change itself follows once the
+    data plane has caught up (a controller serves a deleted route for a moment, and a route
+    whose backend is gone answers 503). `dropped` says which targets it unrouted."""
+
+    change: Change
+    dropped: list[str] = field(default_factory=list)
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec | None:
+        after = self.change(spec, now)  # the change's own refusals stand, nothing deployed
+        if spec is None:
+            return None
+        kept = {s.target_id for s in after.services} if after is not None else set()
+        self.dropped[:] = [
+            s.target_id for s in spec.services if s.routing and s.target_id not in kept
+        ]
+        return _routing(spec, set(self.dropped), False)
+
+
+def may_drop_targets(change: Change) -> bool:
+    """Whether `change` can remove a running preview (then its routes are drained first)."""
+    return isinstance(change, DestroyAll | DestroyIfDue | RemoveTarget)
+
+
+@dataclass(frozen=True)
+class Rerouted:
+    """Undo `Unrouted` when its change was refused after all (an `extend` won the race)."""
+
+    targets: tuple[str, ...]
+
+    def __call__(self, spec: EnvironmentSpec | None, now: dt.datetime) -> EnvironmentSpec | None:
+        return None if spec is None else _routing(spec, set(self.targets), True)
+
+
+def _routing(spec: EnvironmentSpec, targets: set[str], routing: bool) -> EnvironmentSpec:
+    if not targets:
+        return spec
+    services = [
+        s.model_copy(update={"routing": routing}) if s.target_id in targets else s
+        for s in spec.services
+    ]
+    return spec.model_copy(update={"services": services})
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import subprocess
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -324,3 +325,52 @@ def test_what_the_gateway_cannot_serve_is_named_and_routing_none_declares_nothin
     finally:
         assert cli("clean", "-k", key).code == 0
     assert objects_of(kube, key) == []
+
+
+class _Stream:
+    """Requests sent one after another through the Gateway from a thread, each answer
+    recorded: (pod that answered, or "" for a failure: no answer, a 404 or a 5xx)."""
+
+    def __init__(self, host: str, headers: dict[str, str] | None = None) -> None:
+        self.host, self.headers = host, headers
+        self.answers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.answers.append(_answer(self.host, self.headers))
+
+    def __enter__(self) -> _Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_no_request_fails_while_a_key_s_routes_are_added_and_removed(
+    cli: Cli, testbed: Testbed, shop: str, tmp_path: Path
+) -> None:
+    """Requests without the key keep reaching staging, and the key's own requests reach
+    staging or its preview, never an error, through `start` and `clean`: a twin route is
+    served only once its preview answers, and goes before its preview does."""
+    staging = _pods(testbed, shop, "app=shop")
+    key = "gw-s"
+    config = _config(tmp_path, shop, "steady", {"mode": "steal"})
+    member = {"baggage": f"mirrord-session={key}"}
+    with _Stream(HOST) as plain, _Stream(HOST, member) as keyed:
+        try:
+            _start(cli, config, key)
+            preview = _pods(testbed, shop, f"preview-env.dev/key={key}")
+            assert wait_until(lambda: bool(keyed.answers) and keyed.answers[-1] in preview, 30)
+        finally:
+            assert cli("clean", "-k", key).code == 0
+        seen = len(keyed.answers)
+        assert wait_until(lambda: len(keyed.answers) > seen + 20, timeout=30)
+    assert len(plain.answers) > 50 and len(keyed.answers) > 50
+    assert [a for a in plain.answers if a not in staging] == []
+    failed = [i for i, a in enumerate(keyed.answers) if a not in staging | preview]
+    assert failed == [], f"{len(failed)} of {len(keyed.answers)} keyed requests failed"
+    assert keyed.answers[-1] in staging

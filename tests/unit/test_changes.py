@@ -12,13 +12,17 @@ from preview_stack import backends, naming
 from preview_stack.backends import Backend
 from preview_stack.changes import (
     AddService,
+    DestroyAll,
     DestroyIfDue,
     NotDue,
     RemoveTarget,
+    Rerouted,
     Restore,
     SetExpiry,
+    Unrouted,
     apply,
     later_expiry,
+    may_drop_targets,
 )
 from preview_stack.config import TargetPath
 from preview_stack.errors import BadInput, NotFound
@@ -160,3 +164,25 @@ def test_shared_backends_need_a_secrets_manager() -> None:
     assert problem is not None and "PULUMI_CONFIG_PASSPHRASE" in problem and "pw" not in problem
     assert problem_of("s3://b", {"PULUMI_CONFIG_PASSPHRASE": "x"}) is None
     assert problem_of("s3://b", {backends.SECRETS_PROVIDER_VAR: "awskms://k"}) is None
+
+
+def test_routes_of_the_targets_a_change_drops_are_switched_off_first() -> None:
+    base = apply(AddService(svc("users"), 3600, "ann"), "k", None, NOW)
+    both = apply(AddService(svc("orders"), 3600, "bob"), "k", base, NOW)
+    assert both is not None
+    first = Unrouted(RemoveTarget("deployment/users"))
+    drained = first(both, NOW)
+    assert drained is not None and first.dropped == ["staging/deployment/users"]
+    assert [s.routing for s in drained.services] == [False, True]  # orders keeps its routes
+    assert drained.expires_at == both.expires_at
+    everything = Unrouted(DestroyAll())
+    all_off = everything(both, NOW)
+    assert all_off is not None and not any(s.routing for s in all_off.services)
+    back = Rerouted(tuple(everything.dropped))(all_off, NOW)
+    assert back == both
+    # A refused change refuses its first half too: nothing is unrouted.
+    due_later = Unrouted(DestroyIfDue())
+    with pytest.raises(NotDue):
+        due_later(both, NOW)
+    assert due_later.dropped == []
+    assert may_drop_targets(DestroyAll()) and not may_drop_targets(SetExpiry(key="k"))
