@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ from preview_stack.routing import GatewaySupport, gateways_of
 from preview_stack.spec import ServiceSpec
 
 ROUTE_KINDS = ("httproute", "grpcroute")
-# How long a Gateway implementation may take to stop routing to a deleted route (`sweep`).
-ROUTE_DRAIN_SECONDS = float(os.environ.get("PREVIEW_ENV_ROUTE_DRAIN", "3"))
 # Kinds whose name another stack could hold (what `foreign_holder` checks).
 _HELD_KINDS = ("Deployment", "Service", "ConfigMap", "PersistentVolumeClaim", "CronJob", "Job",
                "Secret")  # fmt: skip
@@ -587,10 +584,8 @@ class Cluster:
         """
         selector = naming.selector(key=key, stack=stack_id)
         deleted: list[str] = []
-        # Routes first, then a pause (ROUTE_DRAIN_SECONDS) before what they route to: a
-        # Gateway implementation reloads its routes a moment after they are deleted
-        # (Traefik: within its 2 s providersThrottleDuration), and until then it still
-        # sends the key's requests to the preview's pods (502 once they are gone).
+        # Routes first, before what they route to (Stacks.apply has already drained the
+        # routes it knew of; these are leftovers).
         # Secrets hold file mounts; the reaper may not list them: Pulumi's state decides.
         kinds = [
             *ROUTE_KINDS,
@@ -604,8 +599,6 @@ class Cluster:
         ]
         with _errors(f"removing leftover objects of {key}"):
             for kind in kinds:
-                if kind == "deployment" and deleted:  # routes were deleted: let them drain
-                    time.sleep(ROUTE_DRAIN_SECONDS)
                 try:
                     listed = self._list(kind, selector, namespaces)
                 except ApiException as exc:
