@@ -222,5 +222,6 @@ def statuses(kube: Waypoints, stacks: list[str]) -> list[waypoints.WaypointStatu
             origin=f"{namespace}/{names.origin}",
             ready=bool(kube.pods(namespace, names.selector)),
             stack=names.stack in stacks,
+            preview_routes=kube.routes_on(namespace, names.workload),
         )
     return list(found.values())

@@ -176,7 +176,7 @@ def extend(result: ExtendResult, *, text: bool) -> None:
     out_console.print(f"Environment {result.key} now expires at {result.expires_at} (in {left}).")
 
 
-WAYPOINT_COLUMNS = ("SERVICE", "SELECTOR", "READY", "GATEWAY", "STAGING", "STACK")
+WAYPOINT_COLUMNS = ("SERVICE", "SELECTOR", "READY", "GATEWAY", "STAGING", "STACK", "PREVIEW ROUTES")
 
 
 def waypoints(listed: Sequence[WaypointStatus], output: Format) -> None:
@@ -195,6 +195,7 @@ def waypoints(listed: Sequence[WaypointStatus], output: Format) -> None:
             w.gateway,
             w.origin,
             "yes" if w.stack else "missing",
+            str(len(w.preview_routes)),
         )
         for w in listed
     ]

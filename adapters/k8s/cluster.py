@@ -691,3 +691,18 @@ class Waypoints:
                 if exc.status == 404:
                     return []
                 raise
+
+    def routes_on(self, namespace: str, gateway: str) -> list[str]:
+        """Names of preview-env's HTTPRoutes in `namespace` attached to Gateway `gateway`
+        there (previews' twins on a waypoint)."""
+        path = RESOURCES["httproute"].path(namespace)
+        with _errors(f"listing HTTPRoutes in {namespace}"):
+            listed = self.api.list(path, f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}")
+        return sorted(
+            str(r["metadata"]["name"])
+            for r in listed
+            if any(
+                p.get("name") == gateway and p.get("namespace", namespace) == namespace
+                for p in (r.get("spec") or {}).get("parentRefs") or []
+            )
+        )

@@ -137,6 +137,10 @@ def test_waypoint_add_and_remove_under_a_request_loop(
     preview = pod_names(testbed, namespace, "preview-env.dev/key=wp-a")
     served = {r["name"] for r in started["routes"] if r["served"]}
     assert any(name.startswith("orders-waypoint-80-gw-") for name in served), started["routes"]
+    listed = {w["service"]: w for w in cli("waypoint", "list", "-o", "json").json()}
+    assert listed[f"{namespace}/orders"]["previewRoutes"] == ["orders-waypoint-80-gw-wp-a"]
+    table = cli("waypoint", "list").stdout
+    assert f"{namespace}/orders" in table and "PREVIEW ROUTES" in table
     member = {"baggage": "mirrord-session=wp-a"}
     assert wait_until(lambda: via_cluster_ip(testbed, address, member).pod in preview, 30)
     assert via_cluster_ip(testbed, address).pod in staging
@@ -164,7 +168,11 @@ def test_waypoint_add_and_remove_under_a_request_loop(
         "get", "deployment,service,gateway,httproute", "-n", namespace, "-o", "name"
     )
     assert "waypoint" not in left and "origin" not in left, left
-    assert "preview-env-waypoint" not in testbed.kubectl("get", "gatewayclass", "-o", "name")
+    cluster_wide = testbed.kubectl(
+        "get", "gatewayclass,clusterrole,clusterrolebinding", "-o", "name"
+    )
+    assert f"preview-env-waypoint-{namespace}" not in cluster_wide
+    assert "orders-waypoint" not in testbed.kubectl("get", "serviceaccount", "-n", namespace)
     again = cli("waypoint", "remove", f"{namespace}/orders")
     assert again.code == 0 and "No waypoint" in again.stdout
 

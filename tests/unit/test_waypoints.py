@@ -195,3 +195,34 @@ def test_a_preview_behind_the_waypoint_twins_its_default_route() -> None:
     assert rule["backendRefs"] == [
         {"name": naming.service_name("orders-origin", "pr-42"), "port": 80}
     ]
+
+
+def test_waypoint_list_renders_a_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import render
+    from cli.output import Format
+    from preview_stack.waypoints import WaypointStatus
+
+    listed = [
+        WaypointStatus(
+            service="staging/orders",
+            selector="waypoint",
+            gateway="staging/orders-waypoint",
+            origin="staging/orders-origin",
+            ready=True,
+            stack=True,
+        )
+    ]
+    render.waypoints(listed, Format.text)
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        "SERVICE", "SELECTOR", "READY", "GATEWAY", "STAGING", "STACK", "PREVIEW", "ROUTES",
+    ]  # fmt: skip
+    assert row.split() == [
+        "staging/orders", "waypoint", "yes", "staging/orders-waypoint", "staging/orders-origin",
+        "yes", "0",
+    ]  # fmt: skip
+    render.waypoints(listed, Format.json)
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["previewRoutes"] == [] and doc["selector"] == "waypoint"
+    render.waypoints([], Format.text)
+    assert capsys.readouterr().out == "No waypoints.\n"
