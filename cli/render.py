@@ -141,6 +141,14 @@ def _status_notes(env: EnvironmentStatus) -> None:
             f"{branch.source}, copy {branch.mode}{tables}: {outcome}",
             markup=False,
         )
+    for split in env.splits:
+        match = ", ".join(f"{h}={v}" for h, v in sorted(split.filter.items()))
+        waiting = "?" if split.waiting is None else str(split.waiting)
+        out_console.print(
+            f"split queue {split.id} of {env.key}: {split.queue} -> {split.key_queue} "
+            f"({split.type}, {match}): {split.state}, {waiting} waiting",
+            markup=False,
+        )
 
 
 def clean(result: CleanResult, *, text: bool) -> None:

@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from preview_stack import branches, naming, routing
+from preview_stack import branches, naming, queue_prep, routing
 from preview_stack.errors import BadInput, NotFound
-from preview_stack.spec import EnvironmentSpec, ServiceSpec
+from preview_stack.spec import EnvironmentSpec, QueueUse, ServiceSpec
 
 Manifest = dict[str, Any]
 SA_TOKEN_VOLUME_PREFIX = "kube-api-access-"
@@ -682,11 +682,16 @@ def preview_pod(
             if container["name"] == chosen:
                 container["image"] = spec.image
                 variables, env_from = container_env(container, spec, key, target.env_sources)
-                container["env"] = branches.rewrite_connection(variables, key, spec.db_branches)
+                variables = branches.rewrite_connection(variables, key, spec.db_branches)
+                container["env"] = _split_queue_env(variables, spec, key, pod.notes)
                 if env_from:
                     container["envFrom"] = env_from
                 else:
                     container.pop("envFrom", None)
+    if spec.split_queues:  # the key's queues and bindings exist before the preview starts
+        pod.spec["initContainers"] = [
+            queue_prep.init_container(u.preparation, _key_split(u, key)) for u in spec.split_queues
+        ] + list(pod.spec.get("initContainers") or [])
     _drop_host_networking(pod)
     _rewrite_scheduling(pod, target, preview_labels(key, spec))
     _check_shared_volumes(target, spec)
@@ -694,6 +699,27 @@ def preview_pod(
     _replace_shared_storage(pod, spec)
     _mount_files(pod, spec, env, workload)
     return pod
+
+
+def _key_split(use: QueueUse, key: str) -> queue_prep.KeySplit:
+    return queue_prep.key_split(use.preparation, key, use.filter, use.mode)
+
+
+def _split_queue_env(
+    variables: list[dict[str, Any]], spec: ServiceSpec, key: str, notes: list[str]
+) -> list[dict[str, Any]]:
+    """Each split queue's variable pointing at the key's queue (the target keeps its own)."""
+    for use in spec.split_queues:
+        prep = use.preparation
+        queue = queue_prep.key_queue(prep, key)
+        entry = {"name": prep.env, "value": queue}
+        names = [v.get("name") for v in variables]
+        if prep.env in names:
+            variables = [entry if v.get("name") == prep.env else v for v in variables]
+        else:
+            variables = [*variables, entry]
+        notes.append(f"{prep.env} reads {queue}, the key's queue split from {prep.source}")
+    return variables
 
 
 def derivation_notes(env: EnvironmentSpec, spec: ServiceSpec, target: TargetWorkload) -> list[str]:
@@ -910,6 +936,7 @@ def derive_target(
         pod_spec = derived.spec
         notes, warnings = derived.notes, derived.warnings
         extra = _branch_manifests(env, spec, target) + derived.claims
+        extra += _split_manifests(env, spec)
         pod_labels = {**kept_labels(target.pod_labels, spec), **selector}
         check_isolation(pod_labels, namespace_services, spec.namespace)
         target_service_objects = [
@@ -979,6 +1006,20 @@ def _branch_manifests(
         source = branches.connection_source(branch, container, target.env_sources, where=where)
         if owners.get(branch.id) == spec:
             manifests += branches.branch_manifests(env, spec, branch, target.pod_spec, source)
+    return manifests
+
+
+def _split_manifests(env: EnvironmentSpec, spec: ServiceSpec) -> list[Manifest]:
+    """One split ConfigMap per split queue: the keeper keeps the key's queue while it lives."""
+    manifests = []
+    for use in spec.split_queues:
+        made = queue_prep.split_manifest(
+            use.preparation,
+            _key_split(use, env.key),
+            object_labels(env.key, spec, queue_prep.COMPONENT_SPLIT),
+        )
+        made["metadata"]["annotations"] = object_annotations(env, spec)
+        manifests.append(made)
     return manifests
 
 

@@ -13,14 +13,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from preview_stack import naming
+from preview_stack import naming, queue_prep
 from preview_stack.branch_status import branch_statuses
 from preview_stack.errors import PreviewError
+from preview_stack.queue_prep import KeeperStatus, Preparation
 from preview_stack.reaping import Lock
 from preview_stack.rollouts import Rollout, rollouts_of
 from preview_stack.routing import GatewaySupport, RouteState, route_states
 from preview_stack.spec import EnvironmentSpec
-from preview_stack.status import EnvironmentStatus, Unfinished, ignored_records, matches
+from preview_stack.status import (
+    EnvironmentStatus,
+    SplitStatus,
+    Unfinished,
+    ignored_records,
+    matches,
+)
 
 Spec = EnvironmentSpec | PreviewError | None
 
@@ -220,3 +227,54 @@ def with_branches(
         else s
         for s in summaries
     ]
+
+
+KeeperReads = Callable[[str, str], KeeperStatus | None]
+
+
+def with_splits(
+    summaries: Sequence[EnvironmentStatus],
+    specs: Mapping[str, EnvironmentSpec | PreviewError | None],
+    keeper: KeeperReads,
+) -> list[EnvironmentStatus]:
+    """The summaries with each split queue and what its keeper last saw (one read of a
+    keeper's status per queue, only for environments that split queues)."""
+    seen: dict[tuple[str, str], KeeperStatus | None] = {}
+    done = []
+    for summary in summaries:
+        spec = specs.get(summary.key)
+        if not isinstance(spec, EnvironmentSpec):
+            done.append(summary)
+            continue
+        rows = []
+        for service in spec.services:
+            for use in service.split_queues:
+                prep = use.preparation
+                where = (prep.namespace, prep.id)
+                if where not in seen:
+                    seen[where] = keeper(*where)
+                rows.append(split_status(prep, use.filter, summary.key, seen[where]))
+        done.append(summary.model_copy(update={"splits": rows}) if rows else summary)
+    return done
+
+
+def split_status(
+    prep: Preparation, values: Mapping[str, str], key: str, keeper: KeeperStatus | None
+) -> SplitStatus:
+    queue = queue_prep.key_queue(prep, key)
+    row = next((k for k in keeper.keys if k.queue == queue), None) if keeper else None
+    if keeper is None or keeper.state != "prepared":
+        state = f"keeper {keeper.state if keeper else 'missing'}"
+        state += f": {keeper.error}" if keeper and keeper.error else ""
+    else:
+        state = "pending" if row is None else "split"
+    return SplitStatus(
+        id=prep.id,
+        type=prep.type,
+        namespace=prep.namespace,
+        queue=prep.source,
+        key_queue=queue,
+        filter=dict(values),
+        waiting=row.waiting if row else None,
+        state=state,
+    )

@@ -18,7 +18,8 @@ mirrord accepts the queues as an object keyed by queue id or as a list of entrie
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,6 +29,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from preview_stack.errors import BadInput
+from preview_stack.queue_prep import CONFIG_TYPES, Preparation
+
+if TYPE_CHECKING:
+    from preview_stack.config import TargetPath
+    from preview_stack.spec import QueueUse
 
 QUEUE_TYPES = ("RMQ", "Kafka")
 # A queue id names Kubernetes objects (the preparation), so it is a DNS label.
@@ -113,6 +121,15 @@ def exact_value(pattern: str) -> str | None:
     return inner
 
 
+def check_queue_id(queue_id: object) -> str:
+    if not isinstance(queue_id, str) or not _QUEUE_ID.match(queue_id):
+        raise ValueError(
+            f"queue id {queue_id!r} must be lowercase letters, digits and '-' "
+            "(at most 42), as it names the queue's preparation"
+        )
+    return queue_id
+
+
 def parse_split_queues(value: Any) -> dict[str, SplitQueue]:
     """mirrord's object-or-list shape, as queue id -> SplitQueue (raises ValueError)."""
     if value is None:
@@ -130,11 +147,7 @@ def parse_split_queues(value: Any) -> dict[str, SplitQueue]:
         raise ValueError("split_queues must be an object keyed by queue id, or a list")
     queues = {}
     for queue_id, entry in value.items():
-        if not isinstance(queue_id, str) or not _QUEUE_ID.match(queue_id):
-            raise ValueError(
-                f"queue id {queue_id!r} must be lowercase letters, digits and '-' "
-                "(at most 42), as it names the queue's preparation"
-            )
+        check_queue_id(queue_id)
         try:
             queues[queue_id] = SplitQueue.model_validate(entry)
         except ValidationError as exc:
@@ -142,3 +155,45 @@ def parse_split_queues(value: Any) -> dict[str, SplitQueue]:
             message = str(first["msg"]).removeprefix("Value error, ")
             raise ValueError(f"{queue_id}: {message}") from None
     return queues
+
+
+def queue_uses(
+    queues: Mapping[str, SplitQueue],
+    prepared: Mapping[str, Preparation],
+    target: TargetPath | None,
+    namespace: str,
+) -> list[QueueUse]:
+    """Each split queue of the config with its preparation; BadInput when a queue is not
+    prepared in `namespace`, is prepared for another broker type or another target."""
+    from preview_stack.spec import QueueUse  # the spec imports the config, which this
+
+    uses = []
+    for queue_id, queue in sorted(queues.items()):
+        prep = prepared.get(queue_id)
+        where = f"feature.split_queues: queue {queue_id!r}"
+        if prep is None or prep.state != "prepared":
+            listed = ", ".join(sorted(i for i, p in prepared.items() if p.state == "prepared"))
+            raise BadInput(
+                f"{where} is not prepared in namespace {namespace} (prepared there: "
+                f"{listed or 'none'}); a platform engineer prepares it once with "
+                f"`preview-env queues prepare {queue_id} -t KIND/NAME -n {namespace} ...`"
+            )
+        if CONFIG_TYPES[queue.queue_type] != prep.type:
+            raise BadInput(
+                f"{where} is a {queue.queue_type} queue in the config, but it is prepared "
+                f"in {namespace} as {prep.type}; fix queue_type"
+            )
+        if target is None or (target.kind, target.name) != (prep.target_kind, prep.target_name):
+            shown = f"{target.kind}/{target.name}" if target else "no target"
+            raise BadInput(
+                f"{where} is prepared for {prep.target}, not {shown}; preview {prep.target} "
+                "or prepare the queue for this target"
+            )
+        if target.container and target.container != prep.container:
+            raise BadInput(
+                f"{where} is read by container {prep.container!r} of {prep.target}, not "
+                f"{target.container!r}"
+            )
+        values = queue.exact_values() if prep.type == "rmq" else dict(queue.message_filter)
+        uses.append(QueueUse(preparation=prep, filter=values, mode=queue.queue_mode))
+    return uses

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +17,8 @@ from preview_stack.config import (
     parse_dotenv,
 )
 from preview_stack.errors import BadInput
+from preview_stack.queue_prep import Preparation
+from preview_stack.queues import queue_uses
 from preview_stack.reaping import MAX_CREATION_TIMEOUT_SECONDS
 from preview_stack.spec import (
     DEFAULT_COPY_IMAGE,
@@ -198,8 +200,10 @@ def build_request(
     *,
     default_namespace: str,
     read_file: ReadFile = _no_files,
+    preparations: Callable[[str], Mapping[str, Preparation]] = lambda _ns: {},
 ) -> Request:
-    """`read_file` reads the local files the config names (env_file, from_file)."""
+    """`read_file` reads the local files the config names (env_file, from_file);
+    `preparations` the queues prepared for splitting in a namespace (by queue id)."""
     preview = config.feature.preview
     target: TargetPath | None
     if flags.target is not None:
@@ -221,15 +225,14 @@ def build_request(
     else:
         from_file: int | Literal["default"] | None = preview.ttl_seconds()
         ttl_seconds = DEFAULT_TTL_SECONDS if from_file == "default" else from_file
-    if config.feature.split_queues:
-        # Checked first (config.py, queues.py); splitting needs a queue's one-time
-        # preparation by a platform engineer, which nothing can make yet: refused rather
-        # than ignored, so a preview never competes with staging for its messages.
-        names = ", ".join(sorted(config.feature.split_queues))
-        raise BadInput(
-            f"feature.split_queues: queue {names} is not prepared for splitting in this "
-            "cluster, and preview-env cannot prepare queues yet; remove feature.split_queues"
-        )
+    # Filters were checked when the config was read (queues.py); each queue must be
+    # prepared, for this broker type and this target, before anything is created.
+    split_queues = queue_uses(
+        config.feature.split_queues,
+        preparations(namespace) if config.feature.split_queues else {},
+        target,
+        namespace,
+    )
     if flags.replicas is not None and not 1 <= flags.replicas <= 20:
         raise BadInput(f"--replicas {flags.replicas}: use a number from 1 to 20")
     if flags.timeout is not None and flags.timeout <= 0:
@@ -300,5 +303,6 @@ def build_request(
             schedule=preview.cronjob.schedule, trigger_on_start=preview.cronjob.trigger_on_start
         ),
         db_branches=branches,
+        split_queues=split_queues,
     )
     return Request(service=service, ttl_seconds=ttl_seconds)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from preview_stack import naming
 from preview_stack.config import IncomingFeature, TargetPath
+from preview_stack.queue_prep import Preparation
 from preview_stack.ttl import parse_rfc3339
 
 
@@ -101,6 +102,15 @@ class DbBranch(_Frozen):
         return all(getattr(self, f) == getattr(other, f) for f in fields)
 
 
+class QueueUse(_Frozen):
+    """A prepared queue this service splits (feature.split_queues): the preparation as
+    `start` found it, and the key's filter (exact values for rmq)."""
+
+    preparation: Preparation
+    filter: dict[str, str]
+    mode: Literal["steal", "mirror"] = "steal"
+
+
 class ServiceSpec(_Frozen):
     """One preview workload: a target replaced by `image`, or a targetless image."""
 
@@ -119,6 +129,7 @@ class ServiceSpec(_Frozen):
     files: list[FileMount] = Field(default_factory=list)
     cronjob: CronJobRules = Field(default_factory=CronJobRules)
     db_branches: list[DbBranch] = Field(default_factory=list)
+    split_queues: list[QueueUse] = Field(default_factory=list)
 
     @property
     def target_id(self) -> str:

@@ -80,6 +80,25 @@ class BranchStatus(BaseModel):
         return self.state == "failed" and (self.message or "").startswith("bad input:")
 
 
+class SplitStatus(BaseModel):
+    """A split queue (feature.split_queues): the key's queue, its filter, what waits in it."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    type: str
+    namespace: str
+    queue: str = Field(description="the original queue or topic, staging's")
+    key_queue: str = Field(description="the key's queue or topic")
+    filter: dict[str, str]
+    waiting: int | None = Field(
+        default=None, description="messages ready in the key's queue (None: not known yet)"
+    )
+    state: str = Field(
+        description="`split` (the keeper keeps the key's queue), `pending` (not seen by the "
+        "keeper yet), or `keeper <state>: <error>`"
+    )
+
+
 class EnvironmentStatus(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
     key: str
@@ -100,6 +119,7 @@ class EnvironmentStatus(BaseModel):
     )
     links: list[str] = Field(default_factory=list, description="share links")
     branches: list[BranchStatus] = Field(default_factory=list, description="database branches")
+    splits: list[SplitStatus] = Field(default_factory=list, description="split queues")
     routes_problem: str | None = Field(
         default=None,
         alias="routesProblem",
@@ -528,6 +548,12 @@ def markdown(env: EnvironmentStatus) -> str:
         lines += [
             f"- **Database branch** {_md(branch.id)} ({_md(branch.engine)}, copy "
             f"{_md(branch.mode)}): {_md(outcome)}"
+        ]
+    for split in env.splits:
+        waiting = "?" if split.waiting is None else str(split.waiting)
+        lines += [
+            f"- **Split queue** {_md(split.id)} ({_md(split.queue)} to "
+            f"{_md(split.key_queue)}): {_md(split.state)}, {waiting} waiting"
         ]
     if env.pods:
         lines += ["", "| Pod | Target | Image | State |", "| --- | --- | --- | --- |"]

@@ -22,6 +22,7 @@ from preview_stack.objects import derive_environment
 from preview_stack.request import Flags, build_request
 from preview_stack.stack_config import declared_change, parse_services
 from pulumi_up import platform
+from pulumi_up import queue as _queue  # noqa: F401  (registers the `queue` program)
 
 
 def main() -> None:
@@ -44,6 +45,7 @@ def main() -> None:
             Flags(image=cfg.get("image"), db_copy_image=cfg.get("dbCopyImage")),
             default_namespace=cluster.default_namespace(),
             read_file=mirrord_config.read_local_file,
+            preparations=cluster.queue_preparations,
         )
         services = [request.service]
     else:

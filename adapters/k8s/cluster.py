@@ -22,10 +22,11 @@ from kubernetes.client.configuration import Configuration
 from kubernetes.config.config_exception import ConfigException
 
 from adapters.k8s.client import RESOURCES, ApiException, KubeApi
-from preview_stack import naming
+from preview_stack import naming, queue_prep
 from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
 from preview_stack.errors import Busy, NotFound, PreviewError, Unreachable
 from preview_stack.inventory import LiveObjects
+from preview_stack.queue_prep import Preparation
 from preview_stack.routing import GatewaySupport, gateways_of
 from preview_stack.spec import ServiceSpec
 
@@ -307,6 +308,49 @@ class Cluster:
                 if not optional:
                     self.unlisted.add(namespace)
         return items
+
+    def configmaps(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """ConfigMaps matching `selector` in `namespace` (all namespaces when None)."""
+        with _errors(f"listing ConfigMaps in {namespace or 'all namespaces'}"):
+            return self.api.list(RESOURCES["configmap"].path(namespace), selector)
+
+    def queue_preparations(
+        self, namespace: str, platform_stacks: Collection[str] | None = None
+    ) -> dict[str, Preparation]:
+        """The queues prepared for splitting in `namespace`, by id, from their records;
+        with `platform_stacks` (the backend's `queue` stacks), only those whose stack
+        exists: a record alone is a hint anyone with ConfigMap rights could plant."""
+        found: dict[str, Preparation] = {}
+        selector = queue_prep.selector(queue_prep.COMPONENT_PREPARATION)
+        for obj in self.configmaps(namespace, selector):
+            prep = queue_prep.parse_record(obj)
+            if prep is None or prep.namespace != namespace:
+                continue
+            stack = naming.platform_stack("queue", namespace, prep.id)
+            if platform_stacks is None or stack in platform_stacks:
+                found[prep.id] = prep
+        return found
+
+    def keeper_status(self, namespace: str, queue_id: str) -> queue_prep.KeeperStatus | None:
+        """What a queue's keeper last wrote (None: no keeper, or no right to read it)."""
+        try:
+            found = self.configmap(namespace, queue_prep.status_name(queue_id))
+        except Unreachable:
+            return None
+        return queue_prep.parse_status(found)
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with _errors(f"reading ConfigMap {namespace}/{name}"):
+            try:
+                return self._get("configmap", name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def patch_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        with _errors(f"writing ConfigMap {namespace}/{name}"):
+            self.api.merge_patch(RESOURCES["configmap"].path(namespace, name), {"data": data})
 
     def records(
         self, key: str | None = None, namespaces: Collection[str] | None = None

@@ -182,6 +182,7 @@ def start(
         flags,
         default_namespace=cluster.default_namespace(),
         read_file=mirrord_config.read_local_file,
+        preparations=lambda ns: cluster.queue_preparations(ns, stacks.platform_stacks("queue")),
     )
     service = request.service
     progress.line(

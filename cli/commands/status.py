@@ -12,7 +12,14 @@ from cli import render
 from cli.context import err_console, handles_errors, settings
 from cli.output import StatusFormat
 from preview_stack.errors import BadInput, NotFound
-from preview_stack.inventory import Selection, held_locks, read_inventory, sort_out, with_branches
+from preview_stack.inventory import (
+    Selection,
+    held_locks,
+    read_inventory,
+    sort_out,
+    with_branches,
+    with_splits,
+)
 from preview_stack.status import PROBE_GRACE_SECONDS, PROBE_GRACE_VAR, summarize
 from preview_stack.ttl import parse_duration
 
@@ -89,6 +96,7 @@ def status(
     if branched:
         jobs, copy_pods = cluster.copy_jobs(key, inventory.namespaces)
         summaries = with_branches(summaries, branched, jobs, copy_pods)
+    summaries = with_splits(summaries, inventory.specs, cluster.keeper_status)
     if output is StatusFormat.markdown and not summaries:
         raise NotFound(f"no preview environment {key!r} in this backend")
     render.status(summaries, output, key)

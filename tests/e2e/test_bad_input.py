@@ -64,7 +64,8 @@ CASES = [
         "unprepared-queue",
         ["-f", "@unprepared.yaml", "-i", "x:1"],
         2,
-        "feature.split_queues: queue orders is not prepared for splitting",
+        "feature.split_queues: queue 'orders' is not prepared in namespace default "
+        "(prepared there: none)",
     ),
     (
         "invalid-key",

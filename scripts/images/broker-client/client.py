@@ -7,11 +7,20 @@ takes the one message waiting on RabbitMQ queue NAME-in and the first record of 
 topic NAME-in, and answers each with `pod got: <body>` on queue / topic NAME-out. It
 prints one line per step and exits 1 when a step fails or nothing arrives in time: a pod
 on the bed's real node proves both brokers reachable there, both ways.
+
+    client.py consume --url-env VAR --queue-env VAR --report QUEUE
+
+consumes RabbitMQ queue $QUEUE-VAR forever (a queue consumer, as staging's and its
+previews' are) and reports each message, as `<queue it came from> <body>`, on queue
+REPORT (confirmed before the message is acknowledged: a message is reported at least
+once, and a redelivery shows as a duplicate), so a test counts what every consumer got.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 
@@ -63,6 +72,29 @@ def kafka(bootstrap: str, name: str, deadline: float) -> None:
     print(f"kafka: answered on topic {name}-out", flush=True)
 
 
+def consume(url: str, queue: str, report: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.queue_declare(queue=report, durable=True)
+    channel.basic_qos(prefetch_count=50)
+    print(f"consuming {queue}, reporting on {report}", flush=True)
+
+    def got(ch: object, method: object, props: object, body: bytes) -> None:
+        channel.basic_publish("", report, f"{queue} ".encode() + body)
+        channel.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+
+    def stop(_signum: int, _frame: object) -> None:
+        # After the message in hand is reported and acknowledged: the unacknowledged
+        # rest goes back to the queue unreported, for whoever consumes it next.
+        connection.add_callback_threadsafe(channel.stop_consuming)
+
+    signal.signal(signal.SIGTERM, stop)
+    channel.basic_consume(queue, got)
+    channel.start_consuming()
+    connection.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker-client")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     roundtrip.add_argument("--kafka", required=True, help="bootstrap host:port")
     roundtrip.add_argument("--name", required=True)
     roundtrip.add_argument("--timeout", type=float, default=60.0)
+    consumer = commands.add_parser("consume")
+    consumer.add_argument("--url-env", required=True, help="variable holding the amqp:// URL")
+    consumer.add_argument("--queue-env", required=True, help="variable naming the queue")
+    consumer.add_argument("--report", required=True, help="queue to report messages on")
     args = parser.parse_args(argv)
+    if args.command == "consume":
+        consume(os.environ[args.url_env], os.environ[args.queue_env], args.report)
+        return 0
     deadline = time.monotonic() + args.timeout
     try:
         rabbitmq(args.rabbitmq, args.name, deadline)
