@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from adapters.settings import Settings
-from cli.commands import clean, db, extend, logs, queues, reap, start, status
+from cli.commands import clean, db, extend, logs, queues, reap, start, status, waypoint
 
 app = typer.Typer(
     name="preview-env",
@@ -51,6 +51,7 @@ app.command("reap")(reap.reap)
 app.command("logs")(logs.logs)
 app.add_typer(db.app, name="db")
 app.add_typer(queues.app, name="queues")
+app.add_typer(waypoint.app, name="waypoint")
 
 
 def main() -> None:

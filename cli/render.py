@@ -9,11 +9,12 @@ import sys
 from collections.abc import Sequence
 
 from cli.context import out_console
-from cli.output import StatusFormat, columns, print_json
+from cli.output import Format, StatusFormat, columns, print_json
 from preview_stack.results import BulkCleanResult, CleanResult, ExtendResult, StartResult
 from preview_stack.routing import served_lines
 from preview_stack.status import EnvironmentStatus, markdown
 from preview_stack.ttl import INFINITE, format_seconds, parse_rfc3339
+from preview_stack.waypoints import WaypointStatus
 
 STATUS_COLUMNS = (
     "KEY", "STATE", "TTL", "POD", "NAMESPACE", "TARGET", "IMAGE", "POD STATE", "TRAFFIC",
@@ -181,3 +182,41 @@ def extend(result: ExtendResult, *, text: bool) -> None:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     left = format_seconds(max(0, int((parse_rfc3339(result.expires_at) - now).total_seconds())))
     out_console.print(f"Environment {result.key} now expires at {result.expires_at} (in {left}).")
+
+
+WAYPOINT_COLUMNS = ("SERVICE", "SELECTOR", "READY", "GATEWAY", "STAGING", "STACK", "PREVIEW ROUTES")
+
+
+def waypoints(listed: Sequence[WaypointStatus], output: Format) -> None:
+    """`waypoint list` (and `add`'s result): aligned columns, or a JSON list."""
+    if output is Format.json:
+        print_json([w.model_dump(mode="json", by_alias=True) for w in listed])
+        return
+    if not listed:
+        out_console.print("No waypoints.")
+        return
+    rows = [
+        (
+            w.service,
+            w.selector,
+            "yes" if w.ready else "no",
+            w.gateway,
+            w.origin,
+            "yes" if w.stack else "missing",
+            str(len(w.preview_routes)),
+        )
+        for w in listed
+    ]
+    header, *lines = columns(WAYPOINT_COLUMNS, rows)
+    out_console.print(header, style="bold", markup=False)
+    out_console.print("\n".join(lines), markup=False)
+
+
+def waypoint_removed(service: str, removed: bool, output: Format) -> None:
+    if output is Format.json:
+        print_json({"service": service, "removed": removed})
+        return
+    out_console.print(
+        f"Waypoint of {service} removed." if removed else f"No waypoint in front of {service}.",
+        markup=False,
+    )

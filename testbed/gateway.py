@@ -53,6 +53,8 @@ def manifests(image: str, port: int) -> dict[str, object]:
     args = [
         f"--entryPoints.{ENTRY_POINT}.address=:{port}",
         "--providers.kubernetesgateway=true",
+        # Waypoint classes (preview-env waypoint add) belong to each waypoint's own Traefik.
+        "--providers.kubernetesgateway.labelselector=!preview-env.dev/waypoint",
         "--providers.kubernetesgateway.statusaddress.ip=127.0.0.1",
         "--global.checkNewVersion=false",
         "--global.sendAnonymousUsage=false",

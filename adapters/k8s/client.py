@@ -10,6 +10,7 @@ built from the small resource table below; responses are parsed with `json` only
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ RESOURCES: Mapping[str, Resource] = {
     "httproute": Resource("gateway.networking.k8s.io/v1", "httproutes"),
     "grpcroute": Resource("gateway.networking.k8s.io/v1", "grpcroutes"),
     "gateway": Resource("gateway.networking.k8s.io/v1", "gateways"),
+    "endpointslice": Resource("discovery.k8s.io/v1", "endpointslices"),
     "gatewayclass": Resource("gateway.networking.k8s.io/v1", "gatewayclasses", namespaced=False),
 }
 
@@ -125,6 +127,12 @@ class KubeApi:
 
     def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         self._send("PATCH", path, body=dict(patch), content_type="application/merge-patch+json")
+
+    def json_patch(self, path: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
+        """RFC 6902 JSON Patch (a failed `test` op is HTTP 422): the patched object."""
+        raw = self._send("PATCH", path, body=ops, content_type="application/json-patch+json")
+        result: dict[str, Any] = json.loads(raw.data)
+        return result
 
 
 __all__ = ["RESOURCES", "ApiException", "KubeApi", "Resource"]

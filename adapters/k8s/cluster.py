@@ -24,7 +24,7 @@ from kubernetes.config.config_exception import ConfigException
 from adapters.k8s.client import RESOURCES, ApiException, KubeApi
 from preview_stack import naming, queue_prep
 from preview_stack.derive import TargetWorkload, claim_names, env_source_refs, pod_template_of
-from preview_stack.errors import NotFound, PreviewError, Unreachable
+from preview_stack.errors import Busy, NotFound, PreviewError, Unreachable
 from preview_stack.inventory import LiveObjects
 from preview_stack.queue_prep import Preparation
 from preview_stack.routing import GatewaySupport, gateways_of
@@ -628,8 +628,11 @@ class Cluster:
         """
         selector = naming.selector(key=key, stack=stack_id)
         deleted: list[str] = []
+        # Routes first, before what they route to (Stacks.apply has already drained the
+        # routes it knew of; these are leftovers).
         # Secrets hold file mounts; the reaper may not list them: Pulumi's state decides.
         kinds = [
+            *ROUTE_KINDS,
             "deployment",
             "service",
             "configmap",
@@ -637,7 +640,6 @@ class Cluster:
             "persistentvolumeclaim",
             "cronjob",
             "job",
-            *ROUTE_KINDS,
         ]
         with _errors(f"removing leftover objects of {key}"):
             for kind in kinds:
@@ -665,3 +667,86 @@ class Cluster:
 
 
 __all__ = ["Cluster", "ClusterTarget", "PreviewError", "merge_patch_secret"]
+
+
+class Waypoints:
+    """The reads and the one write (the selector swap) of waypoints (preview_stack.waypoints)
+    over a cluster: plain JSON in and out, client errors mapped to ours."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.api = cluster.api
+
+    def service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with _errors(f"reading service {namespace}/{name}"):
+            try:
+                return self.api.get(RESOURCES["service"].path(namespace, name))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def patch_service(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """Apply a JSON Patch to the Service; a failed `test` (someone else changed the
+        selector meanwhile) is a refusal, not a retry."""
+        with _errors(f"patching service {namespace}/{name}"):
+            try:
+                self.api.json_patch(RESOURCES["service"].path(namespace, name), ops)
+            except ApiException as exc:
+                if exc.status == 422:
+                    raise Busy(
+                        f"service {namespace}/{name} changed while its selector was being "
+                        "swapped; nothing was changed, retry"
+                    ) from None
+                raise
+
+    def ready_pods(self, namespace: str, service: str) -> set[str]:
+        """Names of the pods the Service's EndpointSlices list as ready."""
+        path = RESOURCES["endpointslice"].path(namespace)
+        with _errors(f"reading the endpoints of service {namespace}/{service}"):
+            slices = self.api.list(path, f"kubernetes.io/service-name={service}")
+        return {
+            str(e["targetRef"]["name"])
+            for s in slices
+            for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready", True) and e.get("targetRef")
+        }
+
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> set[str]:
+        """Names of the Running, Ready pods `selector` selects."""
+        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        with _errors(f"listing pods in {namespace}"):
+            found = self.api.list(RESOURCES["pod"].path(namespace), text)
+        return {
+            str(p["metadata"]["name"])
+            for p in found
+            if not p["metadata"].get("deletionTimestamp")
+            and any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+        }
+
+    def gateways(self, label: str) -> list[dict[str, Any]]:
+        """Every Gateway carrying `label` (the waypoints'), in all namespaces."""
+        with _errors("listing Gateways"):
+            try:
+                return self.api.list(RESOURCES["gateway"].path(), label)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return []
+                raise
+
+    def routes_on(self, namespace: str, gateway: str) -> list[str]:
+        """Names of preview-env's HTTPRoutes in `namespace` attached to Gateway `gateway`
+        there (previews' twins on a waypoint)."""
+        path = RESOURCES["httproute"].path(namespace)
+        with _errors(f"listing HTTPRoutes in {namespace}"):
+            listed = self.api.list(path, f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}")
+        return sorted(
+            str(r["metadata"]["name"])
+            for r in listed
+            if any(
+                p.get("name") == gateway and p.get("namespace", namespace) == namespace
+                for p in (r.get("spec") or {}).get("parentRefs") or []
+            )
+        )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.k8s.cluster import Cluster
-from preview_stack import naming
+from preview_stack import naming, queue_prep
 from preview_stack.branch_status import branch_statuses
 from preview_stack.changes import Applied
 from preview_stack.errors import DeployFailed, PreviewError
@@ -119,6 +119,36 @@ def wait_until_served(
         if routes_judged(routes) or time.monotonic() >= deadline:
             return route_states(routes, cluster.gateway_support(gateways_of(routes)))
         time.sleep(0.5)
+
+
+def wait_until_kept(
+    cluster: Cluster,
+    service: ServiceSpec,
+    key: str,
+    announce: Callable[[str], None] = lambda _: None,
+) -> list[str]:
+    """Wait (at most three keeper rounds) until each queue this service splits has its
+    keeper list the key's queue: a keeper unbinds only the key queues it has seen, so a
+    `clean` run before it looked would leave the key's queue bound, taking the key's
+    messages from staging. Returns a warning per keeper that did not look in time."""
+    pending = {(u.preparation.namespace, u.preparation.id) for u in service.split_queues}
+    if not pending:
+        return []
+    announce("Waiting for the queue keepers to take over the key's queues...")
+    deadline = time.monotonic() + 3 * queue_prep.POLL_SECONDS + 2
+    while True:
+        for namespace, queue_id in sorted(pending):
+            status = cluster.keeper_status(namespace, queue_id)
+            if status and any(k.key == key and not k.removing for k in status.keys):
+                pending.discard((namespace, queue_id))
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return [
+        f"the queue keeper of {namespace}/{queue_id} has not seen {key}'s queue yet: check it "
+        f"with `preview-env queues list -n {namespace}` before cleaning {key}"
+        for namespace, queue_id in sorted(pending)
+    ]
 
 
 def _first_line(text: str) -> str:

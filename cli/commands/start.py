@@ -21,6 +21,7 @@ from adapters.k8s.previews import (
     ensure_rolled_out,
     pods_of,
     start_failure,
+    wait_until_kept,
     wait_until_served,
 )
 from adapters.k8s.reader import CachedReader
@@ -200,8 +201,7 @@ def start(
     assert alone is not None
     objects = derive_environment(alone, reader, stack_id)
     warnings = objects.warnings.get(service.target_id, [])
-    for warning in [*preflight(cluster, objects, service, env_key, stack_id), *warnings]:
-        err_console.print(f"warning: {warning}", markup=False)
+    _warn([*preflight(cluster, objects, service, env_key, stack_id), *warnings])
     progress.line("Deploying pod...")
     try:
         applied = stacks.apply(
@@ -215,6 +215,7 @@ def start(
     env = applied.after
     assert env is not None
     routes = wait_until_served(cluster, env, stack_id, announce=progress.line)
+    _warn(wait_until_kept(cluster, service, env_key, announce=progress.line))
     result = StartResult(
         key=env_key,
         namespaces=sorted({s.namespace for s in env.services}),
@@ -227,6 +228,11 @@ def start(
         routes=routes,
     )
     render.start(result, service.display_target, text=text)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", markup=False)
 
 
 def _failed(

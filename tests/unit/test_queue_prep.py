@@ -320,3 +320,44 @@ def test_prepare_refuses_bad_flags_before_reaching_anything(args: list[str], mes
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
     assert "u:p@h" not in result.output
+
+
+class _Keepers:
+    """keeper_status as a cluster answers it: the key's queue listed from the `after`th read."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.reads = after, 0
+
+    def keeper_status(self, namespace: str, queue_id: str) -> KeeperStatus:
+        self.reads += 1
+        listed = [KeyQueueStatus(key="pr-42", queue="orders-in.preview-env.pr-42")]
+        return KeeperStatus(state="prepared", keys=listed if self.reads >= self.after else [])
+
+
+def test_start_waits_until_the_keeper_has_seen_the_key_s_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapters.k8s import previews
+    from preview_stack.spec import QueueUse, ServiceSpec
+
+    monkeypatch.setattr(previews.time, "sleep", lambda _s: None)
+    service = ServiceSpec(
+        target=TargetPath(kind="deployment", name="users"),
+        namespace="staging",
+        image="u:1",
+        split_queues=[QueueUse(preparation=PREP, filter={"mirrord-session": "pr-42"})],
+    )
+    said: list[str] = []
+    keepers = _Keepers(after=3)
+    assert previews.wait_until_kept(keepers, service, "pr-42", said.append) == []  # type: ignore[arg-type]
+    assert keepers.reads == 3 and said == [
+        "Waiting for the queue keepers to take over the key's queues..."
+    ]
+    clock = iter(range(0, 10_000, 5))
+    monkeypatch.setattr(previews.time, "monotonic", lambda: float(next(clock)))
+    (warning,) = previews.wait_until_kept(_Keepers(after=10**6), service, "pr-42")  # type: ignore[arg-type]
+    assert "queue keeper of staging/orders has not seen pr-42's queue" in warning
+    assert (
+        previews.wait_until_kept(_Keepers(1), service.model_copy(update={"split_queues": []}), "k")
+        == []
+    )  # type: ignore[arg-type]
