@@ -77,8 +77,8 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         settle(3)
         stream.switch([None, "other"])
         live_a, live_b = stream.ids("a"), stream.ids("b")
-        wait_received([preview_a], live_a)
-        wait_received([preview_b], live_b)
+        assert wait_received([preview_a], live_a), (len(preview_a.received), broker.status())
+        assert wait_received([preview_b], live_b), (len(preview_b.received), broker.status())
         status = rows
 
         def nothing_waiting() -> bool:

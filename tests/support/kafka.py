@@ -170,10 +170,11 @@ def duplicates(values: list[int]) -> list[int]:
     return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
-def wait_received(recorders: list[Recorder], expected: set[int], timeout: float = 60.0) -> None:
-    """Until the recorders together hold every value of `expected` (or the timeout)."""
+def wait_received(recorders: list[Recorder], expected: set[int], timeout: float = 60.0) -> bool:
+    """Until the recorders together hold every value of `expected` (False: the timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if expected <= {v for r in recorders for v in r.received}:
-            return
+            return True
         time.sleep(0.2)
+    return False
