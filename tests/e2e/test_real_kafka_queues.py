@@ -24,7 +24,7 @@ from testbed import Testbed, images
 from testbed import node as real_node
 from testbed.brokers import Brokers
 from tests.support.cli import Cli
-from tests.support.kafka import Stream, create_topic, reports, topics
+from tests.support.kafka import Stream, commit_beginning, create_topic, reports, topics
 from tests.support.kube import apply
 from tests.support.polling import wait_until
 from tests.support.workloads import deployment
@@ -117,6 +117,9 @@ def test_split_topic_end_to_end(
     staging = kafka_split.staging_topic(topic)
     create_topic(bootstrap, topic, partitions=3)
     create_topic(bootstrap, report, partitions=1)
+    # Staging's consumer reads from the beginning (auto.offset.reset=latest would skip the
+    # records sent before its group's first assignment, before any preparation).
+    commit_beginning(bootstrap, topic, group)
     apply(
         testbed,
         {

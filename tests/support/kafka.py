@@ -9,7 +9,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 HEADER = "mirrord-session"
 
@@ -31,6 +32,17 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         )
     finally:
         admin.close()
+
+
+def commit_beginning(bootstrap: str, topic: str, group: str) -> None:
+    """Commit offset 0 of every partition of `topic` for `group` (still empty), so its first
+    consumer reads from the beginning whatever its `auto.offset.reset`."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(0, "", -1) for p in parts})
+    finally:
+        consumer.close(autocommit=False)
 
 
 @dataclass
