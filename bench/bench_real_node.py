@@ -27,50 +27,13 @@ from adapters.k8s.cluster import Cluster, ClusterTarget  # noqa: E402
 from preview_stack.config import TargetPath  # noqa: E402
 from preview_stack.objects import manifests_for  # noqa: E402
 from preview_stack.spec import EnvironmentSpec, ServiceSpec  # noqa: E402
-from testbed import Testbed, ensure  # noqa: E402
-from testbed import node as real_node  # noqa: E402
+from testbed import Testbed, echo, ensure  # noqa: E402
 
 NAMESPACE = "bench"
 
 
 def target(image: str) -> list[dict[str, object]]:
-    labels = {"app": "echo"}
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "echo", "namespace": NAMESPACE},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        **real_node.pod_placement(),
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [
-                            {
-                                "name": "echo",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"name": "http", "containerPort": 8080}],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ready", "port": "http"},
-                                    "periodSeconds": 1,
-                                },
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "echo", "namespace": NAMESPACE},
-            "spec": {"selector": labels, "ports": [{"name": "http", "port": 80}]},
-        },
-    ]
+    return list(echo.objects(NAMESPACE, "echo", image))
 
 
 def floor(bed: Testbed, image: str, key: str) -> float:

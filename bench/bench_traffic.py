@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from testbed import Testbed, ensure  # noqa: E402
+from testbed import Testbed, echo, ensure  # noqa: E402
 from testbed import node as real_node  # noqa: E402
 
 NAMESPACE = "bench"
@@ -43,43 +43,9 @@ HOST = "echo.bench.test"
 
 
 def objects(image: str, gateway: str) -> list[dict[str, object]]:
-    labels = {"app": "echo"}
     gw_namespace, gw_name = gateway.split("/")
     return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "echo", "namespace": NAMESPACE},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        **real_node.pod_placement(),
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [
-                            {
-                                "name": "echo",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"name": "http", "containerPort": 8080}],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ready", "port": "http"},
-                                    "periodSeconds": 1,
-                                },
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "echo", "namespace": NAMESPACE},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
+        *echo.objects(NAMESPACE, "echo", image),
         {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",

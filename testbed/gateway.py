@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from preview_stack.waypoints import traefik_rules
 from testbed import node
 from testbed.images import Image
 
@@ -100,7 +101,7 @@ def manifests(image: str, port: int) -> dict[str, object]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": {"name": _ROLE},
-            "rules": _rules(),
+            "rules": traefik_rules(),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -138,37 +139,6 @@ def manifests(image: str, port: int) -> dict[str, object]:
         },
     ]
     return {"apiVersion": "v1", "kind": "List", "items": items}
-
-
-def _rules() -> list[dict[str, object]]:
-    """What Traefik's Kubernetes Gateway provider reads and writes (its documented
-    kubernetes-gateway-rbac.yml, without the pods rule that only OpenTelemetry needs)."""
-    group = "gateway.networking.k8s.io"
-    kinds = (
-        "gatewayclasses",
-        "gateways",
-        "httproutes",
-        "grpcroutes",
-        "tcproutes",
-        "tlsroutes",
-        "referencegrants",
-        "backendtlspolicies",
-    )
-    return [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-        {
-            "apiGroups": [""],
-            "resources": ["services", "secrets", "configmaps"],
-            "verbs": ["get", "list", "watch"],
-        },
-        {
-            "apiGroups": ["discovery.k8s.io"],
-            "resources": ["endpointslices"],
-            "verbs": ["list", "watch"],
-        },
-        {"apiGroups": [group], "resources": list(kinds), "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [group], "resources": [f"{k}/status" for k in kinds], "verbs": ["update"]},
-    ]
 
 
 def _programmed(bed: node.Bed) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from preview_stack.routing import default_filter
-from testbed import Testbed
+from testbed import Testbed, echo
 from testbed import gateway as bed_gateway
 from testbed import node as real_node
 from tests.support.bed import gone, testbed_cli
@@ -41,44 +41,6 @@ def namespace(testbed: Testbed) -> Iterator[str]:
         yield name
     finally:
         testbed.kubectl("delete", "namespace", name, "--wait=false")
-
-
-def _echo(namespace: str, name: str, image: str) -> list[dict[str, Any]]:
-    labels = {"app": name}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    **real_node.pod_placement(),
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "echo",
-                            "image": image,
-                            "imagePullPolicy": "Never",
-                            "readinessProbe": {
-                                "httpGet": {"path": "/ready", "port": 8080},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }
-    return [deployment, service]
 
 
 def _route(namespace: str, gateway: str) -> dict[str, Any]:
@@ -126,7 +88,7 @@ def test_gateway_routes_the_key_to_the_preview(testbed: Testbed, namespace: str)
     assert gateway == "preview-env-gateway/bed"
     assert url.startswith("http://127.0.0.1:")
     image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
-    docs = [*_echo(namespace, "staging", image), *_echo(namespace, "preview", image)]
+    docs = [*echo.objects(namespace, "staging", image), *echo.objects(namespace, "preview", image)]
     docs.append(_route(namespace, gateway))
     testbed.kubectl(
         "apply",

@@ -98,7 +98,8 @@ def test_waypoint_add_and_remove_under_a_request_loop(
     before = _service(testbed, namespace)
     address = before["spec"]["clusterIP"]
     staging = pod_names(testbed, namespace, "app=orders")
-    assert via_cluster_ip(testbed, address).pod in staging
+    # kube-proxy programs a new Service's endpoints a moment after they are Ready.
+    assert wait_until(lambda: via_cluster_ip(testbed, address).pod in staging, 30)
 
     with RequestLoop(testbed, address) as loop:
         time.sleep(1)

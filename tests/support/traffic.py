@@ -13,28 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from testbed import Testbed
+from testbed import Testbed, echo
 from testbed import node as real_node
 from tests.support.kube import apply
-from tests.support.workloads import deployment_and_service
-
-ECHO_PORT = 8080
 
 
 def echo_target(testbed: Testbed, namespace: str, name: str, replicas: int = 1) -> None:
     """Echo pods `app=<name>` on the real node behind Service `<name>` (80 -> 8080)."""
-    container = {
-        "name": "echo",
-        "image": os.environ["PREVIEW_ENV_ECHO_IMAGE"],
-        "imagePullPolicy": "Never",
-        "ports": [{"name": "http", "containerPort": ECHO_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": ECHO_PORT}, "periodSeconds": 1},
-    }
-    ports = [{"name": "http", "port": 80, "targetPort": ECHO_PORT}]
-    placement = {**real_node.pod_placement(), "terminationGracePeriodSeconds": 1}
-    made = deployment_and_service(name, namespace, [container], ports, pod=placement)
-    made[0]["spec"]["replicas"] = replicas
-    apply(testbed, *made)
+    image = os.environ["PREVIEW_ENV_ECHO_IMAGE"]
+    apply(testbed, *echo.objects(namespace, name, image, replicas=replicas))
     testbed.kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=90s")
 
 
