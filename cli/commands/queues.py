@@ -13,7 +13,7 @@ import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from adapters.queues.broker import BrokerError, broker_for
+from adapters.queues.broker import BrokerError, broker_for, supported_types
 from adapters.queues.keeper import Io, Keeper
 from adapters.queues.rabbitmq import default_exchange_refusal
 from cli.context import err_console, handles_errors, settings
@@ -97,7 +97,7 @@ def prepare(
     queue_id: Annotated[str, typer.Argument(metavar="ID", help="the queue id of split_queues")],
     target: Annotated[str, typer.Option("-t", "--target", help="KIND/NAME: the consumer")],
     namespace: Namespace,
-    type_: Annotated[str, typer.Option("--type", help="rmq or kafka")],
+    type_: Annotated[str, typer.Option("--type", help="rmq (kafka: not in this release)")],
     env: Annotated[str, typer.Option(help="the target's variable naming the queue or topic")],
     url_from: Annotated[str, typer.Option(help="SECRET:KEY in the namespace: the broker URL")],
     exchange: Annotated[str, typer.Option(help="rmq: the producers' exchange")] = "",
@@ -113,8 +113,10 @@ def prepare(
         kind_name = TargetPath.parse(target)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    if type_ not in ("rmq", "kafka"):
-        raise BadInput(f"--type {type_!r}: use rmq or kafka")
+    if type_ not in (supported := supported_types()):
+        raise BadInput(
+            f"--type {type_!r} is not supported by this release: use {' or '.join(supported)}"
+        )
     secret, secret_key = queue_prep.parse_secret_ref(url_from)
     cluster, stacks = connect(settings(ctx))
     cluster.check_namespace(namespace)

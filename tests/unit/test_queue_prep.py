@@ -299,10 +299,11 @@ def test_status_shows_each_split_with_what_waits_in_the_keys_queue() -> None:
     ("args", "message"),
     [
         (["Orders", "--type", "rmq"], "queue id 'Orders' must be lowercase letters"),
-        (["orders", "--type", "sqs"], "--type 'sqs': use rmq or kafka"),
+        (["orders", "--type", "sqs"], "--type 'sqs' is not supported by this release: use rmq"),
+        (["orders", "--type", "kafka"], "--type 'kafka' is not supported by this release"),
         (["orders", "--type", "rmq", "--url-from", "amqp://u:p@h"], "--url-from: use SECRET:KEY"),
     ],
-    ids=["queue-id", "type", "url-on-the-command-line"],
+    ids=["queue-id", "type", "kafka-not-yet", "url-on-the-command-line"],
 )
 def test_prepare_refuses_bad_flags_before_reaching_anything(args: list[str], message: str) -> None:
     from typer.testing import CliRunner
