@@ -47,7 +47,7 @@ from preview_stack.changes import (
 )
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
-from preview_stack.objects import EnvironmentObjects, derive_environment
+from preview_stack.objects import EnvironmentObjects, derive_environment, with_record_of
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -598,6 +598,8 @@ class Stacks:
                     applied.before = before
                     after = applied.after = apply_change(change, key, before, _now())
                     objects = None if after is None else derive_environment(after, reader, stack_id)
+                    if isinstance(change, Unrouted) and objects is not None and before:
+                        objects = with_record_of(objects, before, stack_id)
                     applied.objects = objects
                     if after is None or key in self._orphans_possible:
                         self._sweep_orphans(key, before, after, objects, stack_id)
