@@ -47,7 +47,7 @@ from preview_stack.changes import (
 )
 from preview_stack.changes import apply as apply_change
 from preview_stack.errors import BadInput, Busy, DeployFailed, NotFound, PreviewError, Unreachable
-from preview_stack.objects import EnvironmentObjects, derive_environment
+from preview_stack.objects import EnvironmentObjects, derive_environment, with_record_of
 from preview_stack.reaping import (
     DEFAULT_STALE_LOCK_SECONDS,
     Lock,
@@ -273,12 +273,8 @@ class Stacks:
                 raise
 
         stack = self._create_or_select(name, guarded)
-
-        def up() -> None:
-            stack.up(on_event=on_event, on_output=on_output, color="never")
-
         try:
-            self._locked(name, up, lock_wait=lock_wait, stale_lock_after=None)
+            self._up_locked(stack, on_event, on_output, lock_wait)
         except DeployFailed:
             if errors:
                 raise errors[0] from None
@@ -290,24 +286,33 @@ class Stacks:
         *,
         on_event: EventHandler,
         on_output: OutputHandler,
+        program: Callable[[], None] | None = None,
         lock_wait: float = LOCK_WAIT_SECONDS,
     ) -> bool:
-        """Remove every object of platform stack `name`, then the stack; False when gone."""
+        """Remove every object of platform stack `name`, then the stack; False when gone.
+        `program` declares nothing but may register the delete hooks its objects name."""
         assert naming.platform_stack_parts(name), name
         try:
-            stack = self._select(name, _noop)
-        except NotFound:
-            return False
-
-        def up() -> None:
-            stack.up(on_event=on_event, on_output=on_output, color="never")
-
-        try:
-            self._locked(name, up, lock_wait=lock_wait, stale_lock_after=None)
+            stack = self._select(name, program or _noop)
+            self._up_locked(stack, on_event, on_output, lock_wait)
         except NotFound:
             return False
         self.remove_if_empty(name)
         return True
+
+    def _up_locked(
+        self,
+        stack: auto.Stack,
+        on_event: EventHandler,
+        on_output: OutputHandler,
+        lock_wait: float,
+    ) -> None:
+        """`pulumi up` of a platform stack under its lock (no stale-lock takeover)."""
+
+        def up() -> None:
+            stack.up(on_event=on_event, on_output=on_output, color="never")
+
+        self._locked(stack.name, up, lock_wait=lock_wait, stale_lock_after=None)
 
     def lock_store(self) -> LockStore | None:
         """The backend's lock objects (adapters.backend.stores); None for Pulumi Cloud."""
@@ -549,12 +554,16 @@ class Stacks:
     def _owns_routes(self, key: str) -> bool:
         """Whether stack `key` has routes in the cluster (one list per route kind); True
         when the cluster cannot say (an extra update costs less than a dropped request)."""
-        if self._kube is None:
-            self._kube = Cluster(self.cluster)
         try:
-            return bool(self._kube.routes(key=key, stack_id=self.stack_id(key)))
+            return bool(self._cluster().routes(key=key, stack_id=self.stack_id(key)))
         except PreviewError:
             return True
+
+    def _cluster(self) -> Cluster:
+        """The cluster's client, made on first use (most commands never need it here)."""
+        if self._kube is None:
+            self._kube = Cluster(self.cluster)
+        return self._kube
 
     def _apply(
         self,
@@ -598,6 +607,8 @@ class Stacks:
                     applied.before = before
                     after = applied.after = apply_change(change, key, before, _now())
                     objects = None if after is None else derive_environment(after, reader, stack_id)
+                    if isinstance(change, Unrouted) and objects is not None and before:
+                        objects = with_record_of(objects, before, stack_id)
                     applied.objects = objects
                     if after is None or key in self._orphans_possible:
                         self._sweep_orphans(key, before, after, objects, stack_id)
@@ -664,10 +675,8 @@ class Stacks:
             for manifest in objects.manifests:
                 meta = manifest["metadata"]
                 keep.add((manifest["kind"].lower(), meta["namespace"], meta["name"]))
-        if self._kube is None:
-            self._kube = Cluster(self.cluster)
         namespaces = {s.namespace for e in (before, env) if e for s in e.services}
-        self._kube.sweep(key, stack_id, keep=keep, namespaces=namespaces)
+        self._cluster().sweep(key, stack_id, keep=keep, namespaces=namespaces)
         self._orphans_possible.discard(key)
 
     def remove_if_empty(self, key: str) -> bool:

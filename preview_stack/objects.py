@@ -75,6 +75,23 @@ def derive_environment(
     return EnvironmentObjects(manifests, notes, warnings)
 
 
+def with_record_of(
+    objects: EnvironmentObjects, env: EnvironmentSpec, stack_id: str = ""
+) -> EnvironmentObjects:
+    """`objects` with the record of `env` instead of their own: a route drain
+    (changes.Unrouted) deletes routes and writes nothing else, so whoever may delete an
+    environment (the reaper) may drain it too."""
+    record = record_manifest(env)
+    if stack_id:
+        _label_stack(record, stack_id)
+    name = record["metadata"]["name"]
+    manifests = [
+        record if m["kind"] == "ConfigMap" and m["metadata"]["name"] == name else m
+        for m in objects.manifests
+    ]
+    return EnvironmentObjects(manifests, objects.notes, objects.warnings)
+
+
 def manifests_for(env: EnvironmentSpec, reader: TargetReader, stack_id: str = "") -> list[Manifest]:
     """Every object of the environment (see `derive_environment`)."""
     return derive_environment(env, reader, stack_id).manifests

@@ -46,6 +46,13 @@ class Broker(Protocol):
 BROKERS: dict[str, Callable[[Preparation, str], Broker]] = {}
 
 
+def supported_types() -> list[str]:
+    """The queue types this image has a plug-in for (`queues prepare --type`)."""
+    from adapters.queues import plugins  # noqa: F401
+
+    return sorted(BROKERS)
+
+
 def broker_for(prep: Preparation, url: str) -> Broker:
     if prep.type not in BROKERS:
         # Plug-ins register on import; importing here keeps callers unaware of them.
@@ -57,4 +64,4 @@ def broker_for(prep: Preparation, url: str) -> Broker:
     return factory(prep, url)
 
 
-__all__ = ["BROKERS", "Broker", "BrokerError", "broker_for"]
+__all__ = ["BROKERS", "Broker", "BrokerError", "broker_for", "supported_types"]

@@ -2,10 +2,4 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-
-from adapters.queues import rabbitmq  # noqa: F401
-
-with contextlib.suppress(ImportError):  # the Kafka plug-in (adapters/queues/kafka.py)
-    importlib.import_module("adapters.queues.kafka")
+from adapters.queues import kafka, rabbitmq  # noqa: F401

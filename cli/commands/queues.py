@@ -13,7 +13,7 @@ import typer
 
 from adapters.automation import connect
 from adapters.k8s.cluster import Cluster, ClusterTarget
-from adapters.queues.broker import BrokerError, broker_for
+from adapters.queues.broker import BrokerError, broker_for, supported_types
 from adapters.queues.keeper import Io, Keeper
 from adapters.queues.rabbitmq import default_exchange_refusal
 from cli.context import err_console, handles_errors, settings
@@ -170,8 +170,10 @@ def prepare(
         kind_name = TargetPath.parse(target)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    if type_ not in ("rmq", "kafka"):
-        raise BadInput(f"--type {type_!r}: use rmq or kafka")
+    if type_ not in (supported := supported_types()):
+        raise BadInput(
+            f"--type {type_!r} is not supported by this release: use {' or '.join(supported)}"
+        )
     secret, secret_key = queue_prep.parse_secret_ref(url_from)
     cluster, stacks = connect(settings(ctx))
     cluster.check_namespace(namespace)

@@ -95,13 +95,12 @@ def remove(
     had_stack = names.stack in stacks.platform_stacks(waypoints.KIND)
     if had_stack:
         progress.line(f"Removing the waypoint of {namespace}/{name}...")
-        stacks.apply_platform(
+        stacks.destroy_platform(
             names.stack,
-            empty_program(kube, namespace, name),
+            program=empty_program(kube, namespace, name),
             on_event=progress.on_event,
             on_output=progress.on_output,
         )
-        stacks.remove_if_empty(names.stack)
     render.waypoint_removed(f"{namespace}/{name}", restored or had_stack, output)
 
 

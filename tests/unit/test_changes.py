@@ -186,3 +186,19 @@ def test_routes_of_the_targets_a_change_drops_are_switched_off_first() -> None:
         due_later(both, NOW)
     assert due_later.dropped == []
     assert may_drop_targets(DestroyAll()) and not may_drop_targets(SetExpiry(key="k"))
+
+
+def test_a_route_drain_writes_the_record_of_the_spec_before_it() -> None:
+    from preview_stack.derive import record_manifest
+    from preview_stack.objects import EnvironmentObjects, with_record_of
+    from tests.support.specs import env_with, service
+
+    before = env_with(service())
+    drained = Unrouted(DestroyAll())(before, NOW)
+    assert drained is not None and not drained.services[0].routing
+    other = {"kind": "Service", "metadata": {"name": "x"}}
+    objects = EnvironmentObjects([other, record_manifest(drained)])
+    kept = with_record_of(objects, before, "stack-1")
+    assert kept.manifests[0] == other
+    assert kept.manifests[1]["data"] == record_manifest(before)["data"]
+    assert kept.manifests[1]["metadata"]["labels"][naming.LABEL_STACK] == "stack-1"
