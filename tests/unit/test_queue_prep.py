@@ -299,7 +299,10 @@ def test_status_shows_each_split_with_what_waits_in_the_keys_queue() -> None:
     ("args", "message"),
     [
         (["Orders", "--type", "rmq"], "queue id 'Orders' must be lowercase letters"),
-        (["orders", "--type", "sqs"], "--type 'sqs' is not supported by this release: use kafka or rmq"),
+        (
+            ["orders", "--type", "sqs"],
+            "--type 'sqs' is not supported by this release: use kafka or rmq",
+        ),
         (["orders", "--type", "rmq", "--url-from", "amqp://u:p@h"], "--url-from: use SECRET:KEY"),
     ],
     ids=["queue-id", "type", "url-on-the-command-line"],
