@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import kafka.errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from adapters.queues.broker import BROKERS, BrokerError
@@ -56,6 +57,31 @@ PRODUCER: dict[str, Any] = {
     "allow_auto_create_topics": False,
 }
 JOIN_SECONDS = 60.0  # how long prepare waits for the splitter to join the target's group
+
+
+def complete_interrupted_joins() -> None:
+    """Work around kafka-python 3.0.x losing a join cut short by `poll`'s timeout.
+
+    A group leader that rejoins because of new topic metadata performs the assignment
+    inside the join; from then on `need_rejoin()` is False, so when `poll(timeout_ms)`
+    returned before the SyncGroup answer, no later poll awaits the join: the member stays
+    REBALANCING for good (no heartbeats, so the group drops it after its session timeout,
+    while it still fetches its old partitions). Found on the bed's Kafka (the splitter
+    stopped forwarding with generation 4 held while the broker was at 5). A join is
+    unfinished while the member is REBALANCING, as kafka-python 2.x's
+    `_rejoin_incomplete` said; asking to rejoin then makes the next poll await it."""
+    original = ConsumerCoordinator.need_rejoin
+    if getattr(original, "completes_interrupted_joins", False):
+        return
+
+    def need_rejoin(self: ConsumerCoordinator) -> bool:
+        return bool(original(self)) or self.state is MemberState.REBALANCING
+
+    need_rejoin.completes_interrupted_joins = True  # type: ignore[attr-defined]
+    ConsumerCoordinator.need_rejoin = need_rejoin
+
+
+complete_interrupted_joins()
 
 
 def bootstrap_of(url: str) -> list[str]:
@@ -118,6 +144,11 @@ class Splitter(threading.Thread):
         self.commit_failures = 0
         self.pending: dict[TopicPartition, OffsetAndMetadata] = {}
         self.last_commit_error = ""
+        self.state: tuple[Any, int, int] = (None, 0, 0)  # member state, generation, partitions
+        self.doing: tuple[str, float] = ("starting", time.monotonic())  # for status()
+
+    def _doing(self, what: str) -> None:
+        self.doing = (what, time.monotonic())
 
     # ------------------------------------------------------------- the keeper's side
     def ask(self, routes: Sequence[Route], resets: Sequence[str] = ()) -> int:
@@ -171,8 +202,11 @@ class Splitter(threading.Thread):
     def _round(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
         with self.lock:
             routes, epoch, resets = self.routes, self.epoch, set(self.resets)
+        self._doing("poll")
         batch = consumer.poll(timeout_ms=POLL_MS, max_records=BATCH)
+        self._doing("round")
         member = consumer.group_metadata()
+        self.state = (member.state, member.generation_id, len(consumer.assignment()))
         joined = member.generation_id > 0
         stable = member.state == MemberState.STABLE
         owned = consumer.assignment()
@@ -208,7 +242,9 @@ class Splitter(threading.Thread):
                         producer.send(topic, value=r.value, key=r.key, headers=r.headers)
                     )
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self._doing("flush")
         producer.flush()
+        self._doing("round")
         failed = [f for f in futures if not f.succeeded()]
         if failed:  # not acknowledged: read the batch again (the acknowledged ones twice)
             for tp, records in batch.items():
@@ -225,6 +261,7 @@ class Splitter(threading.Thread):
         """Commit what was acknowledged; refused (a rebalance began): kept for the next
         round while the partitions stay the splitter's. Given to another member meanwhile,
         they are read again by it: duplicates, no loss."""
+        self._doing("commit")
         try:
             consumer.commit(dict(self.pending))
         except REBALANCED as exc:
@@ -237,6 +274,7 @@ class Splitter(threading.Thread):
         """Commit the beginning of `topic` for the group where it has no (or a stale)
         commit: the target (staging) or the preview (a key topic) reads it all. False: not
         done (no metadata yet, a rebalance), to retry next round."""
+        self._doing(f"reset {topic}")
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
@@ -498,6 +536,8 @@ class KafkaBroker:
             "commit_failures": s.commit_failures if s else 0,
             "routes_applied": bool(s and s.applied >= s.epoch and not s.resets),
             "last_commit_error": s.last_commit_error if s else "",
+            "doing": f"{s.doing[0]} for {time.monotonic() - s.doing[1]:.1f}s" if s else "",
+            "state": str(s.state) if s else "",
         }
 
     def close(self) -> None:

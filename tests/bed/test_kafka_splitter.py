@@ -10,7 +10,9 @@ Records of a key are produced only in phases whose routing is settled (the keys 
 
 from __future__ import annotations
 
+import sys
 import time
+import traceback
 import uuid
 
 import pytest
@@ -32,6 +34,15 @@ def unprepared(broker: KafkaBroker) -> str:
     except BrokerError as exc:
         return "handed back" if kafka_split.HANDED_BACK in str(exc) else str(exc)
     return "done"
+
+
+def where(broker: KafkaBroker) -> str:
+    """The splitter thread's stack (a failure message's clue)."""
+    thread = broker.splitter
+    frame = sys._current_frames().get(thread.ident or 0) if thread else None
+    found = "".join(traceback.format_stack(frame)[-12:]) if frame else "no splitter thread"
+    print(broker.status(), found, sep="\n")  # shown with the failure
+    return found
 
 
 def settle(seconds: float = 2.0) -> None:
@@ -77,8 +88,16 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         settle(3)
         stream.switch([None, "other"])
         live_a, live_b = stream.ids("a"), stream.ids("b")
-        assert wait_received([preview_a], live_a), (len(preview_a.received), broker.status())
-        assert wait_received([preview_b], live_b), (len(preview_b.received), broker.status())
+        assert wait_received([preview_a], live_a), (
+            len(preview_a.received),
+            broker.status(),
+            where(broker),
+        )
+        assert wait_received([preview_b], live_b), (
+            len(preview_b.received),
+            broker.status(),
+            where(broker),
+        )
         status = rows
 
         def nothing_waiting() -> bool:
@@ -104,7 +123,7 @@ def test_split_two_keys_and_hand_offs_lose_and_duplicate_nothing(brokers: Broker
         settle()
         stream.switch([None])
         mirrored_b = stream.ids("b")
-        wait_received([preview_b], mirrored_b)
+        assert wait_received([preview_b], mirrored_b), (broker.status(), where(broker))
         preview_b.stop()
         status = broker.reconcile([], status)  # a mirror's topic: deleted, not drained
         assert wait_until(lambda: broker.status()["routes_applied"], timeout=30)

@@ -151,7 +151,7 @@ def test_split_topic_end_to_end(
         (listed,) = cli("queues", "list", "-n", namespace, "-o", "json").json()
         assert (listed["state"], listed["source"], listed["type"]) == ("prepared", topic, "kafka")
 
-        for key, mode, ttl in ((key_a, "steal", "1h"), (key_b, "mirror", "150s")):
+        for key, mode, ttl in ((key_a, "steal", "1h"), (key_b, "mirror", "90s")):
             started = cli("start", "-f", config(tmp_path, namespace, mode), "-i",
                           built["client"], "-k", key, "--routing", "none", "--ttl", ttl,
                           env=env, timeout=600)  # fmt: skip

@@ -156,7 +156,7 @@ def test_split_queue_end_to_end(
         assert started.code == 0, started.stderr + started.stdout
         marks["a_ready"] = time.monotonic()
         started = cli("start", "-f", config(tmp_path, namespace), "-i", built["client"],
-                      "-k", key_b, "--routing", "none", "--ttl", "150s",
+                      "-k", key_b, "--routing", "none", "--ttl", "90s",
                       env=env, timeout=600)  # fmt: skip
         assert started.code == 0, started.stderr + started.stdout
         marks["b_ready"] = time.monotonic()

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from adapters.queues.kafka import complete_interrupted_joins
+
+complete_interrupted_joins()  # the tests' consumers join the target's group too
+
 HEADER = "mirrord-session"
 
 

@@ -32,6 +32,15 @@ import time
 
 import pika
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.structs import MemberState
+
+# kafka-python 3.0.x loses a leader's join cut short by poll's timeout; the same fix as
+# adapters/queues/kafka.complete_interrupted_joins (this image has no preview-env package).
+_need_rejoin = ConsumerCoordinator.need_rejoin
+ConsumerCoordinator.need_rejoin = lambda self: (  # type: ignore[method-assign]
+    bool(_need_rejoin(self)) or self.state is MemberState.REBALANCING
+)
 
 
 def rabbitmq(url: str, name: str, deadline: float) -> None:
