@@ -57,19 +57,23 @@ PRODUCER: dict[str, Any] = {
     "allow_auto_create_topics": False,
 }
 JOIN_SECONDS = 60.0  # how long prepare waits for the splitter to join the target's group
+JOIN_POLL_MS = 5000  # a poll while (re)joining the group: a rebalance takes about 3 s
 
 
 def complete_interrupted_joins() -> None:
-    """Work around kafka-python 3.0.x losing a join cut short by `poll`'s timeout.
+    """Work around kafka-python 3.0.x losing a group join that `poll`'s timeout cut short.
 
-    A group leader that rejoins because of new topic metadata performs the assignment
-    inside the join; from then on `need_rejoin()` is False, so when `poll(timeout_ms)`
-    returned before the SyncGroup answer, no later poll awaits the join: the member stays
-    REBALANCING for good (no heartbeats, so the group drops it after its session timeout,
-    while it still fetches its old partitions). Found on the bed's Kafka (the splitter
-    stopped forwarding with generation 4 held while the broker was at 5). A join is
-    unfinished while the member is REBALANCING, as kafka-python 2.x's
-    `_rejoin_incomplete` said; asking to rejoin then makes the next poll await it."""
+    The join runs as a task of the client's IO thread; `poll(timeout_ms)` awaits it only
+    for its own timeout. Two ways it is lost (both seen on the bed's Kafka):
+    - a leader rejoining because of new topic metadata performs the assignment inside the
+      join, after which `need_rejoin()` is False: no later poll awaits the join and the
+      member stays REBALANCING for good (no heartbeats, dropped by the group, still
+      fetching its old partitions). Fixed here: an unfinished join (the member is
+      REBALANCING) counts as needing a rejoin, as kafka-python 2.x's
+      `_rejoin_incomplete` did;
+    - a join that completes while no poll awaits it is thrown away and sent again: with
+      short polls, a rebalance every generation. Avoided by `poll_ms`: a member that is
+      not stable polls long enough to await its join."""
     original = ConsumerCoordinator.need_rejoin
     if getattr(original, "completes_interrupted_joins", False):
         return
@@ -82,6 +86,14 @@ def complete_interrupted_joins() -> None:
 
 
 complete_interrupted_joins()
+
+
+def poll_ms(consumer: KafkaConsumer, short_ms: int = 200) -> int:
+    """How long to poll: `short_ms` while the member is stable, JOIN_POLL_MS while it
+    (re)joins its group, so that the poll awaits the join to its end (see
+    complete_interrupted_joins)."""
+    stable = consumer.group_metadata().state is MemberState.STABLE
+    return short_ms if stable else JOIN_POLL_MS
 
 
 def bootstrap_of(url: str) -> list[str]:
@@ -203,7 +215,7 @@ class Splitter(threading.Thread):
         with self.lock:
             routes, epoch, resets = self.routes, self.epoch, set(self.resets)
         self._doing("poll")
-        batch = consumer.poll(timeout_ms=POLL_MS, max_records=BATCH)
+        batch = consumer.poll(timeout_ms=poll_ms(consumer, POLL_MS), max_records=BATCH)
         self._doing("round")
         member = consumer.group_metadata()
         self.state = (member.state, member.generation_id, len(consumer.assignment()))

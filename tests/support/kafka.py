@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from adapters.queues.kafka import complete_interrupted_joins
+from adapters.queues.kafka import complete_interrupted_joins, poll_ms
 
 complete_interrupted_joins()  # the tests' consumers join the target's group too
 
@@ -141,7 +141,7 @@ class Recorder:
         try:
             consumer.subscribe([self.topic])
             while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
+                for records in consumer.poll(timeout_ms=poll_ms(consumer)).values():
                     self.received.extend(int(r.value) for r in records)
                 if consumer.assignment():
                     self._assigned.set()

@@ -35,12 +35,17 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.structs import MemberState
 
-# kafka-python 3.0.x loses a leader's join cut short by poll's timeout; the same fix as
-# adapters/queues/kafka.complete_interrupted_joins (this image has no preview-env package).
+# kafka-python 3.0.x loses a group join cut short by poll's timeout; the same fix as
+# adapters/queues/kafka.complete_interrupted_joins and poll_ms (this image has no
+# preview-env package).
 _need_rejoin = ConsumerCoordinator.need_rejoin
 ConsumerCoordinator.need_rejoin = lambda self: (  # type: ignore[method-assign]
     bool(_need_rejoin(self)) or self.state is MemberState.REBALANCING
 )
+
+
+def poll_ms(consumer: KafkaConsumer) -> int:
+    return 200 if consumer.group_metadata().state is MemberState.STABLE else 5000
 
 
 def rabbitmq(url: str, name: str, deadline: float) -> None:
@@ -123,7 +128,7 @@ def consume_kafka(bootstrap: str, topic: str, group: str, report: str) -> None:
     consumer.subscribe([topic])
     print(f"consuming {topic} in group {group}, reporting on {report}", flush=True)
     while not stopping:
-        batch = consumer.poll(timeout_ms=200)
+        batch = consumer.poll(timeout_ms=poll_ms(consumer))
         futures = [
             producer.send(report, f"{topic} ".encode() + r.value)
             for records in batch.values()
