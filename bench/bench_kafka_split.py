@@ -38,7 +38,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters.queues.kafka import KafkaBroker  # noqa: E402
+from adapters.queues.kafka import KafkaBroker, poll_ms  # noqa: E402
 from preview_stack import kafka_split, queue_prep  # noqa: E402
 from preview_stack.queue_prep import Preparation  # noqa: E402
 
@@ -66,7 +66,7 @@ def consume(bootstrap: str, topics: list[str], group: str, total: int, out: dict
     got = 0
     deadline = time.monotonic() + 600
     while got < total and time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=200)
+        batch = consumer.poll(timeout_ms=poll_ms(consumer))
         if consumer.assignment():
             ready.set()
         got += sum(len(r) for r in batch.values())
